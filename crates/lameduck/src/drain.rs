@@ -1,0 +1,260 @@
+//! The drain: how a service learns it must stop, and how its in-flight work is waited for.
+//!
+//! Each service gets a [`Drain`]. Its serve step watches [`Drain::draining`] to stop accepting
+//! (and drop its listener, so the port is free at once), and runs each connection or request
+//! through [`Drain::spawn`] (or holds a [`Drain::track`] guard) so the lifecycle can wait for it.
+//! The wait is event-driven: [`TaskTracker`] wakes the lifecycle when the last unit ends; nothing
+//! polls. At the drain deadline, work spawned here is aborted.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
+
+use crate::report::WorkReport;
+
+/// A service's view of the shutdown: the drain signal, and the tracking of its in-flight work.
+///
+/// Cheap to clone; every clone sees the same drain.
+///
+/// An accept loop that fits it (any server that drains connection by connection fits the same
+/// way: stop accepting on [`draining`](Drain::draining), tell each connection to finish):
+///
+/// ```
+/// use lameduck::{Lifecycle, StartContext};
+/// use tokio::io::AsyncWriteExt;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let lifecycle = Lifecycle::new()
+///     .handle_signals(false)
+///     .service("hello", |ctx: StartContext| async move {
+///         let listener = ctx.bind_tcp("127.0.0.1:0").await?;
+///         let drain = ctx.drain();
+///         Ok(async move {
+///             loop {
+///                 tokio::select! {
+///                     // Returning drops the listener: the port is released at once.
+///                     _ = drain.draining() => return Ok(()),
+///                     conn = listener.accept() => {
+///                         let (mut stream, _) = conn?;
+///                         drain.spawn(async move {
+///                             let _ = stream.write_all(b"hello\n").await;
+///                         });
+///                     }
+///                 }
+///             }
+///         })
+///     });
+/// let handle = lifecycle.handle();
+/// let run = tokio::spawn(lifecycle.run());
+/// handle.wait_ready().await.unwrap();
+/// handle.shutdown();
+/// let report = run.await.unwrap();
+/// assert_eq!(report.exit_code, lameduck::ExitCode::Clean);
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Drain {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    draining: CancellationToken,
+    hard_stop: CancellationToken,
+    tracker: TaskTracker,
+    started: AtomicU64,
+    finished: AtomicU64,
+}
+
+impl Drain {
+    pub(crate) fn new(draining: CancellationToken, hard_stop: CancellationToken) -> Self {
+        Drain {
+            inner: Arc::new(Inner {
+                draining,
+                hard_stop,
+                tracker: TaskTracker::new(),
+                started: AtomicU64::new(0),
+                finished: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Resolves when the drain begins: stop accepting, let in-flight work finish.
+    pub fn draining(&self) -> WaitForCancellationFuture<'_> {
+        self.inner.draining.cancelled()
+    }
+
+    /// Whether the drain has begun.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.is_cancelled()
+    }
+
+    /// A token cancelled when the drain begins, for APIs that take one (or a future made from it,
+    /// as `axum::serve(..).with_graceful_shutdown(token.cancelled_owned())` does). It is a child
+    /// token: cancelling it does not start a drain.
+    pub fn token(&self) -> CancellationToken {
+        self.inner.draining.child_token()
+    }
+
+    /// Runs `work` (a connection, a request) as a tracked task: the drain waits for it, and at
+    /// the drain deadline it is aborted (the handle then yields `None`).
+    ///
+    /// The future is not told about the drain: a connection that should close early (HTTP
+    /// keep-alive, HTTP/2 GOAWAY) watches [`draining`](Drain::draining) itself.
+    pub fn spawn<F>(&self, work: F) -> JoinHandle<Option<F::Output>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let guard = self.track();
+        let hard_stop = self.inner.hard_stop.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            tokio::select! {
+                biased;
+                out = work => Some(out),
+                () = hard_stop.cancelled() => None,
+            }
+        })
+    }
+
+    /// Counts one unit of in-flight work until the guard is dropped, for work that is not
+    /// spawned through [`spawn`](Drain::spawn). The drain waits for every guard; at the deadline
+    /// the ones still held are counted as aborted (the lifecycle cannot abort them itself).
+    pub fn track(&self) -> WorkGuard {
+        self.inner.started.fetch_add(1, Ordering::Relaxed);
+        WorkGuard {
+            inner: Arc::clone(&self.inner),
+            _token: self.inner.tracker.token(),
+        }
+    }
+
+    /// Units of work in flight now.
+    pub fn in_flight(&self) -> u64 {
+        // `finished` is read first: a unit counted finished was counted started before it.
+        let finished = self.inner.finished.load(Ordering::Acquire);
+        self.inner
+            .started
+            .load(Ordering::Acquire)
+            .saturating_sub(finished)
+    }
+
+    /// Resolves when no work is in flight any more. Call only once the serve step has returned
+    /// (no new work can start then).
+    pub(crate) async fn idle(&self) {
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+    }
+
+    pub(crate) fn counts(&self) -> WorkCounts {
+        WorkCounts {
+            started: self.inner.started.load(Ordering::Acquire),
+            finished: self.inner.finished.load(Ordering::Acquire),
+        }
+    }
+}
+
+/// A snapshot of the counters, taken by the lifecycle at the drain's milestones.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct WorkCounts {
+    pub(crate) started: u64,
+    pub(crate) finished: u64,
+}
+
+impl WorkCounts {
+    /// The report from snapshots at the drain's start and end; `aborted` when the end was the
+    /// deadline.
+    pub(crate) fn report(at_drain: Option<Self>, at_end: Self, aborted: bool) -> WorkReport {
+        let at_drain = at_drain.unwrap_or(at_end);
+        let in_flight_at_end = at_end.started.saturating_sub(at_end.finished);
+        WorkReport {
+            total: at_end.started,
+            in_flight_at_drain: at_drain.started.saturating_sub(at_drain.finished),
+            drained: at_end.finished.saturating_sub(at_drain.finished),
+            aborted: if aborted { in_flight_at_end } else { 0 },
+        }
+    }
+}
+
+/// One unit of tracked work; dropping it marks the unit done. See [`Drain::track`].
+#[derive(Debug)]
+#[must_use = "the work counts as done as soon as the guard is dropped"]
+pub struct WorkGuard {
+    inner: Arc<Inner>,
+    _token: TaskTrackerToken,
+}
+
+impl Drop for WorkGuard {
+    fn drop(&mut self) {
+        self.inner.finished.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn drain() -> (Drain, CancellationToken, CancellationToken) {
+        let (d, h) = (CancellationToken::new(), CancellationToken::new());
+        (Drain::new(d.clone(), h.clone()), d, h)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_waits_for_spawned_work_and_guards() {
+        let (drain, draining, _) = drain();
+        let guard = drain.track();
+        let work = drain.spawn(tokio::time::sleep(Duration::from_secs(3)));
+        assert_eq!(drain.in_flight(), 2);
+        draining.cancel();
+        let before = drain.counts();
+
+        let idle = drain.clone();
+        let waiter = tokio::spawn(async move { idle.idle().await });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            !waiter.is_finished(),
+            "a held guard keeps the drain waiting"
+        );
+        assert_eq!(work.await.unwrap(), Some(()));
+        drop(guard);
+        waiter.await.unwrap();
+
+        let report = WorkCounts::report(Some(before), drain.counts(), false);
+        assert_eq!(
+            report,
+            WorkReport {
+                total: 2,
+                in_flight_at_drain: 2,
+                drained: 2,
+                aborted: 0
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hard_stop_aborts_spawned_work() {
+        let (drain, _, hard_stop) = drain();
+        let work = drain.spawn(std::future::pending::<()>());
+        assert_eq!(drain.in_flight(), 1);
+        let counts = drain.counts();
+        hard_stop.cancel();
+        assert_eq!(work.await.unwrap(), None, "aborted work yields None");
+        assert_eq!(drain.in_flight(), 0);
+        assert_eq!(WorkCounts::report(None, counts, true).aborted, 1);
+    }
+
+    #[tokio::test]
+    async fn child_token_does_not_start_a_drain() {
+        let (drain, draining, _) = drain();
+        drain.token().cancel();
+        assert!(!drain.is_draining());
+        draining.cancel();
+        assert!(drain.token().is_cancelled());
+        drain.draining().await;
+    }
+}

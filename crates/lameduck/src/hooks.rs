@@ -1,0 +1,204 @@
+//! Shutdown hooks, in ordered phases: a phase starts when the previous one has finished; the
+//! hooks of one phase run concurrently; each has its own timeout; every outcome is reported.
+//!
+//! This is what Go's `RegisterOnShutdown` lacks: there, callbacks have no order and nothing
+//! waits for them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::error::{BoxError, Failure};
+use crate::report::{HookOutcome, HookReport};
+use crate::service::BoxFuture;
+
+/// When a hook runs: lower phases first, after the drain has finished (or hit its deadline).
+///
+/// The named phases cover the usual order (flush what the requests left behind, then close what
+/// the flush wrote to); any `u16` works for finer steps.
+///
+/// ```
+/// use lameduck::Phase;
+/// assert!(Phase::FLUSH < Phase::CLOSE);
+/// assert!(Phase::new(150) > Phase::FLUSH && Phase::new(150) < Phase::CLOSE);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Phase(u16);
+
+impl Phase {
+    /// Write out buffered state: caches, write-behind queues, metrics.
+    pub const FLUSH: Phase = Phase(100);
+    /// Close what the flush wrote to: databases, remote connections.
+    pub const CLOSE: Phase = Phase(200);
+    /// Last words: final log lines, telemetry shutdown.
+    pub const FINAL: Phase = Phase(300);
+
+    /// A phase of its own; lower runs first.
+    pub const fn new(order: u16) -> Self {
+        Phase(order)
+    }
+
+    /// Its position in the order.
+    pub const fn order(self) -> u16 {
+        self.0
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Phase::FLUSH => f.write_str("flush"),
+            Phase::CLOSE => f.write_str("close"),
+            Phase::FINAL => f.write_str("final"),
+            Phase(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+type HookFn = Box<dyn FnOnce() -> BoxFuture<Result<(), BoxError>> + Send>;
+
+/// A registered hook.
+pub(crate) struct Hook {
+    phase: Phase,
+    name: String,
+    timeout: Option<Duration>,
+    run: HookFn,
+}
+
+impl Hook {
+    pub(crate) fn new<F, Fut>(
+        phase: Phase,
+        name: String,
+        timeout: Option<Duration>,
+        hook: F,
+    ) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        Hook {
+            phase,
+            name,
+            timeout,
+            run: Box::new(move || Box::pin(hook())),
+        }
+    }
+}
+
+/// The hooks grouped by phase, run phase after phase.
+pub(crate) struct Hooks {
+    phases: BTreeMap<Phase, Vec<Hook>>,
+    default_timeout: Duration,
+    reports: Vec<HookReport>,
+}
+
+impl Hooks {
+    pub(crate) fn new(hooks: Vec<Hook>, default_timeout: Duration) -> Self {
+        let mut phases: BTreeMap<Phase, Vec<Hook>> = BTreeMap::new();
+        for hook in hooks {
+            phases.entry(hook.phase).or_default().push(hook);
+        }
+        Hooks {
+            phases,
+            default_timeout,
+            reports: Vec::new(),
+        }
+    }
+
+    /// Runs every phase in order. Cancel-safe in the sense that matters: if this future is
+    /// dropped (a forced exit), [`into_reports`](Hooks::into_reports) still names every hook,
+    /// the unfinished ones as abandoned, and the hook tasks are aborted with their `JoinSet`.
+    pub(crate) async fn run(&mut self) {
+        let started = Instant::now();
+        while let Some((phase, hooks)) = self.phases.pop_first() {
+            tracing::info!(
+                target: "lameduck",
+                %phase,
+                hooks = hooks.len(),
+                elapsed_ms = ms(started.elapsed()),
+                "running shutdown hooks"
+            );
+            // Until the phase is done, its hooks are abandoned if this future is dropped.
+            let first = self.reports.len();
+            let mut set = JoinSet::new();
+            for (i, hook) in hooks.into_iter().enumerate() {
+                let timeout = hook.timeout.unwrap_or(self.default_timeout);
+                self.reports.push(HookReport {
+                    phase,
+                    name: hook.name.clone(),
+                    outcome: HookOutcome::Abandoned,
+                    duration: Duration::ZERO,
+                });
+                set.spawn(async move { (first + i, run_one(hook, timeout).await) });
+            }
+            while let Some(done) = set.join_next().await {
+                // `run_one` catches the hook's own panics; a JoinError here would be our bug,
+                // and the hook then stays reported as abandoned.
+                if let Ok((slot, report)) = done {
+                    self.reports[slot] = report;
+                }
+            }
+        }
+    }
+
+    /// Reports for every hook: run ones in the order run, then any never reached.
+    pub(crate) fn into_reports(mut self) -> Vec<HookReport> {
+        for (phase, hooks) in std::mem::take(&mut self.phases) {
+            self.reports.extend(hooks.into_iter().map(|h| HookReport {
+                phase,
+                name: h.name,
+                outcome: HookOutcome::Abandoned,
+                duration: Duration::ZERO,
+            }));
+        }
+        self.reports
+    }
+}
+
+/// Runs one hook in a task of its own (so a panic is caught and a timeout can abort it).
+async fn run_one(hook: Hook, timeout: Duration) -> HookReport {
+    let started = Instant::now();
+    let mut task = tokio::spawn((hook.run)());
+    let outcome = match tokio::time::timeout(timeout, &mut task).await {
+        Ok(res) => match Failure::from_join(res) {
+            Ok(()) => HookOutcome::Completed,
+            Err(Some(Failure::Error(error))) => HookOutcome::Failed { error },
+            Err(Some(Failure::Panic(message))) => HookOutcome::Panicked { message },
+            Err(None) => HookOutcome::Abandoned,
+        },
+        Err(_) => {
+            task.abort();
+            // Wait for the abort to land, so the next phase never overlaps this hook.
+            let _ = task.await;
+            HookOutcome::TimedOut { timeout }
+        }
+    };
+    let duration = started.elapsed();
+    match &outcome {
+        HookOutcome::Completed => tracing::info!(
+            target: "lameduck", hook = %hook.name, phase = %hook.phase,
+            duration_ms = ms(duration), "hook completed"
+        ),
+        other => tracing::warn!(
+            target: "lameduck", hook = %hook.name, phase = %hook.phase,
+            duration_ms = ms(duration), outcome = ?other, "hook did not complete"
+        ),
+    }
+    HookReport {
+        phase: hook.phase,
+        name: hook.name,
+        outcome,
+        duration,
+    }
+}
+
+/// Milliseconds, to the microsecond: what the log lines show.
+pub(crate) fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}

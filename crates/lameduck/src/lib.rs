@@ -1,0 +1,65 @@
+//! Start network services correctly, stop them gracefully, and prove it.
+//!
+//! A [`Lifecycle`] runs a process's services (HTTP, gRPC, any accept loop), background tasks and
+//! shutdown hooks through one flow, one module each:
+//!
+//! 1. **start** ([`Service`], [`StartContext`]): every start step (bind, prepare) runs
+//!    concurrently; a failure stops the rest, releases every port, and names the culprit.
+//! 2. **ready** ([`LifecycleHandle`], [`State`]): ready only when all started; observable by
+//!    waiting, watching, or the log line with the time it took.
+//! 3. **signal** ([`Signal`]): SIGINT, SIGTERM, SIGQUIT (Ctrl+C, Ctrl+Break on Windows), the
+//!    handle, or a failing service start the shutdown; a second signal forces it.
+//! 4. **drain** ([`Drain`]): readiness off, lame-duck delay, listeners closed, in-flight work
+//!    waited for without polling, and aborted at the deadline.
+//! 5. **hooks** ([`Phase`]): ordered phases, concurrent within a phase, each hook time-bounded.
+//! 6. **report** ([`Report`], [`ExitCode`]): what happened, serialisable, and an exit code that
+//!    says which kind of ending it was.
+//!
+//! ```
+//! use lameduck::{Lifecycle, Phase, ExitCode};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let lifecycle = Lifecycle::new()
+//!     .handle_signals(false) // a real service keeps the default: SIGINT/SIGTERM/SIGQUIT
+//!     .task("worker", |stop| async move {
+//!         stop.cancelled().await; // wind down here
+//!         Ok(())
+//!     })
+//!     .hook(Phase::FLUSH, "flush", || async { Ok(()) })
+//!     .hook(Phase::CLOSE, "close", || async { Ok(()) });
+//! let handle = lifecycle.handle();
+//! let run = tokio::spawn(lifecycle.run());
+//! handle.wait_ready().await.unwrap();
+//! handle.shutdown();
+//! let report = run.await.unwrap();
+//! assert_eq!(report.exit_code, ExitCode::Clean);
+//! assert_eq!(report.hooks[0].name, "flush");
+//! # }
+//! ```
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod drain;
+mod error;
+mod hooks;
+mod lifecycle;
+mod ready;
+mod report;
+mod run;
+mod service;
+mod signal;
+
+pub use drain::{Drain, WorkGuard};
+pub use error::{BindError, BoxError, NotReady, StartError};
+pub use hooks::Phase;
+pub use lifecycle::Lifecycle;
+pub use ready::{LifecycleHandle, State};
+pub use report::{
+    ExitCode, HookOutcome, HookReport, Outcome, Report, Trigger, UnitReport, WorkReport,
+};
+pub use service::{Service, StartContext};
+pub use signal::Signal;
+
+/// The README's examples, compiled as doctests so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

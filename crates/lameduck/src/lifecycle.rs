@@ -1,0 +1,206 @@
+//! The builder: what runs (services, background tasks, hooks) and how (deadlines, signals).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::error::BoxError;
+use crate::hooks::{Hook, Phase};
+use crate::ready::{Control, LifecycleHandle};
+use crate::report::Report;
+use crate::run::Run;
+use crate::service::{self, BoxFuture, Service, StartFn};
+
+/// A background task: gets a token cancelled at the drain, returns when it has wound down.
+pub(crate) type TaskFn =
+    Box<dyn FnOnce(CancellationToken) -> BoxFuture<Result<(), BoxError>> + Send>;
+
+/// Timings and switches, with the defaults a service wants.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) drain_deadline: Duration,
+    pub(crate) lame_duck_delay: Duration,
+    pub(crate) hook_timeout: Duration,
+    pub(crate) force_on_second_signal: bool,
+    pub(crate) handle_signals: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            drain_deadline: Duration::from_secs(30),
+            lame_duck_delay: Duration::ZERO,
+            hook_timeout: Duration::from_secs(5),
+            force_on_second_signal: true,
+            handle_signals: true,
+        }
+    }
+}
+
+/// A process's services, background tasks and shutdown hooks, and the rules for starting and
+/// stopping them.
+///
+/// [`run`](Lifecycle::run) starts every service concurrently and becomes ready when all have
+/// started; on a signal (or a failure, or [`LifecycleHandle::shutdown`]) it turns readiness off,
+/// waits the lame-duck delay, drains services and tasks under the deadline, runs the hooks phase
+/// by phase, and resolves to a [`Report`]. A second signal abandons the shutdown.
+///
+/// ```no_run
+/// use lameduck::{Lifecycle, Phase, StartContext};
+/// use std::time::Duration;
+///
+/// #[tokio::main]
+/// async fn main() {
+///     let report = Lifecycle::new()
+///         .drain_deadline(Duration::from_secs(20))
+///         .service("api", |ctx: StartContext| async move {
+///             let listener = ctx.bind_tcp("0.0.0.0:8080").await?;
+///             let drain = ctx.drain();
+///             Ok(async move {
+///                 // accept until `drain.draining()`, run connections with `drain.spawn`
+///                 # drop((listener, drain));
+///                 Ok(())
+///             })
+///         })
+///         .task("metrics", |stop| async move {
+///             stop.cancelled().await;
+///             Ok(())
+///         })
+///         .hook(Phase::FLUSH, "flush-cache", || async { Ok(()) })
+///         .hook(Phase::CLOSE, "close-db", || async { Ok(()) })
+///         .run()
+///         .await;
+///     eprintln!("{report}");
+///     report.exit();
+/// }
+/// ```
+pub struct Lifecycle {
+    pub(crate) services: Vec<(Arc<str>, StartFn)>,
+    pub(crate) tasks: Vec<(Arc<str>, TaskFn)>,
+    pub(crate) hooks: Vec<Hook>,
+    pub(crate) config: Config,
+    pub(crate) control: Control,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Lifecycle {
+    /// An empty lifecycle with the defaults: drain deadline 30 s, lame-duck delay 0 s, hook
+    /// timeout 5 s, signals handled, a second signal forces the exit.
+    pub fn new() -> Self {
+        Lifecycle {
+            services: Vec::new(),
+            tasks: Vec::new(),
+            hooks: Vec::new(),
+            config: Config::default(),
+            control: Control::new(),
+        }
+    }
+
+    /// Adds a service. Its start step runs concurrently with the others'; the lifecycle is ready
+    /// when every one has succeeded. See [`Service`].
+    pub fn service(mut self, name: impl Into<String>, service: impl Service) -> Self {
+        self.services
+            .push((name.into().into(), service::erase(service)));
+        self
+    }
+
+    /// Adds a background task, started once the lifecycle is ready. It gets a token that is
+    /// cancelled when the drain begins, and the drain waits for it to return. A task that
+    /// returns `Ok` before any shutdown has simply finished; one that fails or panics shuts
+    /// everything down.
+    pub fn task<F, Fut>(mut self, name: impl Into<String>, task: F) -> Self
+    where
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        let run: TaskFn = Box::new(move |token| Box::pin(task(token)));
+        self.tasks.push((name.into().into(), run));
+        self
+    }
+
+    /// Adds a shutdown hook in `phase`, with the default [hook timeout](Lifecycle::hook_timeout).
+    /// Hooks run after the drain (also after one that hit its deadline, and after a failed start);
+    /// phases run in order, the hooks of one phase concurrently.
+    pub fn hook<F, Fut>(self, phase: Phase, name: impl Into<String>, hook: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.push_hook(Hook::new(phase, name.into(), None, hook))
+    }
+
+    /// Adds a shutdown hook with a timeout of its own.
+    pub fn hook_with_timeout<F, Fut>(
+        self,
+        phase: Phase,
+        name: impl Into<String>,
+        timeout: Duration,
+        hook: F,
+    ) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.push_hook(Hook::new(phase, name.into(), Some(timeout), hook))
+    }
+
+    fn push_hook(mut self, hook: Hook) -> Self {
+        self.hooks.push(hook);
+        self
+    }
+
+    /// How long the drain may take before remaining work is aborted. Default 30 s.
+    pub fn drain_deadline(mut self, deadline: Duration) -> Self {
+        self.config.drain_deadline = deadline;
+        self
+    }
+
+    /// How long services keep serving after readiness turns off, so that load balancers notice
+    /// before listeners close. Default 0 s; on Kubernetes, a few seconds.
+    pub fn lame_duck_delay(mut self, delay: Duration) -> Self {
+        self.config.lame_duck_delay = delay;
+        self
+    }
+
+    /// The timeout of hooks added without one of their own. Default 5 s.
+    pub fn hook_timeout(mut self, timeout: Duration) -> Self {
+        self.config.hook_timeout = timeout;
+        self
+    }
+
+    /// Whether a signal during the shutdown abandons it (the run returns at once with
+    /// [`ExitCode::Forced`](crate::ExitCode::Forced)). Default on; when off, further signals
+    /// are logged and ignored.
+    pub fn force_on_second_signal(mut self, on: bool) -> Self {
+        self.config.force_on_second_signal = on;
+        self
+    }
+
+    /// Whether the run listens for SIGINT, SIGTERM and SIGQUIT (Ctrl+C and Ctrl+Break on
+    /// Windows). Default on; turn it off when something else owns the signals, or in tests.
+    pub fn handle_signals(mut self, on: bool) -> Self {
+        self.config.handle_signals = on;
+        self
+    }
+
+    /// A handle to watch readiness and request a shutdown, from anywhere.
+    pub fn handle(&self) -> LifecycleHandle {
+        self.control.handle.clone()
+    }
+
+    /// Starts everything, serves until a shutdown is triggered, shuts down, and reports.
+    ///
+    /// Resolves once every service and task has stopped (or was aborted at the deadline) and
+    /// every hook has ended, or at once when the shutdown is forced. Pass the report's exit code
+    /// to the process ([`Report::exit`]).
+    pub async fn run(self) -> Report {
+        Run::new(self).execute().await
+    }
+}

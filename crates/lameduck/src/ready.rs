@@ -1,0 +1,134 @@
+//! Readiness, observable from outside the run: the [`State`] the lifecycle is in, and the
+//! [`LifecycleHandle`] that watches it and asks for a shutdown.
+
+use std::sync::{Arc, OnceLock};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::NotReady;
+
+/// Where the lifecycle is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Start steps are running; not ready.
+    Starting,
+    /// Every service started and is serving.
+    Ready,
+    /// Shutting down: readiness is off; services may still serve during the lame-duck delay.
+    Draining,
+    /// The run is over.
+    Stopped,
+}
+
+/// A cloneable handle on a lifecycle: watch its readiness, request a shutdown, force one.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use lameduck::{Lifecycle, State};
+///
+/// let lifecycle = Lifecycle::new().handle_signals(false);
+/// let handle = lifecycle.handle();
+/// assert_eq!(handle.state(), State::Starting);
+/// let run = tokio::spawn(lifecycle.run());
+/// // Tasks and services would run now; there are none, so the run completes by itself.
+/// let report = run.await.unwrap();
+/// assert_eq!(handle.state(), State::Stopped);
+/// assert_eq!(report.exit_code.code(), 0);
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct LifecycleHandle {
+    state: watch::Receiver<State>,
+    shutdown: CancellationToken,
+    force: CancellationToken,
+    start_error: Arc<OnceLock<String>>,
+}
+
+/// The lifecycle's side of the handle: it publishes state changes and reads the requests.
+#[derive(Debug)]
+pub(crate) struct Control {
+    state: watch::Sender<State>,
+    pub(crate) handle: LifecycleHandle,
+}
+
+impl Control {
+    pub(crate) fn new() -> Self {
+        let (tx, rx) = watch::channel(State::Starting);
+        Control {
+            state: tx,
+            handle: LifecycleHandle {
+                state: rx,
+                shutdown: CancellationToken::new(),
+                force: CancellationToken::new(),
+                start_error: Arc::new(OnceLock::new()),
+            },
+        }
+    }
+
+    pub(crate) fn set(&self, state: State) {
+        self.state.send_replace(state);
+    }
+
+    pub(crate) fn set_start_error(&self, error: String) {
+        // Only the first failure is the reason; later ones are in the report.
+        let _ = self.handle.start_error.set(error);
+    }
+
+    pub(crate) fn shutdown_requested(&self) -> &CancellationToken {
+        &self.handle.shutdown
+    }
+
+    pub(crate) fn force_requested(&self) -> &CancellationToken {
+        &self.handle.force
+    }
+}
+
+impl LifecycleHandle {
+    /// The current state.
+    pub fn state(&self) -> State {
+        *self.state.borrow()
+    }
+
+    /// Whether the lifecycle is ready (every service started, no shutdown begun): what a
+    /// readiness probe should answer.
+    pub fn is_ready(&self) -> bool {
+        self.state() == State::Ready
+    }
+
+    /// Waits until the lifecycle is ready. Fails if it stops (or its start fails) first.
+    pub async fn wait_ready(&self) -> Result<(), NotReady> {
+        let mut rx = self.state.clone();
+        match rx.wait_for(|s| *s != State::Starting).await.map(|s| *s) {
+            Ok(State::Ready) => Ok(()),
+            _ => Err(NotReady {
+                reason: self.start_error.get().cloned(),
+            }),
+        }
+    }
+
+    /// Waits until the run is over (its report is about to be returned).
+    pub async fn wait_stopped(&self) {
+        let mut rx = self.state.clone();
+        // An error means the lifecycle was dropped: it is stopped too.
+        let _ = rx.wait_for(|s| *s == State::Stopped).await;
+    }
+
+    /// A receiver of every state change, for code that reacts to them.
+    pub fn subscribe(&self) -> watch::Receiver<State> {
+        self.state.clone()
+    }
+
+    /// Starts a graceful shutdown, as a signal would. Idempotent.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Abandons the shutdown, as a second signal would: the run returns at once with
+    /// [`ExitCode::Forced`](crate::ExitCode::Forced).
+    pub fn force(&self) {
+        self.force.cancel();
+    }
+}

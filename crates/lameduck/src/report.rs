@@ -1,0 +1,416 @@
+//! What happened: the [`Report`] that [`Lifecycle::run`](crate::Lifecycle::run) resolves to, and
+//! the [`ExitCode`] it maps to.
+//!
+//! Every duration serialises as milliseconds (a float), so a report reads well as JSON:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let report = lameduck::Lifecycle::new().handle_signals(false).run().await;
+//! let json = serde_json::to_string(&report).unwrap();
+//! assert!(json.contains(r#""exit_code":"clean""#));
+//! assert_eq!(report.exit_code.code(), 0);
+//! # }
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hooks::Phase;
+use crate::signal::Signal;
+
+/// Everything a run did, in the order it did it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// What started the shutdown.
+    pub trigger: Trigger,
+    /// How long the start took, from `run()` to ready; `None` if it never became ready.
+    #[serde(with = "duration_ms::option")]
+    pub ready_after: Option<Duration>,
+    /// One entry per service, in registration order.
+    pub services: Vec<UnitReport>,
+    /// One entry per background task, in registration order.
+    pub tasks: Vec<UnitReport>,
+    /// One entry per hook, in the order the hooks were run (by phase, then registration).
+    pub hooks: Vec<HookReport>,
+    /// How long the drain took (drain signal to last service or task stopped or aborted);
+    /// `None` if no drain happened (a failed start, or a forced exit first).
+    #[serde(with = "duration_ms::option")]
+    pub drain: Option<Duration>,
+    /// Whether the drain deadline was reached and remaining work aborted.
+    pub deadline_exceeded: bool,
+    /// Whether a second signal (or [`LifecycleHandle::force`](crate::LifecycleHandle::force))
+    /// abandoned the rest of the shutdown.
+    pub forced: bool,
+    /// From the trigger to the end of the shutdown.
+    #[serde(with = "duration_ms")]
+    pub shutdown: Duration,
+    /// From `run()` to the end.
+    #[serde(with = "duration_ms")]
+    pub total: Duration,
+    /// The process exit code this report stands for.
+    pub exit_code: ExitCode,
+}
+
+/// What started the shutdown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Trigger {
+    /// An operating-system signal.
+    Signal {
+        /// Which one.
+        signal: Signal,
+    },
+    /// [`LifecycleHandle::shutdown`](crate::LifecycleHandle::shutdown) was called.
+    Requested,
+    /// [`LifecycleHandle::force`](crate::LifecycleHandle::force) was called before any shutdown.
+    Forced,
+    /// A service's start step failed or panicked.
+    StartFailed {
+        /// The service.
+        service: String,
+        /// The error (naming the address and hint for bind errors) or panic message.
+        error: String,
+    },
+    /// A service failed, panicked or stopped serving on its own.
+    ServiceFailed {
+        /// The service.
+        service: String,
+        /// The error or panic message.
+        error: String,
+    },
+    /// A background task failed or panicked.
+    TaskFailed {
+        /// The task.
+        task: String,
+        /// The error or panic message.
+        error: String,
+    },
+    /// There were no services, and every background task finished on its own.
+    Completed,
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Trigger::Signal { signal } => write!(f, "signal {signal}"),
+            Trigger::Requested => f.write_str("shutdown requested"),
+            Trigger::Forced => f.write_str("forced"),
+            Trigger::StartFailed { error, .. } => f.write_str(error),
+            Trigger::ServiceFailed { service, error } => write!(f, "service `{service}` {error}"),
+            Trigger::TaskFailed { task, error } => write!(f, "task `{task}` {error}"),
+            Trigger::Completed => f.write_str("all tasks completed"),
+        }
+    }
+}
+
+/// What happened to one service or background task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnitReport {
+    /// Its name.
+    pub name: String,
+    /// The addresses it listened on (services that bound through
+    /// [`StartContext`](crate::StartContext)).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// How long its start step took (services only).
+    #[serde(with = "duration_ms::option")]
+    pub started_in: Option<Duration>,
+    /// From the drain signal until it stopped; `None` if it was not running when the drain began.
+    #[serde(with = "duration_ms::option")]
+    pub drained_in: Option<Duration>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Its tracked work (connections, requests): see [`Drain`](crate::Drain).
+    pub work: WorkReport,
+}
+
+/// How a service or background task ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    /// It was never started (its start was cut short, or it never got to serve because
+    /// another start failed; its listeners were released unused).
+    NotStarted,
+    /// Its start step failed or panicked.
+    StartFailed {
+        /// The error or panic message.
+        error: String,
+    },
+    /// A background task that finished on its own before any shutdown.
+    Finished,
+    /// Stopped cleanly after being told to drain.
+    Stopped,
+    /// Returned an error (or, for a service, stopped serving on its own before any shutdown).
+    Failed {
+        /// The error.
+        error: String,
+    },
+    /// Panicked.
+    Panicked {
+        /// The panic message.
+        message: String,
+    },
+    /// Still running at the drain deadline, and aborted.
+    Aborted,
+    /// Still running when a forced exit abandoned it.
+    Abandoned,
+}
+
+impl Outcome {
+    fn is_failure(&self) -> bool {
+        matches!(self, Outcome::Failed { .. } | Outcome::Panicked { .. })
+    }
+}
+
+/// Counts of a service's tracked work (see [`Drain::spawn`](crate::Drain::spawn) and
+/// [`Drain::track`](crate::Drain::track)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkReport {
+    /// Units of work started over the whole run.
+    pub total: u64,
+    /// Units in flight when the drain began.
+    pub in_flight_at_drain: u64,
+    /// Units that finished during the drain (including ones that started during it).
+    pub drained: u64,
+    /// Units still in flight at the deadline, which were aborted.
+    pub aborted: u64,
+}
+
+/// What happened to one shutdown hook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HookReport {
+    /// Its phase.
+    pub phase: Phase,
+    /// Its name.
+    pub name: String,
+    /// How it ended.
+    pub outcome: HookOutcome,
+    /// How long it ran.
+    #[serde(with = "duration_ms")]
+    pub duration: Duration,
+}
+
+/// How a shutdown hook ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HookOutcome {
+    /// It returned `Ok`.
+    Completed,
+    /// It returned an error.
+    Failed {
+        /// The error.
+        error: String,
+    },
+    /// It panicked.
+    Panicked {
+        /// The panic message.
+        message: String,
+    },
+    /// It ran past its timeout and was aborted.
+    TimedOut {
+        /// The timeout it had.
+        #[serde(with = "duration_ms")]
+        timeout: Duration,
+    },
+    /// A forced exit came before it could run or finish.
+    Abandoned,
+}
+
+/// The process exit codes, one per kind of ending.
+///
+/// When several apply, the first in this list wins: forced, start failed, service failed,
+/// deadline exceeded, hook failed.
+///
+/// | code | variant |
+/// |---:|---|
+/// | 0 | [`Clean`](ExitCode::Clean) |
+/// | 3 | [`StartFailed`](ExitCode::StartFailed) |
+/// | 4 | [`ServiceFailed`](ExitCode::ServiceFailed) |
+/// | 5 | [`DeadlineExceeded`](ExitCode::DeadlineExceeded) |
+/// | 6 | [`HookFailed`](ExitCode::HookFailed) |
+/// | 7 | [`Forced`](ExitCode::Forced) |
+///
+/// 1 and 2 are left to the program itself (a generic error, a usage error), and 128 + N to
+/// the shell's "killed by signal N".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitCode {
+    /// Everything started, drained within the deadline, and every hook completed.
+    Clean,
+    /// A start step failed or panicked (for example, a port was taken).
+    StartFailed,
+    /// A service or background task failed or panicked, or a service stopped serving on its own.
+    ServiceFailed,
+    /// The drain deadline was reached and remaining work aborted.
+    DeadlineExceeded,
+    /// A hook failed, panicked or timed out.
+    HookFailed,
+    /// A second signal (or [`LifecycleHandle::force`](crate::LifecycleHandle::force)) abandoned
+    /// the shutdown.
+    Forced,
+}
+
+impl ExitCode {
+    /// The numeric code, for [`std::process::exit`].
+    pub const fn code(self) -> i32 {
+        match self {
+            ExitCode::Clean => 0,
+            ExitCode::StartFailed => 3,
+            ExitCode::ServiceFailed => 4,
+            ExitCode::DeadlineExceeded => 5,
+            ExitCode::HookFailed => 6,
+            ExitCode::Forced => 7,
+        }
+    }
+}
+
+impl From<ExitCode> for std::process::ExitCode {
+    fn from(code: ExitCode) -> Self {
+        // Every code fits in a u8 by construction.
+        std::process::ExitCode::from(code.code() as u8)
+    }
+}
+
+impl Report {
+    /// Derives the exit code from the contents (see [`ExitCode`] for the precedence).
+    pub(crate) fn exit_code_of(&self) -> ExitCode {
+        let units = || self.services.iter().chain(&self.tasks);
+        if self.forced {
+            ExitCode::Forced
+        } else if matches!(self.trigger, Trigger::StartFailed { .. }) {
+            ExitCode::StartFailed
+        } else if matches!(
+            self.trigger,
+            Trigger::ServiceFailed { .. } | Trigger::TaskFailed { .. }
+        ) || units().any(|u| u.outcome.is_failure())
+        {
+            ExitCode::ServiceFailed
+        } else if self.deadline_exceeded {
+            ExitCode::DeadlineExceeded
+        } else if self
+            .hooks
+            .iter()
+            .any(|h| h.outcome != HookOutcome::Completed)
+        {
+            ExitCode::HookFailed
+        } else {
+            ExitCode::Clean
+        }
+    }
+
+    /// Exits the process with this report's exit code, at once.
+    ///
+    /// Prefer this to returning from `main` after a forced shutdown: returning drops the tokio
+    /// runtime, which waits for any blocking tasks still running, and a forced exit must not wait.
+    pub fn exit(&self) -> ! {
+        std::process::exit(self.exit_code.code())
+    }
+}
+
+impl fmt::Display for Report {
+    /// A human summary, one line per service, task and hook.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "lameduck report: exit {} ({:?}), trigger: {}",
+            self.exit_code.code(),
+            self.exit_code,
+            self.trigger
+        )?;
+        if let Some(ready) = self.ready_after {
+            writeln!(f, "  ready after {}", ms(ready))?;
+        }
+        for (kind, units) in [("service", &self.services), ("task", &self.tasks)] {
+            for u in units {
+                write!(f, "  {kind} {}: {:?}", u.name, u.outcome)?;
+                if !u.addresses.is_empty() {
+                    write!(f, " on {}", u.addresses.join(", "))?;
+                }
+                if let Some(d) = u.drained_in {
+                    write!(f, ", drained in {}", ms(d))?;
+                }
+                if u.work.total > 0 {
+                    let w = u.work;
+                    write!(
+                        f,
+                        ", work: {} total, {} in flight at drain, {} drained, {} aborted",
+                        w.total, w.in_flight_at_drain, w.drained, w.aborted
+                    )?;
+                }
+                writeln!(f)?;
+            }
+        }
+        for h in &self.hooks {
+            writeln!(
+                f,
+                "  hook {} (phase {}): {:?} in {}",
+                h.name,
+                h.phase,
+                h.outcome,
+                ms(h.duration)
+            )?;
+        }
+        if let Some(d) = self.drain {
+            write!(f, "  drain {}", ms(d))?;
+            if self.deadline_exceeded {
+                write!(f, " (deadline exceeded)")?;
+            }
+            write!(f, ", ")?;
+        } else {
+            write!(f, "  ")?;
+        }
+        write!(
+            f,
+            "shutdown {}, total {}",
+            ms(self.shutdown),
+            ms(self.total)
+        )?;
+        if self.forced {
+            write!(f, " (forced)")?;
+        }
+        Ok(())
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Serde for `Duration` as milliseconds (a float), the unit people read reports in.
+pub(crate) mod duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64() * 1e3)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let ms = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(ms / 1e3).map_err(serde::de::Error::custom)
+    }
+
+    pub(crate) mod option {
+        use super::*;
+
+        pub(crate) fn serialize<S: Serializer>(
+            d: &Option<Duration>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => s.serialize_some(&(d.as_secs_f64() * 1e3)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Duration>, D::Error> {
+            Option::<f64>::deserialize(d)?
+                .map(|ms| Duration::try_from_secs_f64(ms / 1e3).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+}

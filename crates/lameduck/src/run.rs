@@ -1,0 +1,608 @@
+//! One run, step by step: start (barrier) -> ready -> trigger -> lame duck -> drain -> hooks ->
+//! report. Every wait here is on an event (a task ending, a token, a timer for a deadline);
+//! nothing polls.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::{Id, JoinError, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::drain::{Drain, WorkCounts};
+use crate::error::{BoxError, Failure, StartError, chain, panic_message};
+use crate::hooks::{Hooks, ms};
+use crate::lifecycle::{Config, Lifecycle, TaskFn};
+use crate::ready::{Control, State};
+use crate::report::{ExitCode, Outcome, Report, Trigger, UnitReport};
+use crate::service::{Addresses, ServeFuture, StartContext, StartFn};
+use crate::signal::{Signal, Signals};
+
+/// After the deadline, how long aborted serve steps get to be dropped (which releases their
+/// listeners) before the run stops waiting for them. Aborts land at the task's next poll, so
+/// this only matters for a task stuck in blocking code.
+const ABORT_GRACE: Duration = Duration::from_secs(1);
+
+/// A service or background task, as the run sees it.
+struct Unit {
+    name: Arc<str>,
+    addresses: Addresses,
+    /// Services only; tasks track no work.
+    drain: Option<Drain>,
+    started_in: Option<Duration>,
+    drained_in: Option<Duration>,
+    /// `None` while it runs (or never ran).
+    outcome: Option<Outcome>,
+    /// Whether a serve step, task or in-flight work of it is still running.
+    live: bool,
+    at_drain: Option<WorkCounts>,
+    at_end: Option<WorkCounts>,
+    /// Whether the deadline cut its work short (the in-flight count at `at_end` was aborted).
+    work_aborted: bool,
+}
+
+impl Unit {
+    fn new(name: Arc<str>, drain: Option<Drain>) -> Self {
+        Unit {
+            name,
+            addresses: Addresses::default(),
+            drain,
+            started_in: None,
+            drained_in: None,
+            outcome: None,
+            live: false,
+            at_drain: None,
+            at_end: None,
+            work_aborted: false,
+        }
+    }
+
+    fn report(self, forced: bool) -> UnitReport {
+        let outcome = match (self.outcome, forced && self.live) {
+            (Some(o @ (Outcome::Failed { .. } | Outcome::Panicked { .. })), _) => o,
+            (_, true) => Outcome::Abandoned,
+            (Some(o), false) => o,
+            (None, false) => Outcome::NotStarted,
+        };
+        let work = match &self.drain {
+            Some(d) => WorkCounts::report(
+                self.at_drain,
+                self.at_end.unwrap_or_else(|| d.counts()),
+                self.work_aborted,
+            ),
+            None => Default::default(),
+        };
+        UnitReport {
+            name: self.name.to_string(),
+            addresses: self.addresses.get(),
+            started_in: self.started_in,
+            drained_in: self.drained_in,
+            outcome,
+            work,
+        }
+    }
+}
+
+/// Where shutdown requests come from: signals, and the handle.
+struct Triggers {
+    signals: Option<Signals>,
+    shutdown: CancellationToken,
+    force: CancellationToken,
+    force_on_second_signal: bool,
+}
+
+impl Triggers {
+    /// The trigger of the shutdown.
+    async fn first(&mut self) -> Trigger {
+        tokio::select! {
+            biased;
+            () = self.force.cancelled() => Trigger::Forced,
+            signal = next_signal(&mut self.signals) => Trigger::Signal { signal },
+            () = self.shutdown.cancelled() => Trigger::Requested,
+        }
+    }
+
+    /// Resolves when the shutdown under way must be abandoned.
+    async fn forced(&mut self) {
+        loop {
+            tokio::select! {
+                biased;
+                () = self.force.cancelled() => {
+                    tracing::warn!(target: "lameduck", "forced by the handle: abandoning the shutdown");
+                    return;
+                }
+                signal = next_signal(&mut self.signals) => {
+                    if self.force_on_second_signal {
+                        tracing::warn!(target: "lameduck", %signal, "second signal: abandoning the shutdown");
+                        return;
+                    }
+                    tracing::warn!(target: "lameduck", %signal, "signal during shutdown ignored (force_on_second_signal is off)");
+                }
+            }
+        }
+    }
+}
+
+pub(crate) struct Run {
+    config: Config,
+    control: Control,
+    /// Services first, in registration order, then tasks.
+    units: Vec<Unit>,
+    starts: Vec<StartFn>,
+    tasks: Vec<TaskFn>,
+    hooks: Hooks,
+    /// Cancelled when the drain begins: services' `Drain` and tasks' tokens hang off it.
+    draining: CancellationToken,
+    /// Cancelled at the drain deadline: aborts work spawned through `Drain::spawn`.
+    hard_stop: CancellationToken,
+    /// The serve steps and the tasks.
+    running: JoinSet<Result<(), BoxError>>,
+    ids: HashMap<Id, usize>,
+    /// Waits for services' in-flight work, once their serve step has returned.
+    idle: JoinSet<usize>,
+    began: Instant,
+    ready_after: Option<Duration>,
+    drain_began: Option<Instant>,
+    drain_took: Option<Duration>,
+    deadline_exceeded: bool,
+}
+
+impl Run {
+    pub(crate) fn new(lifecycle: Lifecycle) -> Self {
+        let Lifecycle {
+            services,
+            tasks,
+            hooks,
+            config,
+            control,
+        } = lifecycle;
+        let draining = CancellationToken::new();
+        let hard_stop = CancellationToken::new();
+        let mut units = Vec::with_capacity(services.len() + tasks.len());
+        let mut starts = Vec::with_capacity(services.len());
+        for (name, start) in services {
+            units.push(Unit::new(
+                name,
+                Some(Drain::new(draining.clone(), hard_stop.clone())),
+            ));
+            starts.push(start);
+        }
+        let mut task_fns = Vec::with_capacity(tasks.len());
+        for (name, task) in tasks {
+            units.push(Unit::new(name, None));
+            task_fns.push(task);
+        }
+        Run {
+            hooks: Hooks::new(hooks, config.hook_timeout),
+            config,
+            control,
+            units,
+            starts,
+            tasks: task_fns,
+            draining,
+            hard_stop,
+            running: JoinSet::new(),
+            ids: HashMap::new(),
+            idle: JoinSet::new(),
+            began: Instant::now(),
+            ready_after: None,
+            drain_began: None,
+            drain_took: None,
+            deadline_exceeded: false,
+        }
+    }
+
+    pub(crate) async fn execute(mut self) -> Report {
+        self.began = Instant::now();
+        let signals = if self.config.handle_signals {
+            match Signals::install() {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    let trigger = Trigger::StartFailed {
+                        service: "signal handler".into(),
+                        error: format!("cannot install signal handlers: {e}"),
+                    };
+                    self.control.set_start_error(trigger.to_string());
+                    return self.report(trigger, Instant::now(), false);
+                }
+            }
+        } else {
+            None
+        };
+        let mut triggers = Triggers {
+            signals,
+            shutdown: self.control.shutdown_requested().clone(),
+            force: self.control.force_requested().clone(),
+            force_on_second_signal: self.config.force_on_second_signal,
+        };
+
+        let trigger = match self.start(&mut triggers).await {
+            Ok(()) => self.serve(&mut triggers).await,
+            Err(trigger) => trigger,
+        };
+        let shutdown_began = Instant::now();
+        if trigger == Trigger::Forced {
+            return self.report(trigger, shutdown_began, true);
+        }
+        self.control.set(State::Draining);
+        tracing::info!(target: "lameduck", %trigger, "shutting down: readiness off");
+
+        let forced = tokio::select! {
+            biased;
+            () = triggers.forced() => true,
+            () = self.shut_down(shutdown_began) => false,
+        };
+        self.report(trigger, shutdown_began, forced)
+    }
+
+    /// The readiness barrier: every start step runs concurrently; ready only when all succeed.
+    /// On a failure (or a trigger) the others are cut short and every listener is released,
+    /// since no serve step has been spawned yet: dropping them is enough.
+    async fn start(&mut self, triggers: &mut Triggers) -> Result<(), Trigger> {
+        let mut starting = JoinSet::new();
+        let mut ids = HashMap::new();
+        for (i, start) in std::mem::take(&mut self.starts).into_iter().enumerate() {
+            let unit = &self.units[i];
+            let Some(drain) = unit.drain.clone() else {
+                continue;
+            };
+            let ctx = StartContext::new(
+                Arc::clone(&unit.name),
+                unit.addresses.clone(),
+                drain,
+                self.control.handle.clone(),
+            );
+            let handle = starting.spawn(async move {
+                let began = Instant::now();
+                let serve = start(ctx).await;
+                (i, serve, began.elapsed())
+            });
+            ids.insert(handle.id(), i);
+        }
+        let mut serves: Vec<Option<ServeFuture>> = self.units.iter().map(|_| None).collect();
+
+        let outcome = loop {
+            let next = tokio::select! {
+                biased;
+                trigger = triggers.first() => break Err(trigger),
+                next = starting.join_next() => next,
+            };
+            match next {
+                None => break Ok(()),
+                Some(Ok((i, Ok(serve), took))) => {
+                    let unit = &mut self.units[i];
+                    unit.started_in = Some(took);
+                    tracing::info!(
+                        target: "lameduck", service = %unit.name,
+                        addresses = ?unit.addresses.get(), took_ms = ms(took), "service started"
+                    );
+                    serves[i] = Some(serve);
+                }
+                Some(Ok((i, Err(source), took))) => {
+                    let unit = &mut self.units[i];
+                    unit.started_in = Some(took);
+                    let err = StartError::Failed {
+                        service: unit.name.to_string(),
+                        source,
+                    };
+                    break Err(self.start_failed(i, err));
+                }
+                Some(Err(join)) => {
+                    let Some(&i) = ids.get(&join.id()) else {
+                        continue;
+                    };
+                    let err = StartError::Panicked {
+                        service: self.units[i].name.to_string(),
+                        message: join_message(join),
+                    };
+                    break Err(self.start_failed(i, err));
+                }
+            }
+        };
+
+        if let Err(trigger) = &outcome {
+            if *trigger != Trigger::Forced {
+                tracing::info!(target: "lameduck", %trigger, "start cut short: releasing every listener");
+                starting.abort_all();
+                // Aborted start steps are dropped at their next poll: wait for that, so their
+                // listeners are closed before the run goes on (a further signal still forces).
+                let released = async { while starting.join_next().await.is_some() {} };
+                tokio::select! {
+                    () = triggers.forced() => return Err(Trigger::Forced),
+                    () = released => {}
+                }
+            }
+            return outcome;
+        }
+
+        for (i, serve) in serves.into_iter().enumerate() {
+            if let Some(serve) = serve {
+                let handle = self.running.spawn(serve);
+                self.ids.insert(handle.id(), i);
+                self.units[i].live = true;
+            }
+        }
+        let first_task = self.units.len() - self.tasks.len();
+        for (j, task) in std::mem::take(&mut self.tasks).into_iter().enumerate() {
+            let handle = self.running.spawn(task(self.draining.child_token()));
+            self.ids.insert(handle.id(), first_task + j);
+            self.units[first_task + j].live = true;
+        }
+        let took = self.began.elapsed();
+        self.ready_after = Some(took);
+        self.control.set(State::Ready);
+        tracing::info!(
+            target: "lameduck",
+            services = first_task, tasks = self.units.len() - first_task,
+            took_ms = ms(took), "ready"
+        );
+        Ok(())
+    }
+
+    fn start_failed(&mut self, i: usize, err: StartError) -> Trigger {
+        let error = chain(&err);
+        tracing::error!(target: "lameduck", service = %self.units[i].name, error = %error, "start failed");
+        self.control.set_start_error(error.clone());
+        self.units[i].outcome = Some(Outcome::StartFailed {
+            error: error.clone(),
+        });
+        Trigger::StartFailed {
+            service: self.units[i].name.to_string(),
+            error,
+        }
+    }
+
+    /// Ready: waits for a trigger, or a service or task ending on its own.
+    async fn serve(&mut self, triggers: &mut Triggers) -> Trigger {
+        loop {
+            let next = tokio::select! {
+                biased;
+                trigger = triggers.first() => return trigger,
+                next = self.running.join_next_with_id() => next,
+            };
+            let Some(next) = next else {
+                tracing::info!(target: "lameduck", "every task finished and there are no services");
+                return Trigger::Completed;
+            };
+            if let Some(trigger) = self.ended(next) {
+                return trigger;
+            }
+        }
+    }
+
+    /// Records a serve step or task ending; returns a trigger if it ended early and badly.
+    fn ended(&mut self, next: Result<(Id, Result<(), BoxError>), JoinError>) -> Option<Trigger> {
+        let (id, result) = match next {
+            Ok((id, res)) => (id, Ok(res)),
+            Err(join) => (join.id(), Err(join)),
+        };
+        let i = *self.ids.get(&id)?;
+        let draining = self.draining.is_cancelled();
+        let unit = &mut self.units[i];
+        let is_service = unit.drain.is_some();
+        let kind = if is_service { "service" } else { "task" };
+        let failure = match Failure::from_join(result) {
+            Ok(()) if !is_service && !draining => {
+                unit.outcome = Some(Outcome::Finished);
+                None
+            }
+            Ok(()) if is_service && !draining => Some(Failure::Error(
+                "stopped serving before any shutdown was requested".into(),
+            )),
+            Ok(()) => {
+                unit.outcome = Some(Outcome::Stopped);
+                None
+            }
+            Err(Some(failure)) => Some(failure),
+            Err(None) => {
+                unit.outcome = Some(Outcome::Aborted);
+                None
+            }
+        };
+        if let Some(failure) = &failure {
+            tracing::error!(target: "lameduck", unit = %unit.name, kind, "{failure}");
+            unit.outcome = Some(match failure {
+                Failure::Error(error) => Outcome::Failed {
+                    error: error.clone(),
+                },
+                Failure::Panic(message) => Outcome::Panicked {
+                    message: message.clone(),
+                },
+            });
+        }
+        match (&unit.drain, &unit.outcome) {
+            // Past the deadline nothing more is waited for.
+            _ if self.hard_stop.is_cancelled() => self.done(i),
+            // Its serve step is over; its in-flight work may not be.
+            (Some(drain), Some(outcome)) if *outcome != Outcome::Aborted => {
+                let drain = drain.clone();
+                self.idle.spawn(async move {
+                    drain.idle().await;
+                    i
+                });
+            }
+            _ => self.done(i),
+        }
+        let error = failure.filter(|_| !draining)?.to_string();
+        let name = self.units[i].name.to_string();
+        Some(if is_service {
+            Trigger::ServiceFailed {
+                service: name,
+                error,
+            }
+        } else {
+            Trigger::TaskFailed { task: name, error }
+        })
+    }
+
+    /// A unit has nothing running any more.
+    fn done(&mut self, i: usize) {
+        let unit = &mut self.units[i];
+        unit.live = false;
+        if let Some(began) = self.drain_began {
+            unit.drained_in = Some(began.elapsed());
+            tracing::info!(
+                target: "lameduck", unit = %unit.name,
+                elapsed_ms = ms(began.elapsed()),
+                outcome = ?unit.outcome.as_ref().unwrap_or(&Outcome::NotStarted), "stopped"
+            );
+        }
+        if let Some(drain) = &unit.drain {
+            unit.at_end.get_or_insert(drain.counts());
+        }
+    }
+
+    /// Lame duck, drain, hooks. Dropped as a whole when the shutdown is forced.
+    async fn shut_down(&mut self, began: Instant) {
+        // A failed start never served: there is nothing to be a lame duck about, or to drain.
+        if self.ready_after.is_none() {
+            self.hooks.run().await;
+            return;
+        }
+        if !self.config.lame_duck_delay.is_zero() {
+            tracing::info!(
+                target: "lameduck",
+                delay_ms = ms(self.config.lame_duck_delay),
+                "lame duck: still serving while load balancers notice"
+            );
+            tokio::time::sleep(self.config.lame_duck_delay).await;
+        }
+        self.drain(began).await;
+        self.hooks.run().await;
+    }
+
+    /// Tells every service and task to stop, and waits until they have, or the deadline.
+    async fn drain(&mut self, began: Instant) {
+        let drain_began = Instant::now();
+        self.drain_began = Some(drain_began);
+        for unit in &mut self.units {
+            if let (true, Some(drain)) = (unit.live, &unit.drain) {
+                unit.at_drain = Some(drain.counts());
+            }
+        }
+        self.draining.cancel();
+        let live = self.units.iter().filter(|u| u.live).count();
+        tracing::info!(
+            target: "lameduck", live,
+            deadline_ms = ms(self.config.drain_deadline),
+            since_trigger_ms = ms(began.elapsed()),
+            "draining: listeners closing, in-flight work finishing"
+        );
+        let deadline = tokio::time::sleep(self.config.drain_deadline);
+        tokio::pin!(deadline);
+        let drained = loop {
+            if self.running.is_empty() && self.idle.is_empty() {
+                break true;
+            }
+            tokio::select! {
+                biased;
+                Some(next) = self.running.join_next_with_id() => { self.ended(next); }
+                Some(idle) = self.idle.join_next() => {
+                    if let Ok(i) = idle {
+                        self.done(i);
+                    }
+                }
+                () = &mut deadline => break false,
+            }
+        };
+        if !drained {
+            self.abort_remaining().await;
+        }
+        let took = drain_began.elapsed();
+        self.drain_took = Some(took);
+        tracing::info!(
+            target: "lameduck", took_ms = ms(took), deadline_exceeded = !drained,
+            "drain finished"
+        );
+    }
+
+    /// The deadline: abort what is left, and name it.
+    async fn abort_remaining(&mut self) {
+        self.deadline_exceeded = true;
+        for unit in self.units.iter_mut().filter(|u| u.live) {
+            if let Some(drain) = &unit.drain {
+                unit.at_end = Some(drain.counts());
+                unit.work_aborted = true;
+            }
+            tracing::warn!(
+                target: "lameduck", unit = %unit.name,
+                in_flight = unit.drain.as_ref().map(Drain::in_flight),
+                "drain deadline reached: aborting"
+            );
+            unit.outcome = Some(Outcome::Aborted);
+        }
+        self.hard_stop.cancel();
+        self.running.abort_all();
+        // Work held by guards outside `Drain::spawn` cannot be aborted: stop waiting for it.
+        self.idle.abort_all();
+        let grace = tokio::time::sleep(ABORT_GRACE);
+        tokio::pin!(grace);
+        while !self.running.is_empty() {
+            tokio::select! {
+                biased;
+                Some(next) = self.running.join_next_with_id() => { self.ended(next); }
+                () = &mut grace => {
+                    tracing::error!(target: "lameduck", "aborted serve steps did not stop within {ABORT_GRACE:?}");
+                    break;
+                }
+            }
+        }
+        while self.idle.join_next().await.is_some() {}
+        for unit in self.units.iter_mut().filter(|u| u.live) {
+            unit.live = false;
+            unit.outcome = Some(Outcome::Aborted);
+            if let Some(began) = self.drain_began {
+                unit.drained_in = Some(began.elapsed());
+            }
+        }
+    }
+
+    fn report(mut self, trigger: Trigger, shutdown_began: Instant, forced: bool) -> Report {
+        if forced {
+            // Whatever is still running is abandoned: abort it (dropping the JoinSets would too).
+            self.hard_stop.cancel();
+            self.running.abort_all();
+            self.idle.abort_all();
+        }
+        let (services, tasks): (Vec<_>, Vec<_>) = std::mem::take(&mut self.units)
+            .into_iter()
+            .partition(|u| u.drain.is_some());
+        let mut report = Report {
+            trigger,
+            ready_after: self.ready_after,
+            services: services.into_iter().map(|u| u.report(forced)).collect(),
+            tasks: tasks.into_iter().map(|u| u.report(forced)).collect(),
+            hooks: self.hooks.into_reports(),
+            drain: self.drain_took,
+            deadline_exceeded: self.deadline_exceeded,
+            forced,
+            shutdown: shutdown_began.elapsed(),
+            total: self.began.elapsed(),
+            exit_code: ExitCode::Clean,
+        };
+        report.exit_code = report.exit_code_of();
+        self.control.set(State::Stopped);
+        tracing::info!(
+            target: "lameduck", exit_code = report.exit_code.code(),
+            shutdown_ms = ms(report.shutdown), total_ms = ms(report.total), forced,
+            "stopped"
+        );
+        report
+    }
+}
+
+async fn next_signal(signals: &mut Option<Signals>) -> Signal {
+    match signals {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn join_message(join: JoinError) -> String {
+    if join.is_panic() {
+        panic_message(join.into_panic().as_ref())
+    } else {
+        "cancelled".into()
+    }
+}

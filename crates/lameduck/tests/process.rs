@@ -1,0 +1,325 @@
+//! End to end: a real child process, real signals, real sockets.
+//!
+//! The child is this test binary itself, re-run with `--ignored --exact child` and the scenario
+//! in environment variables: `child` is not a test but the child's entry point (ignored, so a
+//! normal run skips it). It serves a line protocol (`SLEEP <ms>` answers `DONE` after that
+//! long), prints what it does on stdout (`LISTENING`, `READY`, `HOOK ...`, `REPORT <json>`), and
+//! exits with the report's exit code.
+#![cfg(unix)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use lameduck::{BoxError, Drain, Lifecycle, Phase, StartContext};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+/// Generous: the machines are shared and noisy. Speed is measured in benchmarks.
+const WAIT: Duration = Duration::from_secs(20);
+
+#[test]
+#[ignore = "entry point of the child process, run by the other tests"]
+fn child() {
+    let env = |k: &str| std::env::var(k).ok();
+    let bind = env("CHILD_BIND").unwrap_or_else(|| "127.0.0.1:0".into());
+    let deadline_ms: u64 = env("CHILD_DEADLINE_MS").map_or(30_000, |v| v.parse().unwrap());
+    let flush_ms: u64 = env("CHILD_FLUSH_MS").map_or(200, |v| v.parse().unwrap());
+    let close_fails = env("CHILD_CLOSE_FAILS").is_some();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let report = runtime.block_on(async move {
+        let lifecycle = Lifecycle::new()
+            .drain_deadline(Duration::from_millis(deadline_ms))
+            .service("lines", move |ctx: StartContext| async move {
+                let listener = ctx.bind_tcp(bind.as_str()).await?;
+                println!("LISTENING {}", listener.local_addr()?);
+                let drain = ctx.drain();
+                Ok(async move {
+                    loop {
+                        tokio::select! {
+                            _ = drain.draining() => return Ok(()),
+                            conn = listener.accept() => {
+                                let (stream, _) = conn?;
+                                drain.spawn(serve_lines(stream, drain.clone()));
+                            }
+                        }
+                    }
+                })
+            })
+            .hook(Phase::FLUSH, "flush", move || async move {
+                println!("HOOK flush start");
+                tokio::time::sleep(Duration::from_millis(flush_ms)).await;
+                println!("HOOK flush end");
+                Ok(())
+            })
+            .hook(Phase::CLOSE, "close", move || async move {
+                println!("HOOK close");
+                if close_fails {
+                    return Err("database already gone".into());
+                }
+                Ok(())
+            });
+        let handle = lifecycle.handle();
+        tokio::spawn(async move {
+            if handle.wait_ready().await.is_ok() {
+                println!("READY");
+            }
+        });
+        lifecycle.run().await
+    });
+    println!("REPORT {}", serde_json::to_string(&report).unwrap());
+    report.exit();
+}
+
+/// `SLEEP <ms>` lines, each answered `DONE` after that long. Like HTTP keep-alive, an idle
+/// connection is closed at the drain; a request in progress is finished first.
+async fn serve_lines(stream: tokio::net::TcpStream, drain: Drain) -> Result<(), BoxError> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = tokio::io::BufReader::new(read).lines();
+    loop {
+        let line = tokio::select! {
+            biased;
+            () = drain.draining() => return Ok(()),
+            line = lines.next_line() => line?,
+        };
+        let Some(line) = line else { return Ok(()) };
+        let ms: u64 = line
+            .strip_prefix("SLEEP ")
+            .ok_or("expected SLEEP")?
+            .parse()?;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        write.write_all(b"DONE\n").await?;
+    }
+}
+
+/// The child as the parent sees it: its stdout lines as they come, and its exit.
+struct Proc {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line with `prefix`; returns the rest of it.
+    fn expect(&mut self, prefix: &str) -> String {
+        let until = Instant::now() + WAIT;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no `{prefix}` line; saw {:?}", self.seen));
+            self.seen.push(line.clone());
+            // libtest's own "test child ... " may precede the first line on the same line.
+            if let Some(at) = line.find(prefix) {
+                return line[at + prefix.len()..].trim().to_owned();
+            }
+        }
+    }
+
+    fn addr(&mut self) -> SocketAddr {
+        let addr = self.expect("LISTENING").parse().unwrap();
+        self.expect("READY");
+        addr
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -s {name} failed");
+    }
+
+    /// Waits for the exit; returns the code, the report, and our stdout lines since the last
+    /// `expect`, in order.
+    fn finish(mut self) -> (i32, serde_json::Value, Vec<String>) {
+        let from = self.seen.len();
+        let report = self.expect("REPORT");
+        let status = wait_exit(&mut self.child, WAIT);
+        let lines = self.seen[from..].to_vec();
+        (
+            status.code().expect("exited, not killed"),
+            serde_json::from_str(&report).unwrap(),
+            lines,
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // A failed assertion must not leave the child running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let until = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < until,
+            "child did not exit within {within:?}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Sends `SLEEP <ms>` and returns the connection, the request in flight.
+fn request(addr: SocketAddr, ms: u64) -> TcpStream {
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    writeln!(conn, "SLEEP {ms}").unwrap();
+    conn
+}
+
+fn read_answer(conn: &mut TcpStream) -> String {
+    let mut buf = [0u8; 16];
+    let n = conn.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn sigterm_drains_the_request_in_flight_closes_the_listener_runs_hooks_in_order() {
+    let mut proc = Proc::spawn(&[("CHILD_FLUSH_MS", "500")]);
+    let addr = proc.addr();
+    let mut conn = request(addr, 1000);
+    // Let the request reach the handler before the signal.
+    thread::sleep(Duration::from_millis(300));
+    proc.signal("TERM");
+
+    assert_eq!(
+        read_answer(&mut conn),
+        "DONE\n",
+        "in-flight request finished"
+    );
+    proc.expect("HOOK flush start");
+    // The process is still alive (flushing), and its listener is already closed.
+    let refused = TcpStream::connect(addr).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+
+    let (code, report, lines) = proc.finish();
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(lines[..2], ["HOOK flush end", "HOOK close"]);
+    assert_eq!(report["trigger"]["signal"], "SIGTERM");
+    let work = &report["services"][0]["work"];
+    assert_eq!(work["in_flight_at_drain"], 1);
+    assert_eq!(work["drained"], 1);
+    // Port free right after exit: a restart cannot hit `address already in use`.
+    TcpListener::bind(addr).expect("port released on exit");
+}
+
+#[test]
+fn sigint_and_sigquit_shut_down_gracefully_too() {
+    for signal in ["INT", "QUIT"] {
+        let mut proc = Proc::spawn(&[]);
+        let addr = proc.addr();
+        proc.signal(signal);
+        let (code, report, _) = proc.finish();
+        assert_eq!(code, 0, "{report}");
+        assert_eq!(report["trigger"]["signal"], format!("SIG{signal}"));
+        TcpListener::bind(addr).expect("port released on exit");
+    }
+}
+
+#[test]
+fn second_signal_forces_the_exit_with_its_own_code() {
+    let mut proc = Proc::spawn(&[("CHILD_FLUSH_MS", "60000")]);
+    proc.addr();
+    proc.signal("TERM");
+    proc.expect("HOOK flush start");
+    let sent = Instant::now();
+    proc.signal("INT");
+    let (code, report, _) = proc.finish();
+    let took = sent.elapsed();
+    assert_eq!(code, 7, "{report}");
+    assert_eq!(report["forced"], true);
+    assert_eq!(report["hooks"][0]["outcome"]["kind"], "abandoned");
+    // The requirement is 100 ms; on a loaded machine, only "not the 60 s hook" is certain.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+#[test]
+fn taken_port_fails_the_start_naming_the_address_and_the_likely_cause() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let proc = Proc::spawn(&[("CHILD_BIND", &addr)]);
+    let (code, report, _) = proc.finish();
+    assert_eq!(code, 3, "{report}");
+    let error = report["trigger"]["error"].as_str().unwrap();
+    assert!(error.contains("service `lines` failed to start"), "{error}");
+    assert!(error.contains(&addr), "{error}");
+    assert!(error.contains("another instance"), "{error}");
+    assert_eq!(report["hooks"][1]["outcome"]["kind"], "completed");
+}
+
+#[test]
+fn drain_deadline_aborts_the_request_and_still_frees_the_port() {
+    let mut proc = Proc::spawn(&[("CHILD_DEADLINE_MS", "300"), ("CHILD_FLUSH_MS", "0")]);
+    let addr = proc.addr();
+    let mut conn = request(addr, 60_000);
+    thread::sleep(Duration::from_millis(300));
+    proc.signal("TERM");
+    // The aborted request's connection is closed, not left hanging.
+    assert_eq!(read_answer(&mut conn), "");
+    let (code, report, _) = proc.finish();
+    assert_eq!(code, 5, "{report}");
+    assert_eq!(report["deadline_exceeded"], true);
+    assert_eq!(report["services"][0]["work"]["aborted"], 1);
+    assert_eq!(report["hooks"][0]["outcome"]["kind"], "completed");
+    TcpListener::bind(addr).expect("port released on exit");
+}
+
+#[test]
+fn failing_hook_gives_its_exit_code_after_the_others_ran() {
+    let mut proc = Proc::spawn(&[("CHILD_CLOSE_FAILS", "1"), ("CHILD_FLUSH_MS", "0")]);
+    proc.addr();
+    proc.signal("TERM");
+    let (code, report, lines) = proc.finish();
+    assert_eq!(code, 6, "{report}");
+    assert!(lines.contains(&"HOOK close".to_owned()), "{lines:?}");
+    assert_eq!(report["hooks"][0]["outcome"]["kind"], "completed");
+    assert_eq!(
+        report["hooks"][1]["outcome"]["error"],
+        "database already gone"
+    );
+}
