@@ -114,14 +114,14 @@ impl Hooks {
     /// Runs every phase in order. Cancel-safe in the sense that matters: if this future is
     /// dropped (a forced exit), [`into_reports`](Hooks::into_reports) still names every hook,
     /// the unfinished ones as abandoned, and the hook tasks are aborted with their `JoinSet`.
-    pub(crate) async fn run(&mut self) {
-        let started = Instant::now();
+    /// `shutdown_began` is what the log lines' elapsed times count from.
+    pub(crate) async fn run(&mut self, shutdown_began: Instant) {
         while let Some((phase, hooks)) = self.phases.pop_first() {
             tracing::info!(
                 target: "lameduck",
                 %phase,
                 hooks = hooks.len(),
-                elapsed_ms = ms(started.elapsed()),
+                since_trigger_ms = ms(shutdown_began.elapsed()),
                 "running shutdown hooks"
             );
             // Until the phase is done, its hooks are abandoned if this future is dropped.

@@ -444,7 +444,7 @@ impl Run {
             unit.drained_in = Some(began.elapsed());
             tracing::info!(
                 target: "lameduck", unit = %unit.name,
-                elapsed_ms = ms(began.elapsed()),
+                since_drain_ms = ms(began.elapsed()),
                 outcome = ?unit.outcome.as_ref().unwrap_or(&Outcome::NotStarted), "stopped"
             );
         }
@@ -457,7 +457,7 @@ impl Run {
     async fn shut_down(&mut self, began: Instant) {
         // A failed start never served: there is nothing to be a lame duck about, or to drain.
         if self.ready_after.is_none() {
-            self.hooks.run().await;
+            self.hooks.run(began).await;
             return;
         }
         if !self.config.lame_duck_delay.is_zero() {
@@ -469,7 +469,7 @@ impl Run {
             tokio::time::sleep(self.config.lame_duck_delay).await;
         }
         self.drain(began).await;
-        self.hooks.run().await;
+        self.hooks.run(began).await;
     }
 
     /// Tells every service and task to stop, and waits until they have, or the deadline.
