@@ -151,9 +151,11 @@ impl Drain {
     }
 
     pub(crate) fn counts(&self) -> WorkCounts {
+        // `finished` first, as in `in_flight`: never more finished than started in a snapshot.
+        let finished = self.inner.finished.load(Ordering::Acquire);
         WorkCounts {
             started: self.inner.started.load(Ordering::Acquire),
-            finished: self.inner.finished.load(Ordering::Acquire),
+            finished,
         }
     }
 }
@@ -166,16 +168,18 @@ pub(crate) struct WorkCounts {
 }
 
 impl WorkCounts {
-    /// The report from snapshots at the drain's start and end; `aborted` when the end was the
-    /// deadline.
+    fn in_flight(self) -> u64 {
+        self.started.saturating_sub(self.finished)
+    }
+
+    /// The report from snapshots at the drain's start (`None`: there was no drain) and at the
+    /// end; with `aborted`, what was in flight at the end was aborted.
     pub(crate) fn report(at_drain: Option<Self>, at_end: Self, aborted: bool) -> WorkReport {
-        let at_drain = at_drain.unwrap_or(at_end);
-        let in_flight_at_end = at_end.started.saturating_sub(at_end.finished);
         WorkReport {
             total: at_end.started,
-            in_flight_at_drain: at_drain.started.saturating_sub(at_drain.finished),
-            drained: at_end.finished.saturating_sub(at_drain.finished),
-            aborted: if aborted { in_flight_at_end } else { 0 },
+            in_flight_at_drain: at_drain.map_or(0, Self::in_flight),
+            drained: at_drain.map_or(0, |d| at_end.finished.saturating_sub(d.finished)),
+            aborted: if aborted { at_end.in_flight() } else { 0 },
         }
     }
 }

@@ -13,8 +13,11 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use tokio_util::task::AbortOnDropHandle;
+
 use crate::error::{BoxError, Failure};
 use crate::report::{HookOutcome, HookReport};
+use crate::run::ABORT_GRACE;
 use crate::service::BoxFuture;
 
 /// When a hook runs: lower phases first, after the drain has finished (or hit its deadline).
@@ -86,7 +89,8 @@ impl Hook {
             phase,
             name,
             timeout,
-            run: Box::new(move || Box::pin(hook())),
+            // Called inside the future: a panic before its first `.await` is the hook's panic.
+            run: Box::new(move || Box::pin(async move { hook().await })),
         }
     }
 }
@@ -161,23 +165,37 @@ impl Hooks {
     }
 }
 
-/// Runs one hook in a task of its own (so a panic is caught and a timeout can abort it).
+/// Runs one hook in a task of its own, so that a panic is caught and a timeout can abort it.
+/// The task is aborted if this future is dropped (a forced exit): an abandoned hook stops.
 async fn run_one(hook: Hook, timeout: Duration) -> HookReport {
     let started = Instant::now();
-    let mut task = tokio::spawn((hook.run)());
-    let outcome = match tokio::time::timeout(timeout, &mut task).await {
-        Ok(res) => match Failure::from_join(res) {
-            Ok(()) => HookOutcome::Completed,
-            Err(Some(Failure::Error(error))) => HookOutcome::Failed { error },
-            Err(Some(Failure::Panic(message))) => HookOutcome::Panicked { message },
-            Err(None) => HookOutcome::Abandoned,
-        },
+    let mut task = AbortOnDropHandle::new(tokio::spawn((hook.run)()));
+    let result = match tokio::time::timeout(timeout, &mut task).await {
+        Ok(res) => Some(res),
         Err(_) => {
             task.abort();
-            // Wait for the abort to land, so the next phase never overlaps this hook.
-            let _ = task.await;
-            HookOutcome::TimedOut { timeout }
+            // Wait for the abort to land, so the next phase does not overlap this hook; bounded,
+            // since a hook blocking its thread cannot be aborted.
+            match tokio::time::timeout(ABORT_GRACE, &mut task).await {
+                // It finished before the abort landed: that is its outcome after all.
+                Ok(res @ Ok(_)) => Some(res),
+                Ok(Err(_)) => None,
+                Err(_) => {
+                    tracing::error!(
+                        target: "lameduck", hook = %hook.name,
+                        "hook timed out and did not stop within {ABORT_GRACE:?} of its abort (blocking code?)"
+                    );
+                    None
+                }
+            }
         }
+    };
+    let outcome = match result.map(Failure::from_join) {
+        None => HookOutcome::TimedOut { timeout },
+        Some(Ok(())) => HookOutcome::Completed,
+        Some(Err(Some(Failure::Error(error)))) => HookOutcome::Failed { error },
+        Some(Err(Some(Failure::Panic(message)))) => HookOutcome::Panicked { message },
+        Some(Err(None)) => HookOutcome::Abandoned,
     };
     let duration = started.elapsed();
     match &outcome {

@@ -56,7 +56,7 @@ pub use ready::{LifecycleHandle, State};
 pub use report::{
     ExitCode, HookOutcome, HookReport, Outcome, Report, Trigger, UnitReport, WorkReport,
 };
-pub use service::{Service, StartContext};
+pub use service::{Service, ServiceFn, StartContext, service_fn};
 pub use signal::Signal;
 
 /// The README's examples, compiled as doctests so they cannot drift from the API.

@@ -120,7 +120,9 @@ impl Lifecycle {
         F: FnOnce(CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
-        let run: TaskFn = Box::new(move |token| Box::pin(task(token)));
+        // Called inside the future, so that a panic before its first `.await` is the task's
+        // panic (reported), not the run's.
+        let run: TaskFn = Box::new(move |token| Box::pin(async move { task(token).await }));
         self.tasks.push((name.into().into(), run));
         self
     }

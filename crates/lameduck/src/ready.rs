@@ -1,6 +1,7 @@
 //! Readiness, observable from outside the run: the [`State`] the lifecycle is in, and the
 //! [`LifecycleHandle`] that watches it and asks for a shutdown.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,7 @@ use crate::error::NotReady;
 /// Where the lifecycle is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum State {
     /// Start steps are running; not ready.
     Starting,
@@ -45,6 +47,9 @@ pub struct LifecycleHandle {
     shutdown: CancellationToken,
     force: CancellationToken,
     start_error: Arc<OnceLock<String>>,
+    /// Set before the state turns `Ready`: the watch keeps only the latest state, and a waiter
+    /// that looks late must still learn that readiness was reached.
+    became_ready: Arc<AtomicBool>,
 }
 
 /// The lifecycle's side of the handle: it publishes state changes and reads the requests.
@@ -64,11 +69,15 @@ impl Control {
                 shutdown: CancellationToken::new(),
                 force: CancellationToken::new(),
                 start_error: Arc::new(OnceLock::new()),
+                became_ready: Arc::new(AtomicBool::new(false)),
             },
         }
     }
 
     pub(crate) fn set(&self, state: State) {
+        if state == State::Ready {
+            self.handle.became_ready.store(true, Ordering::Release);
+        }
         self.state.send_replace(state);
     }
 
@@ -98,14 +107,20 @@ impl LifecycleHandle {
         self.state() == State::Ready
     }
 
-    /// Waits until the lifecycle is ready. Fails if it stops (or its start fails) first.
+    /// Waits until the lifecycle has become ready: `Ok` once every service has started, even if
+    /// a shutdown has begun since (check [`is_ready`](Self::is_ready) for now). Fails if the
+    /// run ends without ever being ready: a failed start (the reason says which service and
+    /// why), or a shutdown during the start.
     pub async fn wait_ready(&self) -> Result<(), NotReady> {
         let mut rx = self.state.clone();
-        match rx.wait_for(|s| *s != State::Starting).await.map(|s| *s) {
-            Ok(State::Ready) => Ok(()),
-            _ => Err(NotReady {
+        // An error means the lifecycle was dropped: the flag below tells the rest.
+        let _ = rx.wait_for(|s| *s != State::Starting).await;
+        if self.became_ready.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(NotReady {
                 reason: self.start_error.get().cloned(),
-            }),
+            })
         }
     }
 

@@ -22,6 +22,7 @@ use crate::signal::Signal;
 
 /// Everything a run did, in the order it did it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Report {
     /// What started the shutdown.
     pub trigger: Trigger,
@@ -56,6 +57,7 @@ pub struct Report {
 /// What started the shutdown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Trigger {
     /// An operating-system signal.
     Signal {
@@ -107,6 +109,7 @@ impl fmt::Display for Trigger {
 
 /// What happened to one service or background task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct UnitReport {
     /// Its name.
     pub name: String,
@@ -129,10 +132,14 @@ pub struct UnitReport {
 /// How a service or background task ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Outcome {
-    /// It was never started (its start was cut short, or it never got to serve because
-    /// another start failed; its listeners were released unused).
+    /// It was never started: a background task, when the start failed or was cut short.
     NotStarted,
+    /// A service whose start step was cut short, or finished but never got to serve, because
+    /// another service failed to start or a shutdown came first. Its listeners were released,
+    /// and work its start step had spawned was aborted.
+    Cancelled,
     /// Its start step failed or panicked.
     StartFailed {
         /// The error or panic message.
@@ -152,14 +159,15 @@ pub enum Outcome {
         /// The panic message.
         message: String,
     },
-    /// Still running at the drain deadline, and aborted.
+    /// Still running at the drain deadline (its serve step, its task, or work it tracked), and
+    /// aborted.
     Aborted,
     /// Still running when a forced exit abandoned it.
     Abandoned,
 }
 
 impl Outcome {
-    fn is_failure(&self) -> bool {
+    pub(crate) fn is_failure(&self) -> bool {
         matches!(self, Outcome::Failed { .. } | Outcome::Panicked { .. })
     }
 }
@@ -167,6 +175,7 @@ impl Outcome {
 /// Counts of a service's tracked work (see [`Drain::spawn`](crate::Drain::spawn) and
 /// [`Drain::track`](crate::Drain::track)).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct WorkReport {
     /// Units of work started over the whole run.
     pub total: u64,
@@ -180,6 +189,7 @@ pub struct WorkReport {
 
 /// What happened to one shutdown hook.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct HookReport {
     /// Its phase.
     pub phase: Phase,
@@ -195,6 +205,7 @@ pub struct HookReport {
 /// How a shutdown hook ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum HookOutcome {
     /// It returned `Ok`.
     Completed,
@@ -236,6 +247,7 @@ pub enum HookOutcome {
 /// the shell's "killed by signal N".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ExitCode {
     /// Everything started, drained within the deadline, and every hook completed.
     Clean,
@@ -302,8 +314,11 @@ impl Report {
 
     /// Exits the process with this report's exit code, at once.
     ///
-    /// Prefer this to returning from `main` after a forced shutdown: returning drops the tokio
-    /// runtime, which waits for any blocking tasks still running, and a forced exit must not wait.
+    /// Use it after a forced shutdown: returning from `main` drops the tokio runtime, which
+    /// waits for blocking tasks still running, and a forced exit must not wait. It runs no
+    /// destructors of what is still alive (a log appender's guard, say): drop those first. When
+    /// nothing was forced, returning `std::process::ExitCode::from(report.exit_code)` from
+    /// `main` does the same with destructors run.
     pub fn exit(&self) -> ! {
         std::process::exit(self.exit_code.code())
     }

@@ -19,10 +19,14 @@ use crate::report::{ExitCode, Outcome, Report, Trigger, UnitReport};
 use crate::service::{Addresses, ServeFuture, StartContext, StartFn};
 use crate::signal::{Signal, Signals};
 
-/// After the deadline, how long aborted serve steps get to be dropped (which releases their
-/// listeners) before the run stops waiting for them. Aborts land at the task's next poll, so
-/// this only matters for a task stuck in blocking code.
-const ABORT_GRACE: Duration = Duration::from_secs(1);
+/// How long aborted work (serve steps and their work at the drain deadline, start steps cut
+/// short, hooks past their timeout) gets to be dropped before the run stops waiting for it.
+/// Dropping is what closes listeners and connections. Aborts land at the task's next poll, so
+/// this only matters for a task stuck in blocking code, or work held by a [`WorkGuard`] outside
+/// [`Drain::spawn`].
+///
+/// [`WorkGuard`]: crate::WorkGuard
+pub(crate) const ABORT_GRACE: Duration = Duration::from_secs(1);
 
 /// A service or background task, as the run sees it.
 struct Unit {
@@ -55,6 +59,28 @@ impl Unit {
             at_drain: None,
             at_end: None,
             work_aborted: false,
+        }
+    }
+
+    /// The unit's counters now, as its end snapshot; with `aborted`, what is in flight counts as
+    /// aborted.
+    fn snapshot_end(&mut self, aborted: bool) {
+        if let Some(drain) = &self.drain {
+            self.at_end = Some(drain.counts());
+            self.work_aborted |= aborted;
+        }
+    }
+
+    /// Records how it ended. A failure is never overwritten, and work aborted at the deadline
+    /// stays aborted even if its serve step returned cleanly at the last moment.
+    fn set_outcome(&mut self, outcome: Outcome) {
+        let keep = match &self.outcome {
+            Some(Outcome::Failed { .. } | Outcome::Panicked { .. }) => true,
+            Some(Outcome::Aborted) => !outcome.is_failure(),
+            _ => false,
+        };
+        if !keep {
+            self.outcome = Some(outcome);
         }
     }
 
@@ -146,6 +172,10 @@ pub(crate) struct Run {
     drain_began: Option<Instant>,
     drain_took: Option<Duration>,
     deadline_exceeded: bool,
+    /// When the trigger arrived: what the report's shutdown duration counts from.
+    triggered_at: Option<Instant>,
+    /// Whether a second signal (or `force()`) abandoned the shutdown.
+    forced: bool,
 }
 
 impl Run {
@@ -190,6 +220,8 @@ impl Run {
             drain_began: None,
             drain_took: None,
             deadline_exceeded: false,
+            triggered_at: None,
+            forced: false,
         }
     }
 
@@ -199,12 +231,13 @@ impl Run {
             match Signals::install() {
                 Ok(s) => Some(s),
                 Err(e) => {
+                    let error = format!("cannot install signal handlers: {e}");
+                    self.control.set_start_error(error.clone());
                     let trigger = Trigger::StartFailed {
                         service: "signal handler".into(),
-                        error: format!("cannot install signal handlers: {e}"),
+                        error,
                     };
-                    self.control.set_start_error(trigger.to_string());
-                    return self.report(trigger, Instant::now(), false);
+                    return self.finish(trigger);
                 }
             }
         } else {
@@ -221,19 +254,21 @@ impl Run {
             Ok(()) => self.serve(&mut triggers).await,
             Err(trigger) => trigger,
         };
-        let shutdown_began = Instant::now();
         if trigger == Trigger::Forced {
-            return self.report(trigger, shutdown_began, true);
+            self.forced = true;
+        }
+        if self.forced {
+            return self.finish(trigger);
         }
         self.control.set(State::Draining);
         tracing::info!(target: "lameduck", %trigger, "shutting down: readiness off");
 
-        let forced = tokio::select! {
+        self.forced = tokio::select! {
             biased;
             () = triggers.forced() => true,
-            () = self.shut_down(shutdown_began) => false,
+            () = self.shut_down() => false,
         };
-        self.report(trigger, shutdown_began, forced)
+        self.finish(trigger)
     }
 
     /// The readiness barrier: every start step runs concurrently; ready only when all succeed.
@@ -302,17 +337,34 @@ impl Run {
         };
 
         if let Err(trigger) = &outcome {
+            self.triggered_at.get_or_insert_with(Instant::now);
             if *trigger != Trigger::Forced {
                 tracing::info!(target: "lameduck", %trigger, "start cut short: releasing every listener");
                 starting.abort_all();
-                // Aborted start steps are dropped at their next poll: wait for that, so their
-                // listeners are closed before the run goes on (a further signal still forces).
-                let released = async { while starting.join_next().await.is_some() {} };
+                // Aborted start steps are dropped at their next poll: wait for that (bounded),
+                // so their listeners are closed before the run goes on. A further signal forces.
+                let released = tokio::time::timeout(ABORT_GRACE, async {
+                    while starting.join_next().await.is_some() {}
+                });
                 tokio::select! {
-                    () = triggers.forced() => return Err(Trigger::Forced),
-                    () = released => {}
+                    biased;
+                    () = triggers.forced() => self.forced = true,
+                    res = released => if res.is_err() {
+                        tracing::error!(target: "lameduck", "aborted start steps did not stop within {ABORT_GRACE:?}");
+                    }
                 }
             }
+            // Nothing ever served. Whatever start steps began on their `Drain` is told to stop,
+            // and aborted: the start failed, there is nothing to finish gracefully.
+            drop(serves);
+            for unit in &mut self.units {
+                if unit.drain.is_some() && unit.outcome.is_none() {
+                    unit.outcome = Some(Outcome::Cancelled);
+                    unit.snapshot_end(true);
+                }
+            }
+            self.draining.cancel();
+            self.hard_stop.cancel();
             return outcome;
         }
 
@@ -358,14 +410,19 @@ impl Run {
         loop {
             let next = tokio::select! {
                 biased;
-                trigger = triggers.first() => return trigger,
+                trigger = triggers.first() => {
+                    self.triggered_at = Some(Instant::now());
+                    return trigger;
+                }
                 next = self.running.join_next_with_id() => next,
             };
             let Some(next) = next else {
                 tracing::info!(target: "lameduck", "every task finished and there are no services");
+                self.triggered_at = Some(Instant::now());
                 return Trigger::Completed;
             };
             if let Some(trigger) = self.ended(next) {
+                self.triggered_at = Some(Instant::now());
                 return trigger;
             }
         }
@@ -381,28 +438,28 @@ impl Run {
         let draining = self.draining.is_cancelled();
         let unit = &mut self.units[i];
         let is_service = unit.drain.is_some();
-        let kind = if is_service { "service" } else { "task" };
         let failure = match Failure::from_join(result) {
-            Ok(()) if !is_service && !draining => {
-                unit.outcome = Some(Outcome::Finished);
-                None
-            }
-            Ok(()) if is_service && !draining => Some(Failure::Error(
+            Ok(()) if !draining && is_service => Some(Failure::Error(
                 "stopped serving before any shutdown was requested".into(),
             )),
+            Ok(()) if !draining => {
+                unit.set_outcome(Outcome::Finished);
+                None
+            }
             Ok(()) => {
-                unit.outcome = Some(Outcome::Stopped);
+                unit.set_outcome(Outcome::Stopped);
                 None
             }
             Err(Some(failure)) => Some(failure),
             Err(None) => {
-                unit.outcome = Some(Outcome::Aborted);
+                unit.set_outcome(Outcome::Aborted);
                 None
             }
         };
         if let Some(failure) = &failure {
+            let kind = if is_service { "service" } else { "task" };
             tracing::error!(target: "lameduck", unit = %unit.name, kind, "{failure}");
-            unit.outcome = Some(match failure {
+            unit.set_outcome(match failure {
                 Failure::Error(error) => Outcome::Failed {
                     error: error.clone(),
                 },
@@ -411,18 +468,16 @@ impl Run {
                 },
             });
         }
-        match (&unit.drain, &unit.outcome) {
-            // Past the deadline nothing more is waited for.
-            _ if self.hard_stop.is_cancelled() => self.done(i),
+        match &unit.drain {
             // Its serve step is over; its in-flight work may not be.
-            (Some(drain), Some(outcome)) if *outcome != Outcome::Aborted => {
+            Some(drain) => {
                 let drain = drain.clone();
                 self.idle.spawn(async move {
                     drain.idle().await;
                     i
                 });
             }
-            _ => self.done(i),
+            None => self.done(i),
         }
         let error = failure.filter(|_| !draining)?.to_string();
         let name = self.units[i].name.to_string();
@@ -454,13 +509,15 @@ impl Run {
     }
 
     /// Lame duck, drain, hooks. Dropped as a whole when the shutdown is forced.
-    async fn shut_down(&mut self, began: Instant) {
+    async fn shut_down(&mut self) {
+        let began = self.triggered_at.unwrap_or_else(Instant::now);
         // A failed start never served: there is nothing to be a lame duck about, or to drain.
         if self.ready_after.is_none() {
             self.hooks.run(began).await;
             return;
         }
-        if !self.config.lame_duck_delay.is_zero() {
+        let serving = self.units.iter().any(|u| u.live && u.drain.is_some());
+        if serving && !self.config.lame_duck_delay.is_zero() {
             tracing::info!(
                 target: "lameduck",
                 delay_ms = ms(self.config.lame_duck_delay),
@@ -521,46 +578,55 @@ impl Run {
     async fn abort_remaining(&mut self) {
         self.deadline_exceeded = true;
         for unit in self.units.iter_mut().filter(|u| u.live) {
-            if let Some(drain) = &unit.drain {
-                unit.at_end = Some(drain.counts());
-                unit.work_aborted = true;
-            }
             tracing::warn!(
                 target: "lameduck", unit = %unit.name,
                 in_flight = unit.drain.as_ref().map(Drain::in_flight),
                 "drain deadline reached: aborting"
             );
-            unit.outcome = Some(Outcome::Aborted);
+            unit.snapshot_end(true);
+            unit.set_outcome(Outcome::Aborted);
         }
         self.hard_stop.cancel();
         self.running.abort_all();
-        // Work held by guards outside `Drain::spawn` cannot be aborted: stop waiting for it.
-        self.idle.abort_all();
+        // Aborts land at each task's next poll. Wait for them, so that listeners and connections
+        // are closed before the hooks run, but not forever: work held by a guard outside
+        // `Drain::spawn`, or a task stuck in blocking code, cannot be aborted from here.
         let grace = tokio::time::sleep(ABORT_GRACE);
         tokio::pin!(grace);
-        while !self.running.is_empty() {
+        while !(self.running.is_empty() && self.idle.is_empty()) {
             tokio::select! {
                 biased;
                 Some(next) = self.running.join_next_with_id() => { self.ended(next); }
+                Some(idle) = self.idle.join_next() => {
+                    if let Ok(i) = idle {
+                        self.done(i);
+                    }
+                }
                 () = &mut grace => {
-                    tracing::error!(target: "lameduck", "aborted serve steps did not stop within {ABORT_GRACE:?}");
+                    tracing::error!(target: "lameduck", "aborted work did not stop within {ABORT_GRACE:?}");
                     break;
                 }
             }
         }
+        self.idle.abort_all();
         while self.idle.join_next().await.is_some() {}
+        let now = Instant::now();
         for unit in self.units.iter_mut().filter(|u| u.live) {
             unit.live = false;
-            unit.outcome = Some(Outcome::Aborted);
             if let Some(began) = self.drain_began {
-                unit.drained_in = Some(began.elapsed());
+                unit.drained_in = Some(now - began);
             }
         }
     }
 
-    fn report(mut self, trigger: Trigger, shutdown_began: Instant, forced: bool) -> Report {
+    /// The report. With a forced exit, whatever still runs is abandoned (aborted, not waited for).
+    fn finish(&mut self, trigger: Trigger) -> Report {
+        let forced = self.forced;
         if forced {
-            // Whatever is still running is abandoned: abort it (dropping the JoinSets would too).
+            for unit in self.units.iter_mut().filter(|u| u.live) {
+                unit.snapshot_end(true);
+            }
+            self.draining.cancel();
             self.hard_stop.cancel();
             self.running.abort_all();
             self.idle.abort_all();
@@ -568,16 +634,17 @@ impl Run {
         let (services, tasks): (Vec<_>, Vec<_>) = std::mem::take(&mut self.units)
             .into_iter()
             .partition(|u| u.drain.is_some());
+        let hooks = std::mem::replace(&mut self.hooks, Hooks::new(Vec::new(), Duration::ZERO));
         let mut report = Report {
             trigger,
             ready_after: self.ready_after,
             services: services.into_iter().map(|u| u.report(forced)).collect(),
             tasks: tasks.into_iter().map(|u| u.report(forced)).collect(),
-            hooks: self.hooks.into_reports(),
+            hooks: hooks.into_reports(),
             drain: self.drain_took,
             deadline_exceeded: self.deadline_exceeded,
             forced,
-            shutdown: shutdown_began.elapsed(),
+            shutdown: self.triggered_at.map_or(Duration::ZERO, |t| t.elapsed()),
             total: self.began.elapsed(),
             exit_code: ExitCode::Clean,
         };
@@ -589,6 +656,16 @@ impl Run {
             "stopped"
         );
         report
+    }
+}
+
+impl Drop for Run {
+    /// A run dropped before its end (its future dropped by a `select!` or a timeout) must not
+    /// leave work running or the handle saying it is ready. The JoinSets abort their tasks.
+    fn drop(&mut self) {
+        self.draining.cancel();
+        self.hard_stop.cancel();
+        self.control.set(State::Stopped);
     }
 }
 

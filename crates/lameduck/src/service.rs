@@ -20,7 +20,8 @@ use crate::ready::LifecycleHandle;
 /// [`Drain::spawn`]). A serve step that returns before the drain is a failure.
 ///
 /// Any `FnOnce(StartContext) -> impl Future<Output = Result<impl Future<Output =
-/// Result<(), BoxError>>, BoxError>>` is a service, so a closure does for a one-off; a reusable
+/// Result<(), BoxError>>, BoxError>>` is a service, so a closure (annotated `|ctx:
+/// StartContext|`, or wrapped in [`service_fn`]) or an `async fn` does for a one-off; a reusable
 /// server (an HTTP or gRPC adapter) implements the trait on its own type:
 ///
 /// ```
@@ -67,6 +68,54 @@ where
         ctx: StartContext,
     ) -> impl Future<Output = Result<Self::Serve, BoxError>> + Send + 'static {
         self(ctx)
+    }
+}
+
+/// Makes a service of a closure, with its argument's type inferred.
+///
+/// A closure passed straight to [`Lifecycle::service`](crate::Lifecycle::service) needs its
+/// argument annotated (`|ctx: StartContext|`): Rust infers closure argument types only from a
+/// bound on the closure itself, which `service_fn` has.
+///
+/// ```
+/// use lameduck::{Lifecycle, service_fn};
+///
+/// let lifecycle = Lifecycle::new().service("api", service_fn(|ctx| async move {
+///     let listener = ctx.bind_tcp("127.0.0.1:0").await?;
+///     let drain = ctx.drain();
+///     Ok(async move {
+///         drain.draining().await;
+///         drop(listener);
+///         Ok(())
+///     })
+/// }));
+/// ```
+pub fn service_fn<F, Fut, S>(start: F) -> ServiceFn<F>
+where
+    F: FnOnce(StartContext) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<S, BoxError>> + Send + 'static,
+    S: Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    ServiceFn(start)
+}
+
+/// A closure as a [`Service`]; see [`service_fn`].
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceFn<F>(F);
+
+impl<F, Fut, S> Service for ServiceFn<F>
+where
+    F: FnOnce(StartContext) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<S, BoxError>> + Send + 'static,
+    S: Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    type Serve = S;
+
+    fn start(
+        self,
+        ctx: StartContext,
+    ) -> impl Future<Output = Result<Self::Serve, BoxError>> + Send + 'static {
+        (self.0)(ctx)
     }
 }
 

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 /// A signal that asks the process to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[non_exhaustive]
 pub enum Signal {
     /// SIGINT (Ctrl+C in a Unix terminal).
     Sigint,
@@ -69,7 +70,9 @@ impl Signals {
         })
     }
 
-    /// The next signal. Each stream buffers a delivery, so two quick signals are both seen.
+    /// The next signal. Each kind has its own stream, so a SIGTERM followed by a SIGINT is
+    /// never merged into one. Two deliveries of the same signal merge only if both arrive before
+    /// the runtime has handled the first (microseconds; the kernel merges pending signals alike).
     #[cfg(unix)]
     pub(crate) async fn recv(&mut self) -> Signal {
         let [(a, sa), (b, sb), (c, sc)] = &mut self.streams;
