@@ -31,44 +31,29 @@ fn main() {
         child(&mode);
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut rows = Vec::new();
-
-    let (mut ours, mut polled) = (Vec::new(), Vec::new());
-    for round in 0..DRAIN_ROUNDS {
-        let work = work_durations(round as u64);
-        ours.push(rt.block_on(lameduck_drain(&work)));
-        polled.push(rt.block_on(polling_drain(&work)));
-    }
-    rows.push(Row::new(
-        "drain detected after last work ends",
-        "Go-style polling (1 ms doubling to 500 ms)",
-        ours,
-        polled,
-    ));
-
-    let (mut ours, mut killed) = (Vec::new(), Vec::new());
-    for _ in 0..EXIT_ROUNDS {
-        ours.push(exit_latency("idle", None, "TERM"));
-        killed.push(exit_latency("idle", None, "KILL"));
-    }
-    rows.push(Row::new(
-        "idle service: signal to exit",
-        "SIGKILL to exit",
-        ours,
-        killed,
-    ));
-
-    let (mut ours, mut killed) = (Vec::new(), Vec::new());
-    for _ in 0..EXIT_ROUNDS {
-        ours.push(exit_latency("slow-hook", Some("TERM"), "INT"));
-        killed.push(exit_latency("slow-hook", Some("TERM"), "KILL"));
-    }
-    rows.push(Row::new(
-        "forced: second signal to exit",
-        "SIGKILL to exit",
-        ours,
-        killed,
-    ));
+    let rows = [
+        Row::measure(
+            "drain detected after last work ends",
+            "Go-style polling (1 ms doubling to 500 ms)",
+            DRAIN_ROUNDS,
+            |round| rt.block_on(lameduck_drain(&work_durations(round as u64))),
+            |round| rt.block_on(polling_drain(&work_durations(round as u64))),
+        ),
+        Row::measure(
+            "idle service: signal to exit",
+            "SIGKILL to exit",
+            EXIT_ROUNDS,
+            |_| exit_latency("idle", None, "TERM"),
+            |_| exit_latency("idle", None, "KILL"),
+        ),
+        Row::measure(
+            "forced: second signal to exit",
+            "SIGKILL to exit",
+            EXIT_ROUNDS,
+            |_| exit_latency("slow-hook", Some("TERM"), "INT"),
+            |_| exit_latency("slow-hook", Some("TERM"), "KILL"),
+        ),
+    ];
 
     println!(
         "| measure | lameduck median (p90, max) | baseline | baseline median (p90, max) | ratio of medians |"
@@ -247,19 +232,27 @@ struct Row {
 }
 
 impl Row {
-    fn new(
+    /// Alternates the two sides, `rounds` times each, so that drift in the machine's load
+    /// affects both alike.
+    fn measure(
         name: &'static str,
         baseline: &'static str,
-        mut ours: Vec<Duration>,
-        mut base: Vec<Duration>,
+        rounds: usize,
+        mut ours: impl FnMut(usize) -> Duration,
+        mut base: impl FnMut(usize) -> Duration,
     ) -> Self {
-        ours.sort();
-        base.sort();
+        let (mut o, mut b) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            o.push(ours(round));
+            b.push(base(round));
+        }
+        o.sort();
+        b.sort();
         Row {
             name,
             baseline,
-            ours,
-            base,
+            ours: o,
+            base: b,
         }
     }
 }

@@ -187,6 +187,17 @@ impl Run {
             config,
             control,
         } = lifecycle;
+        let mut names = std::collections::HashSet::new();
+        let service_names = services.iter().map(|(name, _)| name);
+        for name in service_names.chain(tasks.iter().map(|(name, _)| name)) {
+            if !names.insert(name) {
+                tracing::warn!(
+                    target: "lameduck", %name,
+                    "two services or tasks share this name: logs and the report can tell them \
+                     apart only by position"
+                );
+            }
+        }
         let draining = CancellationToken::new();
         let hard_stop = CancellationToken::new();
         let mut units = Vec::with_capacity(services.len() + tasks.len());

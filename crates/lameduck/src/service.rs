@@ -103,19 +103,15 @@ where
 #[derive(Clone, Copy, Debug)]
 pub struct ServiceFn<F>(F);
 
-impl<F, Fut, S> Service for ServiceFn<F>
-where
-    F: FnOnce(StartContext) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<S, BoxError>> + Send + 'static,
-    S: Future<Output = Result<(), BoxError>> + Send + 'static,
-{
-    type Serve = S;
+/// The closure is a service already (see [`Service`]); the wrapper only helps inference.
+impl<F: Service> Service for ServiceFn<F> {
+    type Serve = F::Serve;
 
     fn start(
         self,
         ctx: StartContext,
     ) -> impl Future<Output = Result<Self::Serve, BoxError>> + Send + 'static {
-        (self.0)(ctx)
+        self.0.start(ctx)
     }
 }
 
