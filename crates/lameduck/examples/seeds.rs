@@ -7,7 +7,7 @@
 //! ```text
 //! cargo run -p lameduck --example seeds
 //! curl localhost:8080/sleep/10 &   # a 10 s request (the seed's worked example)
-//! sleep 5; kill -INT %?            # or Ctrl+C: exits when the request is done, about 10 s in
+//! sleep 5; pkill -INT -f examples/seeds   # or Ctrl+C: exits when the request is done, ~10 s in
 //! curl localhost:8080/write/hello  # acknowledged writes survive the shutdown (see --store)
 //! curl localhost:8081/readyz       # 200 while ready, 503 once shutting down
 //! ```
@@ -59,20 +59,34 @@ impl Cache {
             .push(value);
     }
 
-    /// Appends everything cached to the store; returns how many values it wrote.
+    /// Appends everything cached to the store; returns how many values it wrote. On an error
+    /// the values go back into the cache: an acknowledged write is never dropped, the next
+    /// flush (or the shutdown hook) tries again.
     fn flush(&self, store: &PathBuf) -> std::io::Result<usize> {
         let values = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
         if values.is_empty() {
             return Ok(0);
         }
-        let mut file = std::fs::OpenOptions::new()
+        let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(store)?;
-        for v in &values {
-            writeln!(file, "{v}")?;
+            .open(store)
+            .and_then(|mut file| {
+                // One write for all: a failure leaves the store without a partial batch
+                // (barring a short write on a full disk, which a real store would roll back).
+                let batch: String = values.iter().map(|v| format!("{v}\n")).collect();
+                file.write_all(batch.as_bytes())?;
+                file.flush()
+            });
+        match written {
+            Ok(()) => Ok(values.len()),
+            Err(e) => {
+                let mut cache = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+                let newer = std::mem::replace(&mut *cache, values);
+                cache.extend(newer);
+                Err(e)
+            }
         }
-        Ok(values.len())
     }
 }
 
@@ -113,7 +127,12 @@ async fn main() {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
-                    _ = tick.tick() => { flusher_cache.flush(&flusher_store)?; }
+                    _ = tick.tick() => {
+                        // A failed flush keeps the values; the next tick (or the hook) retries.
+                        if let Err(e) = flusher_cache.flush(&flusher_store) {
+                            tracing::warn!(error = %e, "periodic flush failed; will retry");
+                        }
+                    }
                 }
             }
         })
@@ -157,7 +176,16 @@ async fn serve(listener: TcpListener, drain: Drain, routes: Routes) -> Result<()
         tokio::select! {
             _ = drain.draining() => return Ok(()),
             conn = listener.accept() => {
-                let (stream, _) = conn?;
+                let stream = match conn {
+                    Ok((stream, _)) => stream,
+                    // Out of file descriptors, say: not a reason to stop serving. Back off a
+                    // little so the loop does not spin on the same error.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
                 let routes = Arc::clone(&routes);
                 drain.spawn(async move {
                     if let Err(e) = respond(stream, &routes).await {

@@ -95,11 +95,11 @@ impl StartError {
     }
 }
 
-/// The lifecycle stopped (or failed to start) before it became ready.
+/// The lifecycle never became ready: a start step failed, or a shutdown came during the start.
 ///
 /// Returned by [`LifecycleHandle::wait_ready`](crate::LifecycleHandle::wait_ready).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the lifecycle stopped before it was ready{}", .reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+#[error("the lifecycle never became ready{}", .reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
 pub struct NotReady {
     /// Why, when a start step failed (the [`StartError`] message).
     pub reason: Option<String>,

@@ -249,7 +249,8 @@ pub enum HookOutcome {
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ExitCode {
-    /// Everything started, drained within the deadline, and every hook completed.
+    /// Nothing failed: the run stopped as asked (after the start, or during it), drained within
+    /// the deadline, and every hook completed.
     Clean,
     /// A start step failed or panicked (for example, a port was taken).
     StartFailed,
@@ -314,11 +315,10 @@ impl Report {
 
     /// Exits the process with this report's exit code, at once.
     ///
-    /// Use it after a forced shutdown: returning from `main` drops the tokio runtime, which
-    /// waits for blocking tasks still running, and a forced exit must not wait. It runs no
-    /// destructors of what is still alive (a log appender's guard, say): drop those first. When
-    /// nothing was forced, returning `std::process::ExitCode::from(report.exit_code)` from
-    /// `main` does the same with destructors run.
+    /// Returning from `main` drops the tokio runtime, which waits for code still blocking a
+    /// thread (a hook stuck past its timeout, work the deadline could not abort); `exit` does
+    /// not wait, which is what a forced or bounded shutdown needs. It runs no destructors of what
+    /// is still alive (a log appender's guard, say): drop those first.
     pub fn exit(&self) -> ! {
         std::process::exit(self.exit_code.code())
     }

@@ -116,6 +116,8 @@ struct Triggers {
     shutdown: CancellationToken,
     force: CancellationToken,
     force_on_second_signal: bool,
+    /// Signals received so far in this run.
+    signals_seen: u32,
 }
 
 impl Triggers {
@@ -124,12 +126,18 @@ impl Triggers {
         tokio::select! {
             biased;
             () = self.force.cancelled() => Trigger::Forced,
-            signal = next_signal(&mut self.signals) => Trigger::Signal { signal },
+            signal = next_signal(&mut self.signals) => {
+                self.signals_seen += 1;
+                Trigger::Signal { signal }
+            }
             () = self.shutdown.cancelled() => Trigger::Requested,
         }
     }
 
-    /// Resolves when the shutdown under way must be abandoned.
+    /// Resolves when the shutdown under way must be abandoned: at the *second* signal of the
+    /// run. When something else started the shutdown (a failure, the handle), the first signal
+    /// is only an operator or supervisor asking for what is already happening (Kubernetes sends
+    /// one SIGTERM), and the shutdown goes on.
     async fn forced(&mut self) {
         loop {
             tokio::select! {
@@ -139,11 +147,15 @@ impl Triggers {
                     return;
                 }
                 signal = next_signal(&mut self.signals) => {
-                    if self.force_on_second_signal {
+                    self.signals_seen += 1;
+                    if self.signals_seen < 2 {
+                        tracing::info!(target: "lameduck", %signal, "signal during shutdown: already shutting down (another one forces the exit)");
+                    } else if self.force_on_second_signal {
                         tracing::warn!(target: "lameduck", %signal, "second signal: abandoning the shutdown");
                         return;
+                    } else {
+                        tracing::warn!(target: "lameduck", %signal, "signal during shutdown ignored (force_on_second_signal is off)");
                     }
-                    tracing::warn!(target: "lameduck", %signal, "signal during shutdown ignored (force_on_second_signal is off)");
                 }
             }
         }
@@ -259,6 +271,7 @@ impl Run {
             shutdown: self.control.shutdown_requested().clone(),
             force: self.control.force_requested().clone(),
             force_on_second_signal: self.config.force_on_second_signal,
+            signals_seen: 0,
         };
 
         let trigger = match self.start(&mut triggers).await {
@@ -366,16 +379,33 @@ impl Run {
                 }
             }
             // Nothing ever served. Whatever start steps began on their `Drain` is told to stop,
-            // and aborted: the start failed, there is nothing to finish gracefully.
+            // and aborted: the start failed, there is nothing to finish gracefully. Waiting for
+            // that work to be dropped (bounded) releases any listener it owns.
             drop(serves);
+            let mut drains = Vec::new();
             for unit in &mut self.units {
                 if unit.drain.is_some() && unit.outcome.is_none() {
                     unit.outcome = Some(Outcome::Cancelled);
                     unit.snapshot_end(true);
                 }
+                drains.extend(unit.drain.clone());
             }
             self.draining.cancel();
             self.hard_stop.cancel();
+            if !self.forced && *trigger != Trigger::Forced {
+                let released = tokio::time::timeout(ABORT_GRACE, async {
+                    for drain in &drains {
+                        drain.idle().await;
+                    }
+                });
+                tokio::select! {
+                    biased;
+                    () = triggers.forced() => self.forced = true,
+                    res = released => if res.is_err() {
+                        tracing::error!(target: "lameduck", "work spawned by start steps did not stop within {ABORT_GRACE:?}");
+                    }
+                }
+            }
             return outcome;
         }
 
@@ -534,7 +564,17 @@ impl Run {
                 delay_ms = ms(self.config.lame_duck_delay),
                 "lame duck: still serving while load balancers notice"
             );
-            tokio::time::sleep(self.config.lame_duck_delay).await;
+            // Services still serve, and may still end: record that as it happens (a service
+            // that quits now quit on its own, not because of a drain).
+            let delay = tokio::time::sleep(self.config.lame_duck_delay);
+            tokio::pin!(delay);
+            loop {
+                tokio::select! {
+                    biased;
+                    () = &mut delay => break,
+                    Some(next) = self.running.join_next_with_id() => { self.ended(next); }
+                }
+            }
         }
         self.drain(began).await;
         self.hooks.run(began).await;

@@ -735,8 +735,7 @@ async fn failed_start_stops_work_its_start_steps_spawned() {
     assert_eq!((work.in_flight_at_drain, work.aborted), (0, 1));
     let drain = seen.lock().unwrap().clone().unwrap();
     assert!(drain.is_draining());
-    sleep(Duration::from_millis(1)).await;
-    assert_eq!(drain.in_flight(), 0);
+    assert_eq!(drain.in_flight(), 0, "gone when run() returns");
 }
 
 #[tokio::test(start_paused = true)]
@@ -817,4 +816,65 @@ async fn hooks_start_only_after_aborted_work_is_gone() {
     assert_eq!(report.exit_code, ExitCode::DeadlineExceeded);
     assert_eq!(report.services[0].work.aborted, 1);
     assert_eq!(*seen_by_hook.lock().unwrap(), Some(true));
+}
+
+#[tokio::test]
+async fn failed_start_releases_a_listener_owned_by_spawned_work() {
+    let addr = Arc::new(Mutex::new(None));
+    let seen = Arc::clone(&addr);
+    let lifecycle = lifecycle()
+        .service("acceptor", move |ctx: StartContext| async move {
+            let listener = ctx.bind_tcp("127.0.0.1:0").await?;
+            *seen.lock().unwrap() = Some(listener.local_addr()?);
+            let drain = ctx.drain();
+            // An accept loop that the start step runs as tracked work.
+            drain.spawn(async move {
+                loop {
+                    let _ = listener.accept().await;
+                }
+            });
+            Ok(async move {
+                drain.draining().await;
+                Ok(())
+            })
+        })
+        .service("bad", |_ctx: StartContext| async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err::<std::future::Ready<Result<(), BoxError>>, _>("no config".into())
+        });
+    let report = lifecycle.run().await;
+    assert_eq!(report.exit_code, ExitCode::StartFailed);
+    assert_eq!(report.services[0].outcome, Outcome::Cancelled);
+    let addr = addr.lock().unwrap().unwrap();
+    std::net::TcpListener::bind(addr).expect("port released when run() returns");
+}
+
+#[tokio::test(start_paused = true)]
+async fn endings_during_the_lame_duck_delay_are_not_drains() {
+    let lifecycle = lifecycle()
+        .lame_duck_delay(secs(5))
+        .service("quitter", |ctx: StartContext| async move {
+            let drain = ctx.drain();
+            Ok(async move {
+                tokio::select! {
+                    _ = drain.draining() => {}
+                    // Gives up 2 s into the lame-duck delay, never told to drain.
+                    _ = sleep(secs(3)) => {}
+                }
+                Ok(())
+            })
+        })
+        .task("one-shot", |_stop| async {
+            sleep(secs(2)).await; // finishes on its own during the delay
+            Ok(())
+        });
+    let handle = lifecycle.handle();
+    let run = tokio::spawn(lifecycle.run());
+    handle.wait_ready().await.unwrap();
+    sleep(SEC).await;
+    handle.shutdown();
+    let report = run.await.unwrap();
+    assert!(matches!(report.services[0].outcome, Outcome::Failed { .. }));
+    assert_eq!(report.tasks[0].outcome, Outcome::Finished);
+    assert_eq!(report.exit_code, ExitCode::ServiceFailed);
 }
