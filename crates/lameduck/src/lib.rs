@@ -3,7 +3,7 @@
 //! A [`Lifecycle`] runs a process's services (HTTP, gRPC, any accept loop), background tasks and
 //! shutdown hooks through one flow, one module each:
 //!
-//! 1. **start** ([`Service`], [`StartContext`]): every start step (bind, prepare) runs
+//! 1. **start** ([`Service`], [`service_fn`], [`StartContext`]): every start step (bind, prepare) runs
 //!    concurrently; a failure stops the rest, releases every port, and names the culprit.
 //! 2. **ready** ([`LifecycleHandle`], [`State`]): ready only when all started; observable by
 //!    waiting, watching, or the log line with the time it took.
