@@ -177,9 +177,10 @@ impl Lifecycle {
         self
     }
 
-    /// Whether a signal during the shutdown abandons it (the run returns at once with
+    /// Whether the run's second signal abandons the shutdown (the run returns at once with
     /// [`ExitCode::Forced`](crate::ExitCode::Forced)). Default on; when off, further signals
-    /// are logged and ignored.
+    /// are logged and ignored. A first signal during a shutdown that something else started (a
+    /// failure, the handle) never forces it.
     pub fn force_on_second_signal(mut self, on: bool) -> Self {
         self.config.force_on_second_signal = on;
         self

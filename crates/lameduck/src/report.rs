@@ -292,7 +292,9 @@ impl Report {
         let units = || self.services.iter().chain(&self.tasks);
         if self.forced {
             ExitCode::Forced
-        } else if matches!(self.trigger, Trigger::StartFailed { .. }) {
+        } else if matches!(self.trigger, Trigger::StartFailed { .. })
+            || units().any(|u| matches!(u.outcome, Outcome::StartFailed { .. }))
+        {
             ExitCode::StartFailed
         } else if matches!(
             self.trigger,

@@ -149,7 +149,11 @@ impl Triggers {
                 signal = next_signal(&mut self.signals) => {
                     self.signals_seen += 1;
                     if self.signals_seen < 2 {
-                        tracing::info!(target: "lameduck", %signal, "signal during shutdown: already shutting down (another one forces the exit)");
+                        tracing::info!(
+                            target: "lameduck", %signal,
+                            force_on_second_signal = self.force_on_second_signal,
+                            "signal during shutdown: already shutting down"
+                        );
                     } else if self.force_on_second_signal {
                         tracing::warn!(target: "lameduck", %signal, "second signal: abandoning the shutdown");
                         return;
@@ -327,36 +331,11 @@ impl Run {
                 trigger = triggers.first() => break Err(trigger),
                 next = starting.join_next() => next,
             };
-            match next {
-                None => break Ok(()),
-                Some(Ok((i, Ok(serve), took))) => {
-                    let unit = &mut self.units[i];
-                    unit.started_in = Some(took);
-                    tracing::info!(
-                        target: "lameduck", service = %unit.name,
-                        addresses = ?unit.addresses.get(), took_ms = ms(took), "service started"
-                    );
-                    serves[i] = Some(serve);
-                }
-                Some(Ok((i, Err(source), took))) => {
-                    let unit = &mut self.units[i];
-                    unit.started_in = Some(took);
-                    let err = StartError::Failed {
-                        service: unit.name.to_string(),
-                        source,
-                    };
-                    break Err(self.start_failed(i, err));
-                }
-                Some(Err(join)) => {
-                    let Some(&i) = ids.get(&join.id()) else {
-                        continue;
-                    };
-                    let err = StartError::Panicked {
-                        service: self.units[i].name.to_string(),
-                        message: join_message(join),
-                    };
-                    break Err(self.start_failed(i, err));
-                }
+            let Some(next) = next else { break Ok(()) };
+            match self.record_start(next, &ids) {
+                Ok(Some((i, serve))) => serves[i] = Some(serve),
+                Ok(None) => {}
+                Err(trigger) => break Err(trigger),
             }
         };
 
@@ -367,16 +346,24 @@ impl Run {
                 starting.abort_all();
                 // Aborted start steps are dropped at their next poll: wait for that (bounded),
                 // so their listeners are closed before the run goes on. A further signal forces.
+                // Steps that had already ended still count: a failure among them is recorded
+                // (their serve steps are dropped unused).
                 let released = tokio::time::timeout(ABORT_GRACE, async {
-                    while starting.join_next().await.is_some() {}
-                });
-                tokio::select! {
-                    biased;
-                    () = triggers.forced() => self.forced = true,
-                    res = released => if res.is_err() {
-                        tracing::error!(target: "lameduck", "aborted start steps did not stop within {ABORT_GRACE:?}");
+                    while let Some(next) = starting.join_next().await {
+                        let _ = self.record_start(next, &ids);
                     }
-                }
+                });
+                let forced = tokio::select! {
+                    biased;
+                    () = triggers.forced() => true,
+                    res = released => {
+                        if res.is_err() {
+                            tracing::error!(target: "lameduck", "aborted start steps did not stop within {ABORT_GRACE:?}");
+                        }
+                        false
+                    }
+                };
+                self.forced |= forced;
             }
             // Nothing ever served. Whatever start steps began on their `Drain` is told to stop,
             // and aborted: the start failed, there is nothing to finish gracefully. Waiting for
@@ -384,8 +371,8 @@ impl Run {
             drop(serves);
             let mut drains = Vec::new();
             for unit in &mut self.units {
-                if unit.drain.is_some() && unit.outcome.is_none() {
-                    unit.outcome = Some(Outcome::Cancelled);
+                if unit.drain.is_some() {
+                    unit.outcome.get_or_insert(Outcome::Cancelled);
                     unit.snapshot_end(true);
                 }
                 drains.extend(unit.drain.clone());
@@ -398,13 +385,17 @@ impl Run {
                         drain.idle().await;
                     }
                 });
-                tokio::select! {
+                let forced = tokio::select! {
                     biased;
-                    () = triggers.forced() => self.forced = true,
-                    res = released => if res.is_err() {
-                        tracing::error!(target: "lameduck", "work spawned by start steps did not stop within {ABORT_GRACE:?}");
+                    () = triggers.forced() => true,
+                    res = released => {
+                        if res.is_err() {
+                            tracing::error!(target: "lameduck", "work spawned by start steps did not stop within {ABORT_GRACE:?}");
+                        }
+                        false
                     }
-                }
+                };
+                self.forced |= forced;
             }
             return outcome;
         }
@@ -431,6 +422,46 @@ impl Run {
             took_ms = ms(took), "ready"
         );
         Ok(())
+    }
+
+    /// Records a start step's end: its serve step if it succeeded, the trigger if it failed.
+    fn record_start(
+        &mut self,
+        next: Result<(usize, Result<ServeFuture, BoxError>, Duration), JoinError>,
+        ids: &HashMap<Id, usize>,
+    ) -> Result<Option<(usize, ServeFuture)>, Trigger> {
+        match next {
+            Ok((i, Ok(serve), took)) => {
+                let unit = &mut self.units[i];
+                unit.started_in = Some(took);
+                tracing::info!(
+                    target: "lameduck", service = %unit.name,
+                    addresses = ?unit.addresses.get(), took_ms = ms(took), "service started"
+                );
+                Ok(Some((i, serve)))
+            }
+            Ok((i, Err(source), took)) => {
+                let unit = &mut self.units[i];
+                unit.started_in = Some(took);
+                let err = StartError::Failed {
+                    service: unit.name.to_string(),
+                    source,
+                };
+                Err(self.start_failed(i, err))
+            }
+            Err(join) if join.is_panic() => match ids.get(&join.id()) {
+                Some(&i) => {
+                    let err = StartError::Panicked {
+                        service: self.units[i].name.to_string(),
+                        message: join_message(join),
+                    };
+                    Err(self.start_failed(i, err))
+                }
+                None => Ok(None),
+            },
+            // Aborted by us: the outcome is set by the caller.
+            Err(_) => Ok(None),
+        }
     }
 
     fn start_failed(&mut self, i: usize, err: StartError) -> Trigger {
@@ -477,13 +508,15 @@ impl Run {
         };
         let i = *self.ids.get(&id)?;
         let draining = self.draining.is_cancelled();
+        // During the lame-duck delay a shutdown is under way, though the drain has not begun.
+        let shutting_down = self.triggered_at.is_some();
         let unit = &mut self.units[i];
         let is_service = unit.drain.is_some();
         let failure = match Failure::from_join(result) {
-            Ok(()) if !draining && is_service => Some(Failure::Error(
+            Ok(()) if is_service && !shutting_down => Some(Failure::Error(
                 "stopped serving before any shutdown was requested".into(),
             )),
-            Ok(()) if !draining => {
+            Ok(()) if !is_service && !draining => {
                 unit.set_outcome(Outcome::Finished);
                 None
             }
@@ -520,7 +553,7 @@ impl Run {
             }
             None => self.done(i),
         }
-        let error = failure.filter(|_| !draining)?.to_string();
+        let error = failure.filter(|_| !shutting_down)?.to_string();
         let name = self.units[i].name.to_string();
         Some(if is_service {
             Trigger::ServiceFailed {
@@ -557,22 +590,27 @@ impl Run {
             self.hooks.run(began).await;
             return;
         }
-        let serving = self.units.iter().any(|u| u.live && u.drain.is_some());
-        if serving && !self.config.lame_duck_delay.is_zero() {
+        let serving = |units: &[Unit]| units.iter().any(|u| u.live && u.drain.is_some());
+        if serving(&self.units) && !self.config.lame_duck_delay.is_zero() {
             tracing::info!(
                 target: "lameduck",
                 delay_ms = ms(self.config.lame_duck_delay),
                 "lame duck: still serving while load balancers notice"
             );
-            // Services still serve, and may still end: record that as it happens (a service
-            // that quits now quit on its own, not because of a drain).
+            // Services still serve, and may still end: record that as it happens (it is not a
+            // drain), and stop waiting once none serves any more.
             let delay = tokio::time::sleep(self.config.lame_duck_delay);
             tokio::pin!(delay);
-            loop {
+            while serving(&self.units) {
                 tokio::select! {
                     biased;
                     () = &mut delay => break,
                     Some(next) = self.running.join_next_with_id() => { self.ended(next); }
+                    Some(idle) = self.idle.join_next() => {
+                        if let Ok(i) = idle {
+                            self.done(i);
+                        }
+                    }
                 }
             }
         }

@@ -850,7 +850,7 @@ async fn failed_start_releases_a_listener_owned_by_spawned_work() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn endings_during_the_lame_duck_delay_are_not_drains() {
+async fn endings_during_the_lame_duck_delay_are_recorded_as_they_happen() {
     let lifecycle = lifecycle()
         .lame_duck_delay(secs(5))
         .service("quitter", |ctx: StartContext| async move {
@@ -858,12 +858,13 @@ async fn endings_during_the_lame_duck_delay_are_not_drains() {
             Ok(async move {
                 tokio::select! {
                     _ = drain.draining() => {}
-                    // Gives up 2 s into the lame-duck delay, never told to drain.
+                    // Stops 2 s into the lame-duck delay, before any drain.
                     _ = sleep(secs(3)) => {}
                 }
                 Ok(())
             })
         })
+        .service("stays", service(Duration::ZERO, None))
         .task("one-shot", |_stop| async {
             sleep(secs(2)).await; // finishes on its own during the delay
             Ok(())
@@ -874,7 +875,50 @@ async fn endings_during_the_lame_duck_delay_are_not_drains() {
     sleep(SEC).await;
     handle.shutdown();
     let report = run.await.unwrap();
-    assert!(matches!(report.services[0].outcome, Outcome::Failed { .. }));
+    // A shutdown was under way: stopping then is not a failure, but it is not a drain either.
+    let quitter = &report.services[0];
+    assert_eq!(quitter.outcome, Outcome::Stopped);
+    assert_eq!(quitter.drained_in, None);
+    assert_eq!(report.services[1].outcome, Outcome::Stopped);
+    assert!(report.services[1].drained_in.is_some());
     assert_eq!(report.tasks[0].outcome, Outcome::Finished);
+    assert_eq!(report.exit_code, ExitCode::Clean);
+}
+
+#[tokio::test(start_paused = true)]
+async fn lame_duck_delay_ends_when_nothing_serves_any_more() {
+    let lifecycle =
+        lifecycle()
+            .lame_duck_delay(secs(5))
+            .service("flaky", |_ctx: StartContext| async {
+                Ok(async {
+                    sleep(SEC).await;
+                    Err::<(), BoxError>("lost its socket".into())
+                })
+            });
+    let report = lifecycle.run().await;
     assert_eq!(report.exit_code, ExitCode::ServiceFailed);
+    // Nobody to be a lame duck for: no 5 s wait.
+    assert_about(report.shutdown, Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_failure_in_the_same_instant_as_a_shutdown_is_not_lost() {
+    let lifecycle = lifecycle().service("bad", |ctx: StartContext| async move {
+        ctx.drain().spawn(sleep(secs(3600)));
+        sleep(SEC).await;
+        Err::<std::future::Ready<Result<(), BoxError>>, _>("no config".into())
+    });
+    let handle = lifecycle.handle();
+    let run = tokio::spawn(lifecycle.run());
+    sleep(SEC).await;
+    handle.shutdown();
+    let report = run.await.unwrap();
+    assert!(matches!(
+        report.services[0].outcome,
+        Outcome::StartFailed { .. }
+    ));
+    assert_eq!(report.exit_code, ExitCode::StartFailed);
+    // The work its start step spawned was aborted with the failed start, and says so.
+    assert_eq!(report.services[0].work.aborted, 1);
 }
