@@ -3,6 +3,7 @@
 //! nothing polls.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -165,6 +166,9 @@ impl Triggers {
         }
     }
 }
+
+/// What a start step task yields: its unit, its serve step (or error), and how long it took.
+type StartResult = (usize, Result<ServeFuture, BoxError>, Duration);
 
 pub(crate) struct Run {
     config: Config,
@@ -341,62 +345,11 @@ impl Run {
 
         if let Err(trigger) = &outcome {
             self.triggered_at.get_or_insert_with(Instant::now);
-            if *trigger != Trigger::Forced {
-                tracing::info!(target: "lameduck", %trigger, "start cut short: releasing every listener");
-                starting.abort_all();
-                // Aborted start steps are dropped at their next poll: wait for that (bounded),
-                // so their listeners are closed before the run goes on. A further signal forces.
-                // Steps that had already ended still count: a failure among them is recorded
-                // (their serve steps are dropped unused).
-                let released = tokio::time::timeout(ABORT_GRACE, async {
-                    while let Some(next) = starting.join_next().await {
-                        let _ = self.record_start(next, &ids);
-                    }
-                });
-                let forced = tokio::select! {
-                    biased;
-                    () = triggers.forced() => true,
-                    res = released => {
-                        if res.is_err() {
-                            tracing::error!(target: "lameduck", "aborted start steps did not stop within {ABORT_GRACE:?}");
-                        }
-                        false
-                    }
-                };
-                self.forced |= forced;
+            if *trigger == Trigger::Forced {
+                self.forced = true;
             }
-            // Nothing ever served. Whatever start steps began on their `Drain` is told to stop,
-            // and aborted: the start failed, there is nothing to finish gracefully. Waiting for
-            // that work to be dropped (bounded) releases any listener it owns.
             drop(serves);
-            let mut drains = Vec::new();
-            for unit in &mut self.units {
-                if unit.drain.is_some() {
-                    unit.outcome.get_or_insert(Outcome::Cancelled);
-                    unit.snapshot_end(true);
-                }
-                drains.extend(unit.drain.clone());
-            }
-            self.draining.cancel();
-            self.hard_stop.cancel();
-            if !self.forced && *trigger != Trigger::Forced {
-                let released = tokio::time::timeout(ABORT_GRACE, async {
-                    for drain in &drains {
-                        drain.idle().await;
-                    }
-                });
-                let forced = tokio::select! {
-                    biased;
-                    () = triggers.forced() => true,
-                    res = released => {
-                        if res.is_err() {
-                            tracing::error!(target: "lameduck", "work spawned by start steps did not stop within {ABORT_GRACE:?}");
-                        }
-                        false
-                    }
-                };
-                self.forced |= forced;
-            }
+            self.cut_short(trigger, triggers, starting, &ids).await;
             return outcome;
         }
 
@@ -424,10 +377,50 @@ impl Run {
         Ok(())
     }
 
+    /// A start that failed or was interrupted. Nothing ever served, so nothing is drained: the
+    /// remaining start steps are aborted, and so is whatever any start step began on its
+    /// `Drain`. Each abort is waited for (bounded), so that the listeners they own are closed
+    /// before the run goes on; a further signal forces.
+    async fn cut_short(
+        &mut self,
+        trigger: &Trigger,
+        triggers: &mut Triggers,
+        mut starting: JoinSet<StartResult>,
+        ids: &HashMap<Id, usize>,
+    ) {
+        tracing::info!(target: "lameduck", %trigger, "start cut short: releasing every listener");
+        starting.abort_all();
+        if !self.forced {
+            // Steps that had already ended still count: a failure among them is recorded.
+            let ended = async {
+                while let Some(next) = starting.join_next().await {
+                    let _ = self.record_start(next, ids);
+                }
+            };
+            self.forced = within_grace(triggers, "aborted start steps", ended).await;
+        }
+        let mut drains = Vec::new();
+        for unit in self.units.iter_mut().filter(|u| u.drain.is_some()) {
+            unit.outcome.get_or_insert(Outcome::Cancelled);
+            unit.snapshot_end(true);
+            drains.extend(unit.drain.clone());
+        }
+        self.draining.cancel();
+        self.hard_stop.cancel();
+        if !self.forced {
+            let idle = async {
+                for drain in &drains {
+                    drain.idle().await;
+                }
+            };
+            self.forced = within_grace(triggers, "work spawned by start steps", idle).await;
+        }
+    }
+
     /// Records a start step's end: its serve step if it succeeded, the trigger if it failed.
     fn record_start(
         &mut self,
-        next: Result<(usize, Result<ServeFuture, BoxError>, Duration), JoinError>,
+        next: Result<StartResult, JoinError>,
         ids: &HashMap<Id, usize>,
     ) -> Result<Option<(usize, ServeFuture)>, Trigger> {
         match next {
@@ -755,6 +748,20 @@ impl Drop for Run {
         self.draining.cancel();
         self.hard_stop.cancel();
         self.control.set(State::Stopped);
+    }
+}
+
+/// Waits for aborted work at most [`ABORT_GRACE`]; returns whether a force came first.
+async fn within_grace(triggers: &mut Triggers, what: &str, work: impl Future<Output = ()>) -> bool {
+    tokio::select! {
+        biased;
+        () = triggers.forced() => true,
+        res = tokio::time::timeout(ABORT_GRACE, work) => {
+            if res.is_err() {
+                tracing::error!(target: "lameduck", "{what} did not stop within {ABORT_GRACE:?}");
+            }
+            false
+        }
     }
 }
 
