@@ -43,7 +43,8 @@ struct Unit {
     live: bool,
     at_drain: Option<WorkCounts>,
     at_end: Option<WorkCounts>,
-    /// Whether the deadline cut its work short (the in-flight count at `at_end` was aborted).
+    /// Whether its work was cut short (the drain deadline, a failed start, a forced exit): what
+    /// was in flight at `at_end` was aborted.
     work_aborted: bool,
 }
 
