@@ -135,12 +135,7 @@ impl Drain {
 
     /// Units of work in flight now.
     pub fn in_flight(&self) -> u64 {
-        // `finished` is read first: a unit counted finished was counted started before it.
-        let finished = self.inner.finished.load(Ordering::Acquire);
-        self.inner
-            .started
-            .load(Ordering::Acquire)
-            .saturating_sub(finished)
+        self.counts().in_flight()
     }
 
     /// Resolves when no work is in flight any more. Call only once the serve step has returned
@@ -151,7 +146,8 @@ impl Drain {
     }
 
     pub(crate) fn counts(&self) -> WorkCounts {
-        // `finished` first, as in `in_flight`: never more finished than started in a snapshot.
+        // `finished` first: a unit counted finished was counted started before it, so a
+        // snapshot never shows more finished than started.
         let finished = self.inner.finished.load(Ordering::Acquire);
         WorkCounts {
             started: self.inner.started.load(Ordering::Acquire),

@@ -116,7 +116,7 @@ impl Hooks {
     }
 
     /// Runs every phase in order. Cancel-safe in the sense that matters: if this future is
-    /// dropped (a forced exit), [`into_reports`](Hooks::into_reports) still names every hook,
+    /// dropped (a forced exit), [`take_reports`](Hooks::take_reports) still names every hook,
     /// the unfinished ones as abandoned, and the hook tasks are aborted with their `JoinSet`.
     /// `shutdown_began` is what the log lines' elapsed times count from.
     pub(crate) async fn run(&mut self, shutdown_began: Instant) {
@@ -152,7 +152,7 @@ impl Hooks {
     }
 
     /// Reports for every hook: run ones in the order run, then any never reached.
-    pub(crate) fn into_reports(mut self) -> Vec<HookReport> {
+    pub(crate) fn take_reports(&mut self) -> Vec<HookReport> {
         for (phase, hooks) in std::mem::take(&mut self.phases) {
             self.reports.extend(hooks.into_iter().map(|h| HookReport {
                 phase,
@@ -161,7 +161,7 @@ impl Hooks {
                 duration: Duration::ZERO,
             }));
         }
-        self.reports
+        std::mem::take(&mut self.reports)
     }
 }
 

@@ -559,6 +559,26 @@ impl Run {
         })
     }
 
+    /// Waits for the next serve step, task, or service's in-flight work to end, and records it.
+    /// `false` when nothing is left to wait for. Cancel-safe: an end is recorded as soon as it
+    /// is taken from its `JoinSet`, with no await in between.
+    async fn next_end(&mut self) -> bool {
+        tokio::select! {
+            biased;
+            Some(next) = self.running.join_next_with_id() => {
+                self.ended(next);
+                true
+            }
+            Some(idle) = self.idle.join_next() => {
+                if let Ok(i) = idle {
+                    self.done(i);
+                }
+                true
+            }
+            else => false,
+        }
+    }
+
     /// A unit has nothing running any more.
     fn done(&mut self, i: usize) {
         let unit = &mut self.units[i];
@@ -599,12 +619,7 @@ impl Run {
                 tokio::select! {
                     biased;
                     () = &mut delay => break,
-                    Some(next) = self.running.join_next_with_id() => { self.ended(next); }
-                    Some(idle) = self.idle.join_next() => {
-                        if let Ok(i) = idle {
-                            self.done(i);
-                        }
-                    }
+                    more = self.next_end() => if !more { break },
                 }
             }
         }
@@ -632,17 +647,9 @@ impl Run {
         let deadline = tokio::time::sleep(self.config.drain_deadline);
         tokio::pin!(deadline);
         let drained = loop {
-            if self.running.is_empty() && self.idle.is_empty() {
-                break true;
-            }
             tokio::select! {
                 biased;
-                Some(next) = self.running.join_next_with_id() => { self.ended(next); }
-                Some(idle) = self.idle.join_next() => {
-                    if let Ok(i) = idle {
-                        self.done(i);
-                    }
-                }
+                more = self.next_end() => if !more { break true },
                 () = &mut deadline => break false,
             }
         };
@@ -676,15 +683,10 @@ impl Run {
         // `Drain::spawn`, or a task stuck in blocking code, cannot be aborted from here.
         let grace = tokio::time::sleep(ABORT_GRACE);
         tokio::pin!(grace);
-        while !(self.running.is_empty() && self.idle.is_empty()) {
+        loop {
             tokio::select! {
                 biased;
-                Some(next) = self.running.join_next_with_id() => { self.ended(next); }
-                Some(idle) = self.idle.join_next() => {
-                    if let Ok(i) = idle {
-                        self.done(i);
-                    }
-                }
+                more = self.next_end() => if !more { break },
                 () = &mut grace => {
                     tracing::error!(target: "lameduck", "aborted work did not stop within {ABORT_GRACE:?}");
                     break;
@@ -717,13 +719,12 @@ impl Run {
         let (services, tasks): (Vec<_>, Vec<_>) = std::mem::take(&mut self.units)
             .into_iter()
             .partition(|u| u.drain.is_some());
-        let hooks = std::mem::replace(&mut self.hooks, Hooks::new(Vec::new(), Duration::ZERO));
         let mut report = Report {
             trigger,
             ready_after: self.ready_after,
             services: services.into_iter().map(|u| u.report(forced)).collect(),
             tasks: tasks.into_iter().map(|u| u.report(forced)).collect(),
-            hooks: hooks.into_reports(),
+            hooks: self.hooks.take_reports(),
             drain: self.drain_took,
             deadline_exceeded: self.deadline_exceeded,
             forced,

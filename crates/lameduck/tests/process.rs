@@ -109,6 +109,7 @@ async fn serve_lines(stream: tokio::net::TcpStream, drain: Drain) -> Result<(), 
             .strip_prefix("SLEEP ")
             .ok_or("expected SLEEP")?
             .parse()?;
+        println!("REQUEST {ms}");
         tokio::time::sleep(Duration::from_millis(ms)).await;
         write.write_all(b"DONE\n").await?;
     }
@@ -247,8 +248,8 @@ fn sigterm_drains_the_request_in_flight_closes_the_listener_runs_hooks_in_order(
     let mut proc = Proc::spawn(&[("CHILD_FLUSH_MS", "500")]);
     let addr = proc.addr();
     let mut conn = request(addr, 1000);
-    // Let the request reach the handler before the signal.
-    thread::sleep(Duration::from_millis(300));
+    // The signal must come while the request is in the handler.
+    proc.expect("REQUEST");
     proc.signal("TERM");
 
     assert_eq!(
@@ -336,7 +337,7 @@ fn drain_deadline_aborts_the_request_closes_its_connection_and_frees_the_port() 
     let mut proc = Proc::spawn(&[("CHILD_DEADLINE_MS", "300"), ("CHILD_FLUSH_MS", "2000")]);
     let addr = proc.addr();
     let mut conn = request(addr, 60_000);
-    thread::sleep(Duration::from_millis(300));
+    proc.expect("REQUEST");
     proc.signal("TERM");
     // The aborted request's connection is closed by the abort, while the process lives on (in
     // its 2 s flush hook): not by the process exiting.
