@@ -66,8 +66,37 @@ struct Inner {
     draining: CancellationToken,
     hard_stop: CancellationToken,
     tracker: TaskTracker,
+    /// Units of work: connections, for a server.
+    work: Counter,
+    /// Requests (or RPCs), for a server that counts them inside its connections.
+    requests: Counter,
+}
+
+/// Two monotonic counts; in flight is their difference. Atomics on the service's own `Drain`:
+/// counting a unit never takes a lock.
+#[derive(Debug, Default)]
+struct Counter {
     started: AtomicU64,
     finished: AtomicU64,
+}
+
+impl Counter {
+    fn snapshot(&self) -> Counts {
+        // `finished` first: a unit counted finished was counted started before it, so a
+        // snapshot never shows more finished than started.
+        let finished = self.finished.load(Ordering::Acquire);
+        Counts {
+            started: self.started.load(Ordering::Acquire),
+            finished,
+        }
+    }
+}
+
+/// Which counter a [`WorkGuard`] holds a unit of.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Work,
+    Request,
 }
 
 impl Drain {
@@ -77,8 +106,8 @@ impl Drain {
                 draining,
                 hard_stop,
                 tracker: TaskTracker::new(),
-                started: AtomicU64::new(0),
-                finished: AtomicU64::new(0),
+                work: Counter::default(),
+                requests: Counter::default(),
             }),
         }
     }
@@ -100,6 +129,18 @@ impl Drain {
         self.inner.draining.child_token()
     }
 
+    /// Resolves when the drain deadline has passed (or the shutdown was forced): work still in
+    /// flight is being aborted. A long-lived stream can watch it to end with a last message of
+    /// its own instead of being cut off.
+    pub fn deadline_passed(&self) -> WaitForCancellationFuture<'_> {
+        self.inner.hard_stop.cancelled()
+    }
+
+    /// Whether the drain deadline has passed.
+    pub fn is_deadline_passed(&self) -> bool {
+        self.inner.hard_stop.is_cancelled()
+    }
+
     /// Runs `work` (a connection, a request) as a tracked task: the drain waits for it, and at
     /// the drain deadline it is aborted (the handle then yields `None`).
     ///
@@ -111,9 +152,23 @@ impl Drain {
         F::Output: Send + 'static,
     {
         let guard = self.track();
-        let hard_stop = self.inner.hard_stop.clone();
-        tokio::spawn(async move {
+        self.spawn_attached(async move {
             let _guard = guard;
+            work.await
+        })
+    }
+
+    /// Like [`spawn`](Drain::spawn), but not counted as a unit of work: for a task that belongs
+    /// to a unit counted elsewhere (an HTTP/2 stream of a tracked connection). The drain still
+    /// waits for it, and the deadline aborts it.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn spawn_attached<F>(&self, work: F) -> JoinHandle<Option<F::Output>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let hard_stop = self.inner.hard_stop.clone();
+        self.inner.tracker.spawn(async move {
             tokio::select! {
                 biased;
                 out = work => Some(out),
@@ -122,20 +177,42 @@ impl Drain {
         })
     }
 
-    /// Counts one unit of in-flight work until the guard is dropped, for work that is not
-    /// spawned through [`spawn`](Drain::spawn). The drain waits for every guard; at the deadline
-    /// the ones still held are counted as aborted (the lifecycle cannot abort them itself).
+    /// Counts one unit of in-flight work (a connection, a job) until the guard is dropped, for
+    /// work that is not spawned through [`spawn`](Drain::spawn). The drain waits for every
+    /// guard; at the deadline the ones still held are counted as aborted (the lifecycle cannot
+    /// abort them itself).
     pub fn track(&self) -> WorkGuard {
-        self.inner.started.fetch_add(1, Ordering::Relaxed);
+        self.guard(Kind::Work)
+    }
+
+    /// Counts one request (or RPC) in flight until the guard is dropped, separately from the
+    /// units of [`track`](Drain::track): a server counts its connections as work and the
+    /// requests they carry here, and the report shows both. The drain waits for these guards
+    /// too.
+    pub fn track_request(&self) -> WorkGuard {
+        self.guard(Kind::Request)
+    }
+
+    fn guard(&self, kind: Kind) -> WorkGuard {
+        self.inner
+            .counter(kind)
+            .started
+            .fetch_add(1, Ordering::Relaxed);
         WorkGuard {
             inner: Arc::clone(&self.inner),
+            kind,
             _token: self.inner.tracker.token(),
         }
     }
 
-    /// Units of work in flight now.
+    /// Requests in flight now (see [`track_request`](Drain::track_request)).
+    pub fn requests_in_flight(&self) -> u64 {
+        self.inner.requests.snapshot().in_flight()
+    }
+
+    /// Units of work in flight now (see [`track`](Drain::track)).
     pub fn in_flight(&self) -> u64 {
-        self.counts().in_flight()
+        self.inner.work.snapshot().in_flight()
     }
 
     /// Resolves when no work is in flight any more. Call only once the serve step has returned
@@ -145,32 +222,52 @@ impl Drain {
         self.inner.tracker.wait().await;
     }
 
+    /// The deadline's token, for I/O that must fail once the deadline has passed (an upgraded
+    /// connection, which no task of the drain's owns).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn deadline_token(&self) -> CancellationToken {
+        self.inner.hard_stop.clone()
+    }
+
     pub(crate) fn counts(&self) -> WorkCounts {
-        // `finished` first: a unit counted finished was counted started before it, so a
-        // snapshot never shows more finished than started.
-        let finished = self.inner.finished.load(Ordering::Acquire);
         WorkCounts {
-            started: self.inner.started.load(Ordering::Acquire),
-            finished,
+            work: self.inner.work.snapshot(),
+            requests: self.inner.requests.snapshot(),
         }
     }
 }
 
-/// A snapshot of the counters, taken by the lifecycle at the drain's milestones.
+impl Inner {
+    fn counter(&self, kind: Kind) -> &Counter {
+        match kind {
+            Kind::Work => &self.work,
+            Kind::Request => &self.requests,
+        }
+    }
+}
+
+/// A snapshot of both counters, taken by the lifecycle at the drain's milestones.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct WorkCounts {
+    pub(crate) work: Counts,
+    pub(crate) requests: Counts,
+}
+
+/// A snapshot of one counter.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Counts {
     pub(crate) started: u64,
     pub(crate) finished: u64,
 }
 
-impl WorkCounts {
+impl Counts {
     fn in_flight(self) -> u64 {
         self.started.saturating_sub(self.finished)
     }
 
     /// The report from snapshots at the drain's start (`None`: there was no drain) and at the
     /// end; with `aborted`, what was in flight at the end was aborted.
-    pub(crate) fn report(at_drain: Option<Self>, at_end: Self, aborted: bool) -> WorkReport {
+    fn report(at_drain: Option<Self>, at_end: Self, aborted: bool) -> WorkReport {
         WorkReport {
             total: at_end.started,
             in_flight_at_drain: at_drain.map_or(0, Self::in_flight),
@@ -180,17 +277,36 @@ impl WorkCounts {
     }
 }
 
-/// One unit of tracked work; dropping it marks the unit done. See [`Drain::track`].
+impl WorkCounts {
+    /// The work and request reports from snapshots at the drain's start and at the end.
+    pub(crate) fn report(
+        at_drain: Option<Self>,
+        at_end: Self,
+        aborted: bool,
+    ) -> (WorkReport, WorkReport) {
+        (
+            Counts::report(at_drain.map(|c| c.work), at_end.work, aborted),
+            Counts::report(at_drain.map(|c| c.requests), at_end.requests, aborted),
+        )
+    }
+}
+
+/// One unit of tracked work (or one request); dropping it marks the unit done. See
+/// [`Drain::track`] and [`Drain::track_request`].
 #[derive(Debug)]
 #[must_use = "the work counts as done as soon as the guard is dropped"]
 pub struct WorkGuard {
     inner: Arc<Inner>,
+    kind: Kind,
     _token: TaskTrackerToken,
 }
 
 impl Drop for WorkGuard {
     fn drop(&mut self) {
-        self.inner.finished.fetch_add(1, Ordering::AcqRel);
+        self.inner
+            .counter(self.kind)
+            .finished
+            .fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -224,7 +340,8 @@ mod tests {
         drop(guard);
         waiter.await.unwrap();
 
-        let report = WorkCounts::report(Some(before), drain.counts(), false);
+        let (report, requests) = WorkCounts::report(Some(before), drain.counts(), false);
+        assert_eq!(requests, WorkReport::default());
         assert_eq!(
             report,
             WorkReport {
@@ -245,7 +362,7 @@ mod tests {
         hard_stop.cancel();
         assert_eq!(work.await.unwrap(), None, "aborted work yields None");
         assert_eq!(drain.in_flight(), 0);
-        assert_eq!(WorkCounts::report(None, counts, true).aborted, 1);
+        assert_eq!(WorkCounts::report(None, counts, true).0.aborted, 1);
     }
 
     #[tokio::test]

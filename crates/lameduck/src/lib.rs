@@ -41,6 +41,9 @@
 mod drain;
 mod error;
 mod hooks;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 mod lifecycle;
 mod ready;
 mod report;

@@ -2,13 +2,14 @@
 //! [`LifecycleHandle`] that watches it and asks for a shutdown.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::NotReady;
+use crate::service::Addresses;
 
 /// Where the lifecycle is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -50,7 +51,12 @@ pub struct LifecycleHandle {
     /// Set before the state turns `Ready`: the watch keeps only the latest state, and a waiter
     /// that looks late must still learn that readiness was reached.
     became_ready: Arc<AtomicBool>,
+    /// Each service's addresses, as its start step records them.
+    addresses: Published,
 }
+
+/// Each service's name and addresses, shared by every handle.
+type Published = Arc<Mutex<Vec<(Arc<str>, Addresses)>>>;
 
 /// The lifecycle's side of the handle: it publishes state changes and reads the requests.
 #[derive(Debug)]
@@ -70,6 +76,7 @@ impl Control {
                 force: CancellationToken::new(),
                 start_error: Arc::new(OnceLock::new()),
                 became_ready: Arc::new(AtomicBool::new(false)),
+                addresses: Arc::default(),
             },
         }
     }
@@ -84,6 +91,14 @@ impl Control {
     pub(crate) fn set_start_error(&self, error: String) {
         // Only the first failure is the reason; later ones are in the report.
         let _ = self.handle.start_error.set(error);
+    }
+
+    pub(crate) fn publish_addresses(&self, service: Arc<str>, addresses: Addresses) {
+        self.handle
+            .addresses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((service, addresses));
     }
 
     pub(crate) fn shutdown_requested(&self) -> &CancellationToken {
@@ -134,6 +149,40 @@ impl LifecycleHandle {
     /// A receiver of every state change, for code that reacts to them.
     pub fn subscribe(&self) -> watch::Receiver<State> {
         self.state.clone()
+    }
+
+    /// The addresses `service` listens on (with the ports the OS chose, for port 0), once its
+    /// start step has bound them: after [`wait_ready`](Self::wait_ready), all of them. Empty for
+    /// an unknown service.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use lameduck::{Lifecycle, StartContext};
+    ///
+    /// let lifecycle = Lifecycle::new()
+    ///     .handle_signals(false)
+    ///     .service("api", |ctx: StartContext| async move {
+    ///         let listener = ctx.bind_tcp("127.0.0.1:0").await?;
+    ///         let drain = ctx.drain();
+    ///         Ok(async move { drain.draining().await; drop(listener); Ok(()) })
+    ///     });
+    /// let handle = lifecycle.handle();
+    /// let run = tokio::spawn(lifecycle.run());
+    /// handle.wait_ready().await.unwrap();
+    /// let addr: std::net::SocketAddr = handle.addresses("api")[0].parse().unwrap();
+    /// assert_ne!(addr.port(), 0);
+    /// handle.shutdown();
+    /// run.await.unwrap();
+    /// # }
+    /// ```
+    pub fn addresses(&self, service: &str) -> Vec<String> {
+        self.addresses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(name, _)| &**name == service)
+            .flat_map(|(_, addresses)| addresses.get())
+            .collect()
     }
 
     /// Starts a graceful shutdown, as a signal would. Idempotent.

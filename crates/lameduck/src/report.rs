@@ -125,8 +125,13 @@ pub struct UnitReport {
     pub drained_in: Option<Duration>,
     /// How it ended.
     pub outcome: Outcome,
-    /// Its tracked work (connections, requests): see [`Drain`](crate::Drain).
+    /// Its tracked work (for a server, its connections): see [`Drain::track`](crate::Drain::track).
     pub work: WorkReport,
+    /// The requests (or RPCs) it counted inside that work: see
+    /// [`Drain::track_request`](crate::Drain::track_request). All zero for a service that does
+    /// not count them.
+    #[serde(default)]
+    pub requests: WorkReport,
 }
 
 /// How a service or background task ended.
@@ -348,13 +353,14 @@ impl fmt::Display for Report {
                 if let Some(d) = u.drained_in {
                     write!(f, ", drained in {}", ms(d))?;
                 }
-                if u.work.total > 0 {
-                    let w = u.work;
-                    write!(
-                        f,
-                        ", work: {} total, {} in flight at drain, {} drained, {} aborted",
-                        w.total, w.in_flight_at_drain, w.drained, w.aborted
-                    )?;
+                for (what, w) in [("work", u.work), ("requests", u.requests)] {
+                    if w.total > 0 {
+                        write!(
+                            f,
+                            ", {what}: {} total, {} in flight at drain, {} drained, {} aborted",
+                            w.total, w.in_flight_at_drain, w.drained, w.aborted
+                        )?;
+                    }
                 }
                 writeln!(f)?;
             }

@@ -93,7 +93,7 @@ impl Unit {
             (Some(o), false) => o,
             (None, false) => Outcome::NotStarted,
         };
-        let work = match &self.drain {
+        let (work, requests) = match &self.drain {
             Some(d) => WorkCounts::report(
                 self.at_drain,
                 self.at_end.unwrap_or_else(|| d.counts()),
@@ -108,6 +108,7 @@ impl Unit {
             drained_in: self.drained_in,
             outcome,
             work,
+            requests,
         }
     }
 }
@@ -224,10 +225,9 @@ impl Run {
         let mut units = Vec::with_capacity(services.len() + tasks.len());
         let mut starts = Vec::with_capacity(services.len());
         for (name, start) in services {
-            units.push(Unit::new(
-                name,
-                Some(Drain::new(draining.clone(), hard_stop.clone())),
-            ));
+            let unit = Unit::new(name, Some(Drain::new(draining.clone(), hard_stop.clone())));
+            control.publish_addresses(Arc::clone(&unit.name), unit.addresses.clone());
+            units.push(unit);
             starts.push(start);
         }
         let mut task_fns = Vec::with_capacity(tasks.len());

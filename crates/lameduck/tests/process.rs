@@ -7,19 +7,16 @@
 //! exits with the report's exit code.
 #![cfg(unix)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use lameduck::{BoxError, Drain, Lifecycle, Phase, StartContext};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-/// Generous: the machines are shared and noisy. Speed is measured in benchmarks.
-const WAIT: Duration = Duration::from_secs(20);
+mod support;
+use support::{Proc, WAIT};
 
 #[test]
 #[ignore = "entry point of the child process, run by the other tests"]
@@ -115,115 +112,6 @@ async fn serve_lines(stream: tokio::net::TcpStream, drain: Drain) -> Result<(), 
     }
 }
 
-/// The child as the parent sees it: its stdout lines as they come, and its exit.
-struct Proc {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    fn spawn(env: &[(&str, &str)]) -> Proc {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args([
-            "child",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line with `prefix`; returns the rest of it.
-    fn expect(&mut self, prefix: &str) -> String {
-        let until = Instant::now() + WAIT;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no `{prefix}` line; saw {:?}", self.seen));
-            self.seen.push(line.clone());
-            // libtest's own "test child ... " may precede the first line on the same line.
-            if let Some(at) = line.find(prefix) {
-                return line[at + prefix.len()..].trim().to_owned();
-            }
-        }
-    }
-
-    fn addr(&mut self) -> SocketAddr {
-        let addr = self.expect("LISTENING").parse().unwrap();
-        self.expect("READY");
-        addr
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args(["-s", name, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -s {name} failed");
-    }
-
-    /// Waits for the exit; returns the code, the report, and our stdout lines since the last
-    /// `expect`, in order.
-    fn finish(mut self) -> (i32, serde_json::Value, Vec<String>) {
-        let from = self.seen.len();
-        let report = self.expect("REPORT");
-        let status = wait_exit(&mut self.child, WAIT);
-        let lines = self.seen[from..].to_vec();
-        (
-            status.code().expect("exited, not killed"),
-            serde_json::from_str(&report).unwrap(),
-            lines,
-        )
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // A failed assertion must not leave the child running.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let until = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < until,
-            "child did not exit within {within:?}"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Sends `SLEEP <ms>` and returns the connection, the request in flight.
 fn request(addr: SocketAddr, ms: u64) -> TcpStream {
     let mut conn = TcpStream::connect(addr).unwrap();
@@ -245,7 +133,7 @@ fn read_answer(conn: &mut TcpStream) -> String {
 
 #[test]
 fn sigterm_drains_the_request_in_flight_closes_the_listener_runs_hooks_in_order() {
-    let mut proc = Proc::spawn(&[("CHILD_FLUSH_MS", "500")]);
+    let mut proc = Proc::spawn("child", &[("CHILD_FLUSH_MS", "500")]);
     let addr = proc.addr();
     let mut conn = request(addr, 1000);
     // The signal must come while the request is in the handler.
@@ -276,7 +164,7 @@ fn sigterm_drains_the_request_in_flight_closes_the_listener_runs_hooks_in_order(
 #[test]
 fn sigint_and_sigquit_shut_down_gracefully_too() {
     for signal in ["INT", "QUIT"] {
-        let mut proc = Proc::spawn(&[]);
+        let mut proc = Proc::spawn("child", &[]);
         proc.addr();
         proc.signal(signal);
         let (code, report, lines) = proc.finish();
@@ -288,7 +176,7 @@ fn sigint_and_sigquit_shut_down_gracefully_too() {
 
 #[test]
 fn second_signal_forces_the_exit_with_its_own_code() {
-    let mut proc = Proc::spawn(&[("CHILD_FLUSH_MS", "60000")]);
+    let mut proc = Proc::spawn("child", &[("CHILD_FLUSH_MS", "60000")]);
     proc.addr();
     proc.signal("TERM");
     proc.expect("HOOK flush start");
@@ -309,7 +197,10 @@ fn second_signal_forces_the_exit_with_its_own_code() {
 fn first_signal_during_a_failure_shutdown_does_not_force_it() {
     // The worker fails at once; the shutdown it starts is in its 1 s flush hook when the
     // supervisor's one SIGTERM comes. That is no reason to abandon the hooks.
-    let mut proc = Proc::spawn(&[("CHILD_TASK_FAILS_MS", "0"), ("CHILD_FLUSH_MS", "1000")]);
+    let mut proc = Proc::spawn(
+        "child",
+        &[("CHILD_TASK_FAILS_MS", "0"), ("CHILD_FLUSH_MS", "1000")],
+    );
     proc.expect("HOOK flush start");
     proc.signal("TERM");
     let (code, report, lines) = proc.finish();
@@ -322,7 +213,7 @@ fn first_signal_during_a_failure_shutdown_does_not_force_it() {
 fn taken_port_fails_the_start_naming_the_address_and_the_likely_cause() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let proc = Proc::spawn(&[("CHILD_BIND", &addr)]);
+    let proc = Proc::spawn("child", &[("CHILD_BIND", &addr)]);
     let (code, report, _) = proc.finish();
     assert_eq!(code, 3, "{report}");
     let error = report["trigger"]["error"].as_str().unwrap();
@@ -334,7 +225,10 @@ fn taken_port_fails_the_start_naming_the_address_and_the_likely_cause() {
 
 #[test]
 fn drain_deadline_aborts_the_request_closes_its_connection_and_frees_the_port() {
-    let mut proc = Proc::spawn(&[("CHILD_DEADLINE_MS", "300"), ("CHILD_FLUSH_MS", "2000")]);
+    let mut proc = Proc::spawn(
+        "child",
+        &[("CHILD_DEADLINE_MS", "300"), ("CHILD_FLUSH_MS", "2000")],
+    );
     let addr = proc.addr();
     let mut conn = request(addr, 60_000);
     proc.expect("REQUEST");
@@ -354,7 +248,10 @@ fn drain_deadline_aborts_the_request_closes_its_connection_and_frees_the_port() 
 
 #[test]
 fn failing_hook_gives_its_exit_code_after_the_others_ran() {
-    let mut proc = Proc::spawn(&[("CHILD_CLOSE_FAILS", "1"), ("CHILD_FLUSH_MS", "0")]);
+    let mut proc = Proc::spawn(
+        "child",
+        &[("CHILD_CLOSE_FAILS", "1"), ("CHILD_FLUSH_MS", "0")],
+    );
     proc.addr();
     proc.signal("TERM");
     let (code, report, lines) = proc.finish();

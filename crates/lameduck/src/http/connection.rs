@@ -1,0 +1,193 @@
+//! One connection: its socket (tracked by the drain, and closed at the deadline even after an
+//! upgrade), its hyper connection, and how it ends when the drain begins.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::drain::{Drain, WorkGuard};
+use crate::error::BoxError;
+use crate::http::request::{RequestService, Shared};
+
+/// Runs hyper's background work for a server (the tasks of HTTP/2 streams) under the server's
+/// drain: the drain waits for it, and the deadline aborts it.
+///
+/// It is the executor of the [`auto::Builder`](hyper_util::server::conn::auto::Builder) that
+/// [`HttpServer::configure`](crate::http::HttpServer::configure) hands out.
+#[derive(Clone, Debug)]
+pub struct DrainExecutor(pub(crate) Drain);
+
+impl<F> hyper::rt::Executor<F> for DrainExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        self.0.spawn_attached(future);
+    }
+}
+
+/// Serves one accepted connection on a task of the drain's.
+///
+/// When the drain begins, a connection on which no request has begun (just connected, or
+/// partway through its first request's headers) is closed at once: nothing is lost. Every
+/// other connection is told to shut down gracefully: an idle HTTP/1.1 keep-alive connection
+/// closes, a busy one finishes its response (with `Connection: close`), HTTP/2 sends GOAWAY
+/// and finishes its open streams.
+pub(crate) fn serve<S, B>(stream: TcpStream, peer: SocketAddr, app: S, shared: &Arc<Shared>)
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: From<&'static str> + Send,
+    B::Error: Into<BoxError>,
+{
+    let drain = shared.drain.clone();
+    let io = TokioIo::new(ConnIo::new(stream, drain.track(), drain.deadline_token()));
+    let request_seen = Arc::new(AtomicBool::new(false));
+    let service = RequestService::new(app, Arc::clone(shared), Arc::clone(&request_seen));
+    let shared = Arc::clone(shared);
+    drain.clone().spawn_attached(async move {
+        let conn = shared.builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            biased;
+            result = conn.as_mut() => result,
+            () = drain.draining() => {
+                if !request_seen.load(Ordering::Acquire) {
+                    // Dropping the connection closes the socket.
+                    return;
+                }
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(error) = result {
+            tracing::debug!(target: "lameduck", %peer, "connection ended: {error}");
+        }
+    });
+}
+
+/// The accepted socket, as the connection (and, after an upgrade, the WebSocket or tunnel)
+/// sees it. It holds the connection's unit of work, so the drain waits for an upgraded
+/// connection too until it ends; past the deadline it fails every read and write and closes
+/// the socket, so that nothing outlives the shutdown.
+pub(crate) struct ConnIo {
+    stream: Option<TcpStream>,
+    _guard: Option<WorkGuard>,
+    deadline: CancellationToken,
+    /// Created at the first read (or write) that has to wait, so the task wakes at the
+    /// deadline; one per direction, because the halves of a split stream wait in different
+    /// tasks.
+    read_deadline: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    write_deadline: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+impl ConnIo {
+    fn new(stream: TcpStream, guard: WorkGuard, deadline: CancellationToken) -> Self {
+        ConnIo {
+            stream: Some(stream),
+            _guard: Some(guard),
+            deadline,
+            read_deadline: None,
+            write_deadline: None,
+        }
+    }
+
+    /// Closes the socket and lets the drain go.
+    fn close(&mut self) -> io::Error {
+        self.stream = None;
+        self._guard = None;
+        io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "connection closed at the drain deadline",
+        )
+    }
+
+    fn poll_io<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: bool,
+        op: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if self.deadline.is_cancelled() {
+            return Poll::Ready(Err(self.close()));
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Poll::Ready(Err(self.close()));
+        };
+        let polled = op(Pin::new(stream), cx);
+        if polled.is_pending() {
+            let slot = if write {
+                &mut self.write_deadline
+            } else {
+                &mut self.read_deadline
+            };
+            let deadline =
+                slot.get_or_insert_with(|| Box::pin(self.deadline.clone().cancelled_owned()));
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(self.close()));
+            }
+        }
+        polled
+    }
+}
+
+impl AsyncRead for ConnIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.get_mut()
+            .poll_io(cx, false, |stream, cx| stream.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for ConnIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut()
+            .poll_io(cx, true, |stream, cx| stream.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut()
+            .poll_io(cx, true, |stream, cx| stream.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut()
+            .poll_io(cx, true, |stream, cx| stream.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().stream.as_mut() {
+            Some(stream) => Pin::new(stream).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! HTTP serving with a connection-level drain (feature `http`): [`HttpServer`] serves any tower
+//! `Service` over HTTP/1.1 and cleartext HTTP/2 (hyper 1, hyper-util's auto builder) as a
+//! lifecycle service, with [`Health`] endpoints.
+//!
+//! The pieces, in the order a connection meets them: `bind` (the listener),
+//! `connection` (the socket, tracked and closed at the deadline; how the connection ends at the
+//! drain), `request` (health answers, request counting, the [`Drain`](crate::Drain) in the
+//! request's extensions), and the handler-side extractor: with axum, a handler takes
+//! `lameduck::Drain` to learn of the drain (a server-sent-event stream ends itself, say).
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use axum::{Router, routing::get};
+//! use lameduck::Drain;
+//!
+//! // A long poll: answers when there is news, or at once when the drain begins, so that the
+//! // client can reconnect elsewhere instead of holding the shutdown up.
+//! async fn long_poll(drain: Drain) -> &'static str {
+//!     tokio::select! {
+//!         () = tokio::time::sleep(Duration::from_secs(30)) => "no news\n",
+//!         () = drain.draining() => "shutting down, reconnect\n",
+//!     }
+//! }
+//!
+//! let app: Router = Router::new().route("/poll", get(long_poll));
+//! # drop(app);
+//! ```
+
+mod bind;
+mod connection;
+mod extract;
+mod health;
+mod request;
+mod server;
+
+pub use connection::DrainExecutor;
+pub use health::Health;
+pub use server::{HttpServer, NotFound};

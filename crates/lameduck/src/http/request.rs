@@ -1,0 +1,184 @@
+//! One request: answered by the health endpoints or passed to the app, counted from the call to
+//! the end of its response body, with the service's [`Drain`] in its extensions.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::server::conn::auto;
+use hyper_util::service::{TowerToHyperService, TowerToHyperServiceFuture};
+use pin_project_lite::pin_project;
+
+use crate::drain::{Drain, WorkGuard};
+use crate::http::connection::DrainExecutor;
+use crate::http::health::Health;
+use crate::ready::LifecycleHandle;
+
+/// What every connection of a server shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) drain: Drain,
+    pub(crate) handle: LifecycleHandle,
+    pub(crate) health: Option<Health>,
+    pub(crate) builder: auto::Builder<DrainExecutor>,
+}
+
+/// The hyper service of one connection: the app, wrapped.
+pub(crate) struct RequestService<S> {
+    app: TowerToHyperService<S>,
+    shared: Arc<Shared>,
+    /// Set at the first request: until then, the drain may close the connection at once.
+    request_seen: Arc<AtomicBool>,
+}
+
+impl<S> RequestService<S> {
+    pub(crate) fn new(app: S, shared: Arc<Shared>, request_seen: Arc<AtomicBool>) -> Self {
+        RequestService {
+            app: TowerToHyperService::new(app),
+            shared,
+            request_seen,
+        }
+    }
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for RequestService<S>
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone,
+    B: Body,
+    B::Data: From<&'static str>,
+{
+    type Response = Response<ResponseBody<B>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, B>;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        self.request_seen.store(true, Ordering::Release);
+        let health = self.shared.health.as_ref();
+        if let Some((status, text)) = health.and_then(|h| h.answer(&req, &self.shared.handle)) {
+            let mut response = Response::new(ResponseBody::Text { text: Some(text) });
+            *response.status_mut() = status;
+            let headers = response.headers_mut();
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return ResponseFuture::Ready {
+                response: Some(response),
+            };
+        }
+        let guard = self.shared.drain.track_request();
+        req.extensions_mut().insert(self.shared.drain.clone());
+        ResponseFuture::App {
+            future: hyper::service::Service::call(&self.app, req),
+            guard: Some(guard),
+        }
+    }
+}
+
+pin_project! {
+    /// The response of a [`RequestService`].
+    #[project = ResponseFutureProj]
+    pub(crate) enum ResponseFuture<S, B>
+    where
+        S: tower_service::Service<Request<Incoming>>,
+    {
+        App {
+            #[pin]
+            future: TowerToHyperServiceFuture<S, Request<Incoming>>,
+            guard: Option<WorkGuard>,
+        },
+        Ready { response: Option<Response<ResponseBody<B>>> },
+    }
+}
+
+impl<S, B> Future for ResponseFuture<S, B>
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ResponseFutureProj::App { future, guard } => match future.poll(cx) {
+                Poll::Pending => Poll::Pending,
+                // The request stays in flight until its body has been sent.
+                Poll::Ready(Ok(response)) => {
+                    Poll::Ready(Ok(response.map(|body| ResponseBody::App {
+                        body,
+                        guard: guard.take(),
+                    })))
+                }
+                // Dropping the guard ends the request: hyper closes the connection.
+                Poll::Ready(Err(error)) => {
+                    guard.take();
+                    Poll::Ready(Err(error))
+                }
+            },
+            ResponseFutureProj::Ready { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// A response body: the app's, holding its request's count until it ends, or a short text.
+    #[project = ResponseBodyProj]
+    pub(crate) enum ResponseBody<B> {
+        App {
+            #[pin]
+            body: B,
+            guard: Option<WorkGuard>,
+        },
+        Text { text: Option<&'static str> },
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body,
+    B::Data: From<&'static str>,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match self.project() {
+            ResponseBodyProj::App { body, guard } => {
+                let polled = body.poll_frame(cx);
+                if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+                    guard.take();
+                }
+                polled
+            }
+            ResponseBodyProj::Text { text } => {
+                Poll::Ready(text.take().map(|text| Ok(Frame::data(text.into()))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::App { body, .. } => body.is_end_stream(),
+            ResponseBody::Text { text } => text.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::App { body, .. } => body.size_hint(),
+            ResponseBody::Text { text } => SizeHint::with_exact(text.map_or(0, |t| t.len() as u64)),
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! [`HttpServer`]: a tower service (an axum `Router` as it is) served under the lifecycle.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioTimer;
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::error::BoxError;
+use crate::http::bind::{self, Listen, SocketOptions};
+use crate::http::connection::{self, DrainExecutor};
+use crate::http::health::Health;
+use crate::http::request::Shared;
+use crate::service::{Service, StartContext};
+
+/// How long the accept loop waits after an error that is not about one connection (out of file
+/// descriptors, say) before accepting again, so that it does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+type Configure = Box<dyn FnOnce(&mut auto::Builder<DrainExecutor>) + Send>;
+
+/// An HTTP/1.1 and cleartext HTTP/2 server for any tower `Service` (an axum `Router` goes in
+/// as it is; so do tonic's routes), to add to a [`Lifecycle`](crate::Lifecycle) as a service.
+///
+/// - **Start**: binds (with `SO_REUSEADDR` on Unix and a backlog of 1024, both configurable),
+///   records the address, and fails the lifecycle's start with the address and cause if it
+///   cannot.
+/// - **Serve**: every connection and request is counted (atomics on the service's own
+///   [`Drain`](crate::Drain), no lock), for the report. Each request carries the `Drain` in
+///   its extensions, so a handler can learn of the drain: with axum, take `lameduck::Drain` as
+///   an argument. `/livez` and `/readyz` are answered before the app ([`Health`]).
+/// - **Drain**: the listener closes first, so new connections are refused and the port can be
+///   bound by another process at once. A connection on which no request has begun (just
+///   connected, or partway through its first headers) closes at once; an idle HTTP/1.1
+///   keep-alive connection closes; a busy one finishes its response, sent with
+///   `Connection: close`; an HTTP/2 connection gets GOAWAY and finishes its open streams. The
+///   service is done the moment its last connection ends: nothing polls.
+/// - **Deadline**: what is left is closed, upgraded connections (WebSockets) included, and the
+///   report counts the connections and the requests they had in flight.
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use lameduck::{Lifecycle, http::HttpServer};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let app = Router::new().route("/", get(|| async { "hello\n" }));
+/// let lifecycle = Lifecycle::new()
+///     .handle_signals(false) // a real service keeps the default
+///     .service("web", HttpServer::bind("127.0.0.1:0", app));
+/// let handle = lifecycle.handle();
+/// let run = tokio::spawn(lifecycle.run());
+/// handle.wait_ready().await.unwrap();
+/// handle.shutdown();
+/// let report = run.await.unwrap();
+/// assert_eq!(report.exit_code, lameduck::ExitCode::Clean);
+/// # }
+/// ```
+pub struct HttpServer<S> {
+    app: S,
+    listen: Listen,
+    socket: SocketOptions,
+    nodelay: bool,
+    health: Option<Health>,
+    protocols: Protocols,
+    configure: Option<Configure>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocols {
+    Both,
+    Http1,
+    Http2,
+}
+
+impl<S> HttpServer<S> {
+    /// Serves `app` on `addr` ("127.0.0.1:8080", "[::]:8080", "localhost:0"; a name is resolved
+    /// and the first address that binds is used).
+    pub fn bind(addr: impl fmt::Display, app: S) -> Self {
+        Self::new(Listen::Addr(addr.to_string()), app)
+    }
+
+    /// Serves `app` on a listener bound elsewhere (socket activation, a test); socket options
+    /// are not applied to it.
+    pub fn from_listener(listener: std::net::TcpListener, app: S) -> Self {
+        Self::new(Listen::Std(listener), app)
+    }
+
+    /// Serves `app` on a tokio listener bound elsewhere; socket options are not applied to it.
+    pub fn from_tokio_listener(listener: TcpListener, app: S) -> Self {
+        Self::new(Listen::Tokio(listener), app)
+    }
+
+    fn new(listen: Listen, app: S) -> Self {
+        HttpServer {
+            app,
+            listen,
+            socket: SocketOptions::default(),
+            nodelay: true,
+            health: Some(Health::new()),
+            protocols: Protocols::Both,
+            configure: None,
+        }
+    }
+
+    /// The listen backlog: connections the kernel queues before they are accepted. Default
+    /// 1024 (the OS may cap it).
+    pub fn backlog(mut self, backlog: u32) -> Self {
+        self.socket.backlog = backlog;
+        self
+    }
+
+    /// Whether to set `SO_REUSEADDR` (Unix only), so that a restart can bind while connections
+    /// of the previous process are in `TIME_WAIT`. Default on.
+    pub fn reuse_address(mut self, on: bool) -> Self {
+        self.socket.reuse_address = on;
+        self
+    }
+
+    /// For an IPv6 address: whether to accept IPv6 only (`true`) or IPv4-mapped connections
+    /// too (`false`). Default: the OS's.
+    pub fn only_v6(mut self, only: bool) -> Self {
+        self.socket.only_v6 = Some(only);
+        self
+    }
+
+    /// Whether accepted connections set `TCP_NODELAY`. Default on.
+    pub fn nodelay(mut self, on: bool) -> Self {
+        self.nodelay = on;
+        self
+    }
+
+    /// The health endpoints to answer (default: [`Health::new`], `/livez` and `/readyz`).
+    pub fn health(mut self, health: Health) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// No health endpoints: every request goes to the app.
+    pub fn without_health(mut self) -> Self {
+        self.health = None;
+        self
+    }
+
+    /// Speak HTTP/1.1 only.
+    pub fn http1_only(mut self) -> Self {
+        self.protocols = Protocols::Http1;
+        self
+    }
+
+    /// Speak HTTP/2 only (prior knowledge, as gRPC does).
+    pub fn http2_only(mut self) -> Self {
+        self.protocols = Protocols::Http2;
+        self
+    }
+
+    /// Tunes hyper's connection builder (timeouts, window sizes, header limits) before the
+    /// server starts. Its timer is set already, so hyper's HTTP/1 header-read timeout (30 s)
+    /// and HTTP/2 keep-alive options work.
+    ///
+    /// ```
+    /// use lameduck::http::HttpServer;
+    /// use std::time::Duration;
+    ///
+    /// let app: axum::Router = axum::Router::new();
+    /// let server = HttpServer::bind("127.0.0.1:0", app).configure(|builder| {
+    ///     builder.http1().header_read_timeout(Duration::from_secs(5));
+    ///     builder.http2().max_concurrent_streams(250);
+    /// });
+    /// # drop(server);
+    /// ```
+    pub fn configure(
+        mut self,
+        configure: impl FnOnce(&mut auto::Builder<DrainExecutor>) + Send + 'static,
+    ) -> Self {
+        self.configure = Some(Box::new(configure));
+        self
+    }
+}
+
+impl HttpServer<NotFound> {
+    /// A server of the health endpoints alone (404 for everything else): an admin port, for
+    /// probes that should not share the app's port. It drains like any service: `/readyz`
+    /// answers 503 through the lame-duck delay, and the port closes when the drain begins.
+    pub fn health_only(addr: impl fmt::Display) -> Self {
+        Self::bind(addr, NotFound)
+    }
+}
+
+impl<S> fmt::Debug for HttpServer<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpServer")
+            .field("listen", &self.listen)
+            .field("health", &self.health)
+            .field("protocols", &self.protocols)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B> Service for HttpServer<S>
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: From<&'static str> + Send,
+    B::Error: Into<BoxError>,
+{
+    type Serve = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+
+    async fn start(self, ctx: StartContext) -> Result<Self::Serve, BoxError> {
+        let listener = bind::bind(&ctx, self.listen, self.socket).await?;
+        let drain = ctx.drain();
+        let mut builder = auto::Builder::new(DrainExecutor(drain.clone()));
+        builder.http1().timer(TokioTimer::new());
+        builder.http2().timer(TokioTimer::new());
+        builder = match self.protocols {
+            Protocols::Both => builder,
+            Protocols::Http1 => builder.http1_only(),
+            Protocols::Http2 => builder.http2_only(),
+        };
+        if let Some(configure) = self.configure {
+            configure(&mut builder);
+        }
+        let shared = Arc::new(Shared {
+            drain,
+            handle: ctx.handle(),
+            health: self.health,
+            builder,
+        });
+        let name: Arc<str> = ctx.name().into();
+        Ok(Box::pin(accept(
+            listener,
+            self.app,
+            shared,
+            self.nodelay,
+            name,
+        )))
+    }
+}
+
+/// Accepts until the drain begins, then closes the listener: new connections are refused from
+/// that moment, and the port is free for another process.
+async fn accept<S, B>(
+    listener: TcpListener,
+    app: S,
+    shared: Arc<Shared>,
+    nodelay: bool,
+    name: Arc<str>,
+) -> Result<(), BoxError>
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: From<&'static str> + Send,
+    B::Error: Into<BoxError>,
+{
+    let drain = shared.drain.clone();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = drain.draining() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                if nodelay {
+                    let _ = stream.set_nodelay(true);
+                }
+                connection::serve(stream, peer, app.clone(), &shared);
+            }
+            Err(error) if is_connection_error(&error) => {}
+            Err(error) => {
+                tracing::error!(target: "lameduck", service = %name, "accept failed: {error}");
+                tokio::select! {
+                    () = drain.draining() => break,
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                }
+            }
+        }
+    }
+    drop(listener);
+    tracing::debug!(target: "lameduck", service = %name, "listener closed");
+    Ok(())
+}
+
+/// Errors about one connection (gone before it was accepted), not about the listener.
+fn is_connection_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+    )
+}
+
+/// The app of [`HttpServer::health_only`]: 404 for every request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NotFound;
+
+impl<B> tower_service::Service<Request<B>> for NotFound {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<B>) -> Self::Future {
+        let mut response = Response::new(Full::new(Bytes::from_static(b"not found\n")));
+        *response.status_mut() = StatusCode::NOT_FOUND;
+        std::future::ready(Ok(response))
+    }
+}

@@ -1,0 +1,648 @@
+//! The HTTP server under a real lifecycle, with real clients: hyper's HTTP/1.1 and HTTP/2
+//! client connections, and raw TCP for keep-alive, silent and half-sent connections.
+#![cfg(feature = "http")]
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request};
+use axum::response::Response;
+use axum::routing::get;
+use bytes::Bytes;
+use http::StatusCode;
+use http_body::Frame;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use lameduck::http::{Health, HttpServer};
+use lameduck::{Drain, ExitCode, Lifecycle, LifecycleHandle, Outcome, Report, State};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+/// Generous: the machines are shared and noisy. Speed is measured in benchmarks.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The app under test. `/sleep/{ms}` says `started` on the channel when it begins.
+fn app(started: mpsc::UnboundedSender<()>) -> Router {
+    Router::new()
+        .route("/fast", get(|| async { "fast\n" }))
+        .route(
+            "/sleep/{ms}",
+            get(move |Path(ms): Path<u64>| {
+                let started = started.clone();
+                async move {
+                    let _ = started.send(());
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    format!("slept {ms} ms\n")
+                }
+            }),
+        )
+        .route("/ticks", get(ticks))
+        .route("/echo", get(upgrade_to_echo))
+}
+
+/// A streaming response that ends itself when the drain begins.
+async fn ticks(drain: Drain) -> Response {
+    let stop = Box::pin(drain.token().cancelled_owned());
+    let tick = tokio::time::interval(Duration::from_millis(20));
+    Response::new(Body::new(Ticks { stop, tick }))
+}
+
+struct Ticks {
+    stop: Pin<Box<WaitForCancellationFutureOwned>>,
+    tick: tokio::time::Interval,
+}
+
+impl http_body::Body for Ticks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        self.tick
+            .poll_tick(cx)
+            .map(|_| Some(Ok(Frame::data(Bytes::from_static(b"tick\n")))))
+    }
+}
+
+/// Upgrades to a line echo (as a WebSocket handler would), on a task of its own.
+async fn upgrade_to_echo(mut req: Request) -> Response {
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut io = TokioIo::new(upgraded);
+        let mut buf = [0u8; 256];
+        while let Ok(n @ 1..) = io.read(&mut buf).await {
+            if io.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    response
+        .headers_mut()
+        .insert("connection", "upgrade".parse().unwrap());
+    response
+        .headers_mut()
+        .insert("upgrade", "echo".parse().unwrap());
+    response
+}
+
+struct Running {
+    handle: LifecycleHandle,
+    run: JoinHandle<Report>,
+    addr: SocketAddr,
+    started: mpsc::UnboundedReceiver<()>,
+}
+
+impl Running {
+    async fn report(self) -> Report {
+        tokio::time::timeout(WAIT, self.run)
+            .await
+            .expect("the run ends")
+            .unwrap()
+    }
+}
+
+async fn start(lifecycle: Lifecycle, server: impl FnOnce(Router) -> HttpServer<Router>) -> Running {
+    let (tx, started) = mpsc::unbounded_channel();
+    let lifecycle = lifecycle
+        .handle_signals(false)
+        .service("web", server(app(tx)));
+    let handle = lifecycle.handle();
+    let run = tokio::spawn(lifecycle.run());
+    handle.wait_ready().await.unwrap();
+    let addr = handle.addresses("web")[0].parse().unwrap();
+    Running {
+        handle,
+        run,
+        addr,
+        started,
+    }
+}
+
+async fn start_default() -> Running {
+    start(Lifecycle::new(), |app| HttpServer::bind("127.0.0.1:0", app)).await
+}
+
+type H1 = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+type H2 = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
+
+async fn h1(addr: SocketAddr) -> (H1, JoinHandle<hyper::Result<()>>) {
+    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    (send, tokio::spawn(conn))
+}
+
+async fn h2(addr: SocketAddr) -> (H2, JoinHandle<hyper::Result<()>>) {
+    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    (send, tokio::spawn(conn))
+}
+
+fn get_req(path: &str) -> http::Request<Empty<Bytes>> {
+    http::Request::get(format!("http://test{path}"))
+        .body(Empty::new())
+        .unwrap()
+}
+
+/// A response's status, headers and whole body.
+async fn fetch(
+    send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    path: &str,
+) -> (StatusCode, http::HeaderMap, String) {
+    send.ready().await.unwrap();
+    let response = send.send_request(get_req(path)).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into(),
+    )
+}
+
+async fn fetch_h2(send: &mut H2, path: &str) -> Result<(StatusCode, String), hyper::Error> {
+    send.ready().await?;
+    let response = send.send_request(get_req(path)).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into()))
+}
+
+/// Whether the peer closes `stream` within `within` (EOF or reset), reading and discarding.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Waits (bounded) until connecting to `addr` is refused: the listener has closed.
+async fn wait_refused(addr: SocketAddr) -> Instant {
+    let began = Instant::now();
+    while began.elapsed() < WAIT {
+        if TcpStream::connect(addr).await.is_err() {
+            return Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{addr} still accepts connections {WAIT:?} into the drain");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_http1_and_http2_and_counts_requests() {
+    let running = start_default().await;
+    let (mut one, _) = h1(running.addr).await;
+    for _ in 0..3 {
+        let (status, _, body) = fetch(&mut one, "/fast").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "fast\n"));
+    }
+    let (mut two, _) = h2(running.addr).await;
+    let (status, body) = fetch_h2(&mut two, "/fast").await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "fast\n"));
+
+    running.handle.shutdown();
+    let report = running.report().await;
+    assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
+    let web = &report.services[0];
+    assert_eq!(web.outcome, Outcome::Stopped);
+    assert_eq!(web.work.total, 2, "two connections: {report}");
+    assert_eq!(web.requests.total, 4, "four requests: {report}");
+    assert_eq!(web.requests.aborted, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_closes_at_drain_start_while_a_slow_request_continues() {
+    let mut running = start_default().await;
+    // An idle keep-alive connection: one request answered, then nothing.
+    let mut idle = TcpStream::connect(running.addr).await.unwrap();
+    idle.write_all(b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    let (mut slow, _) = h1(running.addr).await;
+    let slow = tokio::spawn(async move { fetch(&mut slow, "/sleep/1500").await });
+    running.started.recv().await.unwrap();
+
+    running.handle.shutdown();
+    let shutdown_at = Instant::now();
+    assert!(
+        closed_within(&mut idle, WAIT).await,
+        "the idle keep-alive connection is closed"
+    );
+    assert!(
+        !slow.is_finished(),
+        "closed at the drain's start, not its end ({:?} after the shutdown)",
+        shutdown_at.elapsed()
+    );
+    let (status, headers, body) = slow.await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "slept 1500 ms\n"));
+    assert_eq!(headers["connection"], "close", "the last response says so");
+    let report = running.report().await;
+    assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
+    assert_eq!(report.services[0].requests.in_flight_at_drain, 1);
+    assert_eq!(report.services[0].requests.drained, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_closes_first_and_the_port_is_bindable_during_the_drain() {
+    let mut running = start_default().await;
+    let (mut slow, _) = h1(running.addr).await;
+    let slow = tokio::spawn(async move { fetch(&mut slow, "/sleep/1500").await });
+    running.started.recv().await.unwrap();
+
+    running.handle.shutdown();
+    wait_refused(running.addr).await;
+    assert!(
+        !slow.is_finished(),
+        "refused while the slow request continues"
+    );
+    let other = std::net::TcpListener::bind(running.addr);
+    assert!(
+        other.is_ok(),
+        "another socket binds {} during the drain: {other:?}",
+        running.addr
+    );
+    drop(other);
+
+    let (status, _, _) = slow.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(running.report().await.exit_code, ExitCode::Clean);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_half_sent_connections_close_at_once() {
+    let mut running = start_default().await;
+    let mut silent = TcpStream::connect(running.addr).await.unwrap();
+    let mut partial = TcpStream::connect(running.addr).await.unwrap();
+    partial
+        .write_all(b"GET /fast HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut silent_h2 = TcpStream::connect(running.addr).await.unwrap();
+    silent_h2.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    // A request in flight keeps the drain going, to tell "at once" from "at the end".
+    let (mut slow, _) = h1(running.addr).await;
+    let slow = tokio::spawn(async move { fetch(&mut slow, "/sleep/1500").await });
+    running.started.recv().await.unwrap();
+
+    running.handle.shutdown();
+    for (what, stream) in [
+        ("silent", &mut silent),
+        ("half-sent headers", &mut partial),
+        ("half-sent HTTP/2 preface", &mut silent_h2),
+    ] {
+        assert!(closed_within(stream, WAIT).await, "{what}: closed");
+        assert!(!slow.is_finished(), "{what}: closed before the drain ended");
+    }
+    slow.await.unwrap();
+    let report = running.report().await;
+    assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
+    assert_eq!(report.services[0].work.total, 4);
+    assert_eq!(report.services[0].work.aborted, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_gets_goaway_and_finishes_its_open_stream() {
+    let mut running = start_default().await;
+    let (mut send, conn) = h2(running.addr).await;
+    fetch_h2(&mut send, "/fast").await.unwrap();
+    let mut in_flight = send.clone();
+    let slow = tokio::spawn(async move { fetch_h2(&mut in_flight, "/sleep/1000").await });
+    running.started.recv().await.unwrap();
+
+    running.handle.shutdown();
+    wait_refused(running.addr).await;
+    // After GOAWAY a new stream on this connection is refused (a client retries elsewhere).
+    let began = Instant::now();
+    let mut refused = false;
+    while began.elapsed() < WAIT && !refused {
+        refused = fetch_h2(&mut send, "/fast").await.is_err();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(refused, "new streams are refused after GOAWAY");
+    let (status, body) = slow.await.unwrap().unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "slept 1000 ms\n"));
+    tokio::time::timeout(WAIT, conn)
+        .await
+        .expect("the server closes the connection once its streams are done")
+        .unwrap()
+        .unwrap();
+    let report = running.report().await;
+    assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
+    assert_eq!(report.services[0].requests.drained, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_ends_when_the_last_response_does() {
+    let mut running = start(
+        // A deadline far away: only the last response can end the drain early.
+        Lifecycle::new().drain_deadline(Duration::from_secs(60)),
+        |app| HttpServer::bind("127.0.0.1:0", app),
+    )
+    .await;
+    let (mut slow, _) = h1(running.addr).await;
+    let slow = tokio::spawn(async move {
+        let out = fetch(&mut slow, "/sleep/800").await;
+        (out, Instant::now())
+    });
+    running.started.recv().await.unwrap();
+    running.handle.shutdown();
+    let run = running.run;
+    let ended = tokio::spawn(async move {
+        let report = run.await.unwrap();
+        (report, Instant::now())
+    });
+    let (_, response_at) = slow.await.unwrap();
+    let (report, ended_at) = tokio::time::timeout(WAIT, ended).await.unwrap().unwrap();
+    assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
+    let lag = ended_at.saturating_duration_since(response_at);
+    assert!(
+        lag < Duration::from_secs(2),
+        "the run ended {lag:?} after the last response (event-driven: about a millisecond)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_closes_what_is_left_and_the_report_counts_it() {
+    let mut running = start(
+        Lifecycle::new().drain_deadline(Duration::from_millis(300)),
+        |app| HttpServer::bind("127.0.0.1:0", app),
+    )
+    .await;
+    let (mut a, _) = h1(running.addr).await;
+    let (mut b, _) = h2(running.addr).await;
+    let a = tokio::spawn(async move {
+        a.ready().await.unwrap();
+        a.send_request(get_req("/sleep/60000")).await
+    });
+    let b = tokio::spawn(async move { fetch_h2(&mut b, "/sleep/60000").await });
+    running.started.recv().await.unwrap();
+    running.started.recv().await.unwrap();
+
+    running.handle.shutdown();
+    let report = running.report().await;
+    assert_eq!(report.exit_code, ExitCode::DeadlineExceeded, "{report}");
+    assert!(report.deadline_exceeded);
+    let web = &report.services[0];
+    assert_eq!(web.outcome, Outcome::Aborted);
+    assert_eq!(web.work.aborted, 2, "two connections closed: {report}");
+    assert_eq!(web.requests.aborted, 2, "with a request each: {report}");
+    assert!(
+        a.await.unwrap().is_err(),
+        "the HTTP/1.1 client sees the close"
+    );
+    assert!(
+        b.await.unwrap().is_err(),
+        "the HTTP/2 client sees the close"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_handler_learns_of_the_drain_and_ends_cleanly() {
+    let running = start_default().await;
+    let (mut send, _) = h1(running.addr).await;
+    send.ready().await.unwrap();
+    let response = send.send_request(get_req("/ticks")).await.unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "tick\n");
+
+    running.handle.shutdown();
+    // The body ends (cleanly: a complete chunked encoding) because the handler saw the drain.
+    let rest = tokio::time::timeout(WAIT, body.collect())
+        .await
+        .expect("the stream ends at the drain")
+        .expect("cleanly");
+    assert!(rest.to_bytes().iter().all(|b| b"tick\n".contains(b)));
+    let report = running.report().await;
+    assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
+    assert_eq!(report.services[0].requests.drained, 1);
+}
+
+/// Sends the upgrade request and checks the echo works.
+async fn upgraded(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    stream.write_all(b"ping\n").await.unwrap();
+    let mut echo = [0u8; 5];
+    stream.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"ping\n");
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_holds_the_drain_until_it_ends() {
+    let running = start_default().await;
+    let mut stream = upgraded(running.addr).await;
+    running.handle.shutdown();
+    wait_refused(running.addr).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !running.run.is_finished(),
+        "the drain waits for the upgraded connection"
+    );
+    // Still usable during the drain.
+    stream.write_all(b"more\n").await.unwrap();
+    let mut echo = [0u8; 5];
+    stream.read_exact(&mut echo).await.unwrap();
+    drop(stream);
+    let report = running.report().await;
+    assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
+    // The upgraded connection, and any probe of `wait_refused` that got in first.
+    assert!(report.services[0].work.drained >= 1, "{report}");
+    assert_eq!(report.services[0].work.aborted, 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_is_closed_at_the_deadline() {
+    let running = start(
+        Lifecycle::new().drain_deadline(Duration::from_millis(300)),
+        |app| HttpServer::bind("127.0.0.1:0", app),
+    )
+    .await;
+    let mut stream = upgraded(running.addr).await;
+    running.handle.shutdown();
+    assert!(
+        closed_within(&mut stream, WAIT).await,
+        "the upgraded connection is closed at the deadline, though no task of ours owns it"
+    );
+    let report = running.report().await;
+    assert_eq!(report.exit_code, ExitCode::DeadlineExceeded, "{report}");
+    assert_eq!(report.services[0].work.aborted, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_turns_503_in_the_lame_duck_delay_while_requests_are_served() {
+    let running = start(
+        Lifecycle::new().lame_duck_delay(Duration::from_millis(1500)),
+        |app| HttpServer::bind("127.0.0.1:0", app),
+    )
+    .await;
+    let (mut send, _) = h1(running.addr).await;
+    let (status, headers, body) = fetch(&mut send, "/readyz").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ready\n"));
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(fetch(&mut send, "/livez").await.0, StatusCode::OK);
+
+    running.handle.shutdown();
+    running
+        .handle
+        .subscribe()
+        .wait_for(|s| *s == State::Draining)
+        .await
+        .unwrap();
+    let (status, _, body) = fetch(&mut send, "/readyz").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    );
+    let (status, _, _) = fetch(&mut send, "/fast").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "still serving in the lame-duck delay"
+    );
+    assert_eq!(fetch(&mut send, "/livez").await.0, StatusCode::OK);
+    // A new connection too: the listener is open until the delay ends.
+    let (mut fresh, _) = h1(running.addr).await;
+    assert_eq!(fetch(&mut fresh, "/fast").await.0, StatusCode::OK);
+    assert!(!running.run.is_finished());
+    let report = running.report().await;
+    assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_paths_are_configurable_and_can_live_on_an_admin_port() {
+    let (tx, _started) = mpsc::unbounded_channel();
+    let lifecycle = Lifecycle::new()
+        .handle_signals(false)
+        .lame_duck_delay(Duration::from_millis(800))
+        .service(
+            "web",
+            HttpServer::bind("127.0.0.1:0", app(tx)).without_health(),
+        )
+        .service(
+            "admin",
+            HttpServer::health_only("127.0.0.1:0").health(Health::new().readyz("/ready")),
+        );
+    let handle = lifecycle.handle();
+    let run = tokio::spawn(lifecycle.run());
+    handle.wait_ready().await.unwrap();
+    let web: SocketAddr = handle.addresses("web")[0].parse().unwrap();
+    let admin: SocketAddr = handle.addresses("admin")[0].parse().unwrap();
+
+    let (mut w, _) = h1(web).await;
+    assert_eq!(
+        fetch(&mut w, "/readyz").await.0,
+        StatusCode::NOT_FOUND,
+        "the app's own"
+    );
+    let (mut a, _) = h1(admin).await;
+    assert_eq!(fetch(&mut a, "/ready").await.0, StatusCode::OK);
+    assert_eq!(fetch(&mut a, "/livez").await.0, StatusCode::OK);
+    assert_eq!(fetch(&mut a, "/fast").await.0, StatusCode::NOT_FOUND);
+    handle.shutdown();
+    handle
+        .subscribe()
+        .wait_for(|s| *s == State::Draining)
+        .await
+        .unwrap();
+    assert_eq!(
+        fetch(&mut a, "/ready").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let report = tokio::time::timeout(WAIT, run).await.unwrap().unwrap();
+    assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_fails_the_start_and_names_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (tx, _) = mpsc::unbounded_channel();
+    let lifecycle = Lifecycle::new()
+        .handle_signals(false)
+        .service("web", HttpServer::bind(addr, app(tx)));
+    let report = tokio::time::timeout(WAIT, lifecycle.run()).await.unwrap();
+    assert_eq!(report.exit_code, ExitCode::StartFailed, "{report}");
+    let shown = report.trigger.to_string();
+    assert!(shown.contains(&addr.to_string()), "{shown}");
+    assert!(shown.contains("already in use"), "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_ipv6_and_an_adopted_listener() {
+    let v6 = std::net::TcpListener::bind("[::1]:0");
+    let adopted = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let adopted_addr = adopted.local_addr().unwrap();
+    let (tx, _) = mpsc::unbounded_channel();
+    let mut lifecycle = Lifecycle::new().handle_signals(false).service(
+        "adopted",
+        HttpServer::from_listener(adopted, app(tx.clone())).http1_only(),
+    );
+    let has_v6 = v6.is_ok();
+    drop(v6);
+    if has_v6 {
+        lifecycle = lifecycle.service(
+            "v6",
+            HttpServer::bind("[::1]:0", app(tx))
+                .only_v6(true)
+                .backlog(16),
+        );
+    } else {
+        eprintln!("no IPv6 loopback here: only the adopted listener is tested");
+    }
+    let handle = lifecycle.handle();
+    let run = tokio::spawn(lifecycle.run());
+    handle.wait_ready().await.unwrap();
+    assert_eq!(handle.addresses("adopted"), vec![adopted_addr.to_string()]);
+    let (mut a, _) = h1(adopted_addr).await;
+    assert_eq!(fetch(&mut a, "/fast").await.0, StatusCode::OK);
+    if has_v6 {
+        let addr: SocketAddr = handle.addresses("v6")[0].parse().unwrap();
+        assert!(addr.is_ipv6());
+        let (mut v, _) = h1(addr).await;
+        assert_eq!(fetch(&mut v, "/fast").await.0, StatusCode::OK);
+    }
+    handle.shutdown();
+    let report = tokio::time::timeout(WAIT, run).await.unwrap().unwrap();
+    assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
+}
