@@ -64,6 +64,9 @@ pub struct Drain {
 #[derive(Debug)]
 struct Inner {
     draining: CancellationToken,
+    /// Cancelled at the drain deadline: work may still end itself (a last status) ...
+    deadline: CancellationToken,
+    /// ... until this one, a moment later, aborts it.
     hard_stop: CancellationToken,
     tracker: TaskTracker,
     /// Units of work: connections, for a server.
@@ -100,10 +103,16 @@ enum Kind {
 }
 
 impl Drain {
-    pub(crate) fn new(draining: CancellationToken, hard_stop: CancellationToken) -> Self {
+    /// `deadline` must be cancelled whenever `hard_stop` is (a child token of it).
+    pub(crate) fn new(
+        draining: CancellationToken,
+        deadline: CancellationToken,
+        hard_stop: CancellationToken,
+    ) -> Self {
         Drain {
             inner: Arc::new(Inner {
                 draining,
+                deadline,
                 hard_stop,
                 tracker: TaskTracker::new(),
                 work: Counter::default(),
@@ -130,15 +139,16 @@ impl Drain {
     }
 
     /// Resolves when the drain deadline has passed (or the shutdown was forced): work still in
-    /// flight is being aborted. A long-lived stream can watch it to end with a last message of
-    /// its own instead of being cut off.
+    /// flight is about to be aborted. A long-lived stream can watch it to end with a last
+    /// message of its own (a gRPC status, say) instead of being cut off: the lifecycle gives
+    /// work a moment (100 ms) to end itself before it aborts what is left.
     pub fn deadline_passed(&self) -> WaitForCancellationFuture<'_> {
-        self.inner.hard_stop.cancelled()
+        self.inner.deadline.cancelled()
     }
 
     /// Whether the drain deadline has passed.
     pub fn is_deadline_passed(&self) -> bool {
-        self.inner.hard_stop.is_cancelled()
+        self.inner.deadline.is_cancelled()
     }
 
     /// Runs `work` (a connection, a request) as a tracked task: the drain waits for it, and at
@@ -222,10 +232,16 @@ impl Drain {
         self.inner.tracker.wait().await;
     }
 
-    /// The deadline's token, for I/O that must fail once the deadline has passed (an upgraded
-    /// connection, which no task of the drain's owns).
+    /// The deadline's token, for responses that end themselves with a last status.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn deadline_token(&self) -> CancellationToken {
+        self.inner.deadline.clone()
+    }
+
+    /// The abort's token, for I/O that must fail once work is aborted (an upgraded connection,
+    /// which no task of the drain's owns).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn hard_stop_token(&self) -> CancellationToken {
         self.inner.hard_stop.clone()
     }
 
@@ -317,7 +333,7 @@ mod tests {
 
     fn drain() -> (Drain, CancellationToken, CancellationToken) {
         let (d, h) = (CancellationToken::new(), CancellationToken::new());
-        (Drain::new(d.clone(), h.clone()), d, h)
+        (Drain::new(d.clone(), h.child_token(), h.clone()), d, h)
     }
 
     #[tokio::test(start_paused = true)]

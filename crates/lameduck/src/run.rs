@@ -29,6 +29,11 @@ use crate::signal::{Signal, Signals};
 /// [`WorkGuard`]: crate::WorkGuard
 pub(crate) const ABORT_GRACE: Duration = Duration::from_secs(1);
 
+/// How long work gets, after the drain deadline, to end itself (a stream sending its last
+/// status, as a gRPC server does with UNAVAILABLE) before it is aborted. Work that ends sooner
+/// ends the wait sooner.
+pub(crate) const ABORT_NOTICE: Duration = Duration::from_millis(100);
+
 /// A service or background task, as the run sees it.
 struct Unit {
     name: Arc<str>,
@@ -182,7 +187,10 @@ pub(crate) struct Run {
     hooks: Hooks,
     /// Cancelled when the drain begins: services' `Drain` and tasks' tokens hang off it.
     draining: CancellationToken,
-    /// Cancelled at the drain deadline: aborts work spawned through `Drain::spawn`.
+    /// Cancelled at the drain deadline (`Drain::deadline_passed`); a child of `hard_stop`.
+    deadline: CancellationToken,
+    /// Cancelled [`ABORT_NOTICE`] after the deadline, or at once on a forced or cut-short end:
+    /// aborts work spawned through `Drain::spawn`.
     hard_stop: CancellationToken,
     /// The serve steps and the tasks.
     running: JoinSet<Result<(), BoxError>>,
@@ -222,10 +230,12 @@ impl Run {
         }
         let draining = CancellationToken::new();
         let hard_stop = CancellationToken::new();
+        let deadline = hard_stop.child_token();
         let mut units = Vec::with_capacity(services.len() + tasks.len());
         let mut starts = Vec::with_capacity(services.len());
         for (name, start) in services {
-            let unit = Unit::new(name, Some(Drain::new(draining.clone(), hard_stop.clone())));
+            let drain = Drain::new(draining.clone(), deadline.clone(), hard_stop.clone());
+            let unit = Unit::new(name, Some(drain));
             control.publish_addresses(Arc::clone(&unit.name), unit.addresses.clone());
             units.push(unit);
             starts.push(start);
@@ -243,6 +253,7 @@ impl Run {
             starts,
             tasks: task_fns,
             draining,
+            deadline,
             hard_stop,
             running: JoinSet::new(),
             ids: HashMap::new(),
@@ -675,6 +686,17 @@ impl Run {
             );
             unit.snapshot_end(true);
             unit.set_outcome(Outcome::Aborted);
+        }
+        // Tell the work first: a response can still end with a status of its own.
+        self.deadline.cancel();
+        let notice = tokio::time::sleep(ABORT_NOTICE);
+        tokio::pin!(notice);
+        loop {
+            tokio::select! {
+                biased;
+                more = self.next_end() => if !more { break },
+                () = &mut notice => break,
+            }
         }
         self.hard_stop.cancel();
         self.running.abort_all();

@@ -17,6 +17,9 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
+/// What work that ignores the deadline gets, after it, to end itself before it is aborted.
+const ABORT_NOTICE: Duration = Duration::from_millis(100);
+
 /// Asserts `d` is `want` to the millisecond (the paused clock makes it exact but for the odd tick).
 fn assert_about(d: Duration, want: Duration) {
     let diff = d.abs_diff(want);
@@ -266,7 +269,7 @@ async fn deadline_aborts_what_is_left_names_it_and_hooks_still_run() {
     let report = run_then_shutdown(lifecycle).await;
     assert_eq!(report.exit_code, ExitCode::DeadlineExceeded);
     assert!(report.deadline_exceeded);
-    assert_about(report.drain.unwrap(), secs(30));
+    assert_about(report.drain.unwrap(), secs(30) + ABORT_NOTICE);
     assert_eq!(report.services[0].outcome, Outcome::Stopped);
     assert_eq!(report.services[0].work.aborted, 0);
     assert_eq!(report.services[1].outcome, Outcome::Aborted);
@@ -285,7 +288,37 @@ async fn serve_step_that_ignores_the_drain_is_aborted_at_the_deadline() {
     let report = run_then_shutdown(lifecycle).await;
     assert_eq!(report.exit_code, ExitCode::DeadlineExceeded);
     assert_eq!(report.services[0].outcome, Outcome::Aborted);
+    assert_about(report.drain.unwrap(), secs(5) + ABORT_NOTICE);
+}
+
+#[tokio::test(start_paused = true)]
+async fn work_that_watches_the_deadline_ends_itself_first_and_still_counts_as_aborted() {
+    let last_words = Arc::new(Mutex::new(Vec::new()));
+    let said = Arc::clone(&last_words);
+    let lifecycle = lifecycle()
+        .service("streams", move |ctx: StartContext| async move {
+            let drain = ctx.drain();
+            let stream = drain.clone();
+            drain.spawn(async move {
+                tokio::select! {
+                    () = sleep(secs(3600)) => {}
+                    // A gRPC server stream ends here with UNAVAILABLE, not a reset.
+                    () = stream.deadline_passed() => said.lock().unwrap().push(stream.is_deadline_passed()),
+                }
+            });
+            Ok(async move {
+                drain.draining().await;
+                Ok(())
+            })
+        })
+        .drain_deadline(secs(5));
+    let report = run_then_shutdown(lifecycle).await;
+    assert_eq!(*last_words.lock().unwrap(), [true], "it had its last word");
+    assert_eq!(report.exit_code, ExitCode::DeadlineExceeded);
+    // No abort notice waited out: the drain ended when the work did.
     assert_about(report.drain.unwrap(), secs(5));
+    assert_eq!(report.services[0].outcome, Outcome::Aborted);
+    assert_eq!(report.services[0].work.aborted, 1, "cut short, so counted");
 }
 
 #[tokio::test(start_paused = true)]

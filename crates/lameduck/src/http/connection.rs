@@ -55,7 +55,7 @@ where
     B::Error: Into<BoxError>,
 {
     let drain = shared.drain.clone();
-    let io = TokioIo::new(ConnIo::new(stream, drain.track(), drain.deadline_token()));
+    let io = TokioIo::new(ConnIo::new(stream, drain.track(), drain.hard_stop_token()));
     let request_seen = Arc::new(AtomicBool::new(false));
     let service = RequestService::new(app, Arc::clone(shared), Arc::clone(&request_seen));
     let shared = Arc::clone(shared);
