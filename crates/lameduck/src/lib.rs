@@ -15,6 +15,10 @@
 //! 6. **report** ([`Report`], [`ExitCode`]): what happened, serialisable, and an exit code that
 //!    says which kind of ending it was.
 //!
+//! Servers that fit this flow come with the features: `http` (`http::HttpServer`: any tower
+//! service, an axum `Router` as it is, with a connection-level drain and health endpoints) and
+//! `grpc` (`grpc::GrpcServer`: tonic services with `grpc.health.v1`, reflection and GOAWAY).
+//!
 //! ```
 //! use lameduck::{Lifecycle, Phase, ExitCode};
 //!
@@ -40,6 +44,9 @@
 
 mod drain;
 mod error;
+#[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+pub mod grpc;
 mod hooks;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]

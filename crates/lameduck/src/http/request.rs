@@ -1,5 +1,6 @@
 //! One request: answered by the health endpoints or passed to the app, counted from the call to
-//! the end of its response body, with the service's [`Drain`] in its extensions.
+//! the end of its response body, with the service's [`Drain`] in its extensions. For gRPC, what
+//! the drain deadline cuts off ends with status UNAVAILABLE ([`Cutoff`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,12 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::server::conn::auto;
 use hyper_util::service::{TowerToHyperService, TowerToHyperServiceFuture};
 use pin_project_lite::pin_project;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::drain::{Drain, WorkGuard};
 use crate::http::connection::DrainExecutor;
@@ -27,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) handle: LifecycleHandle,
     pub(crate) health: Option<Health>,
     pub(crate) builder: auto::Builder<DrainExecutor>,
+    /// gRPC: what the drain deadline cuts off ends with status UNAVAILABLE, not a reset.
+    pub(crate) grpc: bool,
 }
 
 /// The hyper service of one connection: the app, wrapped.
@@ -75,10 +79,58 @@ where
         }
         let guard = self.shared.drain.track_request();
         req.extensions_mut().insert(self.shared.drain.clone());
+        let cutoff = self
+            .shared
+            .grpc
+            .then(|| Cutoff::new(self.shared.drain.deadline_token()));
         ResponseFuture::App {
             future: hyper::service::Service::call(&self.app, req),
             guard: Some(guard),
+            cutoff,
         }
+    }
+}
+
+/// The drain deadline, as a gRPC response watches it: a response still pending, or still
+/// streaming, then ends with status UNAVAILABLE while the connection can still carry it (the
+/// lifecycle aborts what is left a moment later).
+pub(crate) struct Cutoff {
+    deadline: CancellationToken,
+    /// Made at the first wait, so that a quick response costs no allocation.
+    wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+impl Cutoff {
+    fn new(deadline: CancellationToken) -> Self {
+        Cutoff {
+            deadline,
+            wait: None,
+        }
+    }
+
+    /// Whether the deadline has passed; if not, the task is woken when it does.
+    fn reached(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.deadline.is_cancelled() {
+            return true;
+        }
+        let deadline = &self.deadline;
+        self.wait
+            .get_or_insert_with(|| Box::pin(deadline.clone().cancelled_owned()))
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+    }
+
+    /// `grpc-status: 14` (UNAVAILABLE, which clients may retry) and why: the headers of a
+    /// trailers-only response, or a streaming response's trailers.
+    fn unavailable() -> HeaderMap {
+        let mut status = HeaderMap::new();
+        status.insert("grpc-status", HeaderValue::from_static("14"));
+        status.insert(
+            "grpc-message",
+            HeaderValue::from_static("server shutting down: drain deadline reached"),
+        );
+        status
     }
 }
 
@@ -93,6 +145,7 @@ pin_project! {
             #[pin]
             future: TowerToHyperServiceFuture<S, Request<Incoming>>,
             guard: Option<WorkGuard>,
+            cutoff: Option<Cutoff>,
         },
         Ready { response: Option<Response<ResponseBody<B>>> },
     }
@@ -106,13 +159,30 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            ResponseFutureProj::App { future, guard } => match future.poll(cx) {
-                Poll::Pending => Poll::Pending,
+            ResponseFutureProj::App {
+                future,
+                guard,
+                cutoff,
+            } => match future.poll(cx) {
+                Poll::Pending => {
+                    if !cutoff.as_mut().is_some_and(|c| c.reached(cx)) {
+                        return Poll::Pending;
+                    }
+                    // Answer UNAVAILABLE (trailers-only); dropping the handler cancels it.
+                    guard.take();
+                    let mut response = Response::new(ResponseBody::Text { text: None });
+                    *response.headers_mut() = Cutoff::unavailable();
+                    response
+                        .headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                    Poll::Ready(Ok(response))
+                }
                 // The request stays in flight until its body has been sent.
                 Poll::Ready(Ok(response)) => {
                     Poll::Ready(Ok(response.map(|body| ResponseBody::App {
                         body,
                         guard: guard.take(),
+                        cutoff: cutoff.take(),
                     })))
                 }
                 // Dropping the guard ends the request: hyper closes the connection.
@@ -136,7 +206,9 @@ pin_project! {
         App {
             #[pin]
             body: B,
+            // `None` once the body has ended (or was cut off).
             guard: Option<WorkGuard>,
+            cutoff: Option<Cutoff>,
         },
         Text { text: Option<&'static str> },
     }
@@ -155,10 +227,29 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match self.project() {
-            ResponseBodyProj::App { body, guard } => {
+            ResponseBodyProj::App {
+                body,
+                guard,
+                cutoff,
+            } => {
+                if guard.is_none() && cutoff.is_some() {
+                    // Ended by the cutoff's trailers.
+                    return Poll::Ready(None);
+                }
                 let polled = body.poll_frame(cx);
-                if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-                    guard.take();
+                match &polled {
+                    Poll::Ready(None | Some(Err(_))) => {
+                        guard.take();
+                    }
+                    Poll::Pending => {
+                        if let Some(c) = cutoff
+                            && c.reached(cx)
+                        {
+                            guard.take();
+                            return Poll::Ready(Some(Ok(Frame::trailers(Cutoff::unavailable()))));
+                        }
+                    }
+                    Poll::Ready(Some(Ok(_))) => {}
                 }
                 polled
             }

@@ -68,6 +68,7 @@ type Configure = Box<dyn FnOnce(&mut auto::Builder<DrainExecutor>) + Send>;
 /// ```
 pub struct HttpServer<S> {
     app: S,
+    pub(crate) grpc: bool,
     listen: Listen,
     socket: SocketOptions,
     nodelay: bool,
@@ -104,6 +105,7 @@ impl<S> HttpServer<S> {
     fn new(listen: Listen, app: S) -> Self {
         HttpServer {
             app,
+            grpc: false,
             listen,
             socket: SocketOptions::default(),
             nodelay: true,
@@ -188,6 +190,23 @@ impl<S> HttpServer<S> {
     }
 }
 
+impl<S> HttpServer<S> {
+    /// The same server with another app (the gRPC server builds its routes at start).
+    #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
+    pub(crate) fn with_app<T>(self, app: T) -> HttpServer<T> {
+        HttpServer {
+            app,
+            grpc: self.grpc,
+            listen: self.listen,
+            socket: self.socket,
+            nodelay: self.nodelay,
+            health: self.health,
+            protocols: self.protocols,
+            configure: self.configure,
+        }
+    }
+}
+
 impl HttpServer<NotFound> {
     /// A server of the health endpoints alone (404 for everything else): an admin port, for
     /// probes that should not share the app's port. It drains like any service: `/readyz`
@@ -237,6 +256,7 @@ where
             handle: ctx.handle(),
             health: self.health,
             builder,
+            grpc: self.grpc,
         });
         let name: Arc<str> = ctx.name().into();
         Ok(Box::pin(accept(

@@ -1,0 +1,107 @@
+//! `grpc.health.v1`, answered from the lifecycle's state: SERVING once ready, NOT_SERVING
+//! before, and from the first moment of the shutdown. `Watch` streams end at the shutdown, after
+//! saying NOT_SERVING, so that they never hold a drain open.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use tokio_stream::Stream;
+use tokio_stream::wrappers::WatchStream;
+use tonic::{Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_server::Health;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+
+use crate::ready::{LifecycleHandle, State};
+
+/// The health service of one gRPC server.
+#[derive(Debug)]
+pub(crate) struct LifecycleHealth {
+    handle: LifecycleHandle,
+    /// The services it answers for; `""` (the whole server) is always one.
+    services: Arc<[String]>,
+}
+
+impl LifecycleHealth {
+    pub(crate) fn new(handle: LifecycleHandle, services: impl IntoIterator<Item = String>) -> Self {
+        let services = std::iter::once(String::new()).chain(services).collect();
+        LifecycleHealth { handle, services }
+    }
+
+    fn known(&self, request: &Request<HealthCheckRequest>) -> Result<(), Status> {
+        let service = &request.get_ref().service;
+        if self.services.iter().any(|s| s == service) {
+            Ok(())
+        } else {
+            Err(Status::not_found(format!(
+                "service `{service}` is not served here"
+            )))
+        }
+    }
+}
+
+fn status_of(state: State) -> ServingStatus {
+    match state {
+        State::Ready => ServingStatus::Serving,
+        _ => ServingStatus::NotServing,
+    }
+}
+
+#[tonic::async_trait]
+impl Health for LifecycleHealth {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        self.known(&request)?;
+        Ok(Response::new(HealthCheckResponse {
+            status: status_of(self.handle.state()) as i32,
+        }))
+    }
+
+    type WatchStream = HealthWatch;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthWatch>, Status> {
+        self.known(&request)?;
+        Ok(Response::new(HealthWatch {
+            states: WatchStream::new(self.handle.subscribe()),
+            last: None,
+            ended: false,
+        }))
+    }
+}
+
+/// The status now, then every change, until the shutdown's NOT_SERVING: then the stream ends
+/// (status OK), so a watching client holds no connection open through the drain.
+pub(crate) struct HealthWatch {
+    states: WatchStream<State>,
+    last: Option<ServingStatus>,
+    ended: bool,
+}
+
+impl Stream for HealthWatch {
+    type Item = Result<HealthCheckResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            let Some(state) = ready!(Pin::new(&mut self.states).poll_next(cx)) else {
+                return Poll::Ready(None);
+            };
+            self.ended = matches!(state, State::Draining | State::Stopped);
+            let status = status_of(state);
+            if self.last != Some(status) {
+                self.last = Some(status);
+                return Poll::Ready(Some(Ok(HealthCheckResponse {
+                    status: status as i32,
+                })));
+            }
+        }
+    }
+}
