@@ -361,6 +361,46 @@ async fn http2_gets_goaway_and_finishes_its_open_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_http2_client_does_not_hold_the_drain() {
+    let running = start(
+        Lifecycle::new().drain_deadline(Duration::from_secs(60)),
+        |app| HttpServer::bind("127.0.0.1:0", app),
+    )
+    .await;
+    // The client makes one request, then its runtime stops (a frozen process): the
+    // connection stays open, and nobody acknowledges the server's GOAWAY.
+    let addr = running.addr;
+    let (asked, answered) = std::sync::mpsc::channel();
+    let (release, frozen) = std::sync::mpsc::channel::<()>();
+    let client = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let conn = runtime.block_on(async move {
+            let (mut send, conn) = h2(addr).await;
+            let _ = asked.send(fetch_h2(&mut send, "/fast").await.is_ok());
+            (send, conn)
+        });
+        let _ = frozen.recv();
+        drop((conn, runtime));
+    });
+    assert!(answered.recv().unwrap(), "the request was answered");
+
+    let began = Instant::now();
+    running.handle.shutdown();
+    let report = running.report().await;
+    let took = began.elapsed();
+    let _ = release.send(());
+    client.join().unwrap();
+    assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the drain took {took:?}: it waited on a client that will never answer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_run_ends_when_the_last_response_does() {
     let mut running = start(
         // A deadline far away: only the last response can end the drain early.

@@ -13,7 +13,7 @@ use crate::service::StartContext;
 /// Where a server listens.
 #[derive(Debug)]
 pub(crate) enum Listen {
-    /// An address to resolve and bind ("127.0.0.1:8080", "[::]:0", "localhost:8080").
+    /// An address to resolve and bind (`"127.0.0.1:8080"`, `"[::]:0"`, `"localhost:8080"`).
     Addr(String),
     /// A listener bound by the caller (inherited from systemd, say).
     Std(std::net::TcpListener),

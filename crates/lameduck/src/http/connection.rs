@@ -6,8 +6,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -18,7 +18,11 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::drain::{Drain, WorkGuard};
 use crate::error::BoxError;
-use crate::http::request::{RequestService, Shared};
+use crate::http::request::{ConnState, RequestService, Shared};
+
+/// How long a connection with no request in flight gets, once told to shut down, to close by
+/// itself (an HTTP/2 client acknowledging the GOAWAY) before it is closed.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Runs hyper's background work for a server (the tasks of HTTP/2 streams) under the server's
 /// drain: the drain waits for it, and the deadline aborts it.
@@ -56,8 +60,8 @@ where
 {
     let drain = shared.drain.clone();
     let io = TokioIo::new(ConnIo::new(stream, drain.track(), drain.hard_stop_token()));
-    let request_seen = Arc::new(AtomicBool::new(false));
-    let service = RequestService::new(app, Arc::clone(shared), Arc::clone(&request_seen));
+    let state = Arc::new(ConnState::default());
+    let service = RequestService::new(app, Arc::clone(shared), Arc::clone(&state));
     let shared = Arc::clone(shared);
     drain.clone().spawn_attached(async move {
         let conn = shared.builder.serve_connection_with_upgrades(io, service);
@@ -66,12 +70,23 @@ where
             biased;
             result = conn.as_mut() => result,
             () = drain.draining() => {
-                if !request_seen.load(Ordering::Acquire) {
+                if !state.request_seen() {
                     // Dropping the connection closes the socket.
                     return;
                 }
                 conn.as_mut().graceful_shutdown();
-                conn.await
+                // With no request in flight, an HTTP/2 connection still waits for the client
+                // to acknowledge the GOAWAY; a client that never does must not hold the drain.
+                tokio::select! {
+                    biased;
+                    result = conn.as_mut() => result,
+                    () = tokio::time::sleep(IDLE_CLOSE_GRACE) => {
+                        if state.active() == 0 {
+                            return;
+                        }
+                        conn.await
+                    }
+                }
             }
         };
         if let Err(error) = result {

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
@@ -33,20 +33,51 @@ pub(crate) struct Shared {
     pub(crate) grpc: bool,
 }
 
+/// What the drain needs to know of one connection's requests.
+#[derive(Debug, Default)]
+pub(crate) struct ConnState {
+    /// Set at the first request: until then, the drain may close the connection at once.
+    request_seen: AtomicBool,
+    /// Requests in flight on this connection (HTTP/2 runs several at once).
+    active: AtomicUsize,
+}
+
+impl ConnState {
+    pub(crate) fn request_seen(&self) -> bool {
+        self.request_seen.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+}
+
+/// One request in flight: counted for the service (the report) and for its connection (the
+/// drain), until its response body has ended.
+pub(crate) struct RequestGuard {
+    _work: WorkGuard,
+    conn: Arc<ConnState>,
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.conn.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The hyper service of one connection: the app, wrapped.
 pub(crate) struct RequestService<S> {
     app: TowerToHyperService<S>,
     shared: Arc<Shared>,
-    /// Set at the first request: until then, the drain may close the connection at once.
-    request_seen: Arc<AtomicBool>,
+    conn: Arc<ConnState>,
 }
 
 impl<S> RequestService<S> {
-    pub(crate) fn new(app: S, shared: Arc<Shared>, request_seen: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(app: S, shared: Arc<Shared>, conn: Arc<ConnState>) -> Self {
         RequestService {
             app: TowerToHyperService::new(app),
             shared,
-            request_seen,
+            conn,
         }
     }
 }
@@ -62,7 +93,7 @@ where
     type Future = ResponseFuture<S, B>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        self.request_seen.store(true, Ordering::Release);
+        self.conn.request_seen.store(true, Ordering::Release);
         let health = self.shared.health.as_ref();
         if let Some((status, text)) = health.and_then(|h| h.answer(&req, &self.shared.handle)) {
             let mut response = Response::new(ResponseBody::Text { text: Some(text) });
@@ -77,7 +108,11 @@ where
                 response: Some(response),
             };
         }
-        let guard = self.shared.drain.track_request();
+        self.conn.active.fetch_add(1, Ordering::AcqRel);
+        let guard = RequestGuard {
+            _work: self.shared.drain.track_request(),
+            conn: Arc::clone(&self.conn),
+        };
         req.extensions_mut().insert(self.shared.drain.clone());
         let cutoff = self
             .shared
@@ -144,7 +179,7 @@ pin_project! {
         App {
             #[pin]
             future: TowerToHyperServiceFuture<S, Request<Incoming>>,
-            guard: Option<WorkGuard>,
+            guard: Option<RequestGuard>,
             cutoff: Option<Cutoff>,
         },
         Ready { response: Option<Response<ResponseBody<B>>> },
@@ -207,7 +242,7 @@ pin_project! {
             #[pin]
             body: B,
             // `None` once the body has ended (or was cut off).
-            guard: Option<WorkGuard>,
+            guard: Option<RequestGuard>,
             cutoff: Option<Cutoff>,
         },
         Text { text: Option<&'static str> },

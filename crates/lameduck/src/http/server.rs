@@ -85,8 +85,8 @@ enum Protocols {
 }
 
 impl<S> HttpServer<S> {
-    /// Serves `app` on `addr` ("127.0.0.1:8080", "[::]:8080", "localhost:0"; a name is resolved
-    /// and the first address that binds is used).
+    /// Serves `app` on `addr` (`"127.0.0.1:8080"`, `"[::]:8080"`, `"localhost:0"`; a name is
+    /// resolved and the first address that binds is used).
     pub fn bind(addr: impl fmt::Display, app: S) -> Self {
         Self::new(Listen::Addr(addr.to_string()), app)
     }

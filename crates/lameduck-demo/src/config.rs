@@ -1,0 +1,80 @@
+//! The command line: every flag also settable as `LAMEDUCK_<NAME>`; durations in human form
+//! ("500ms", "30s"). A bad value is a usage error (exit code 2) before anything starts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// The demo service: an HTTP API, two gRPC servers, and a write-behind store on SQLite.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "lameduck-demo", version, about)]
+pub struct Config {
+    /// HTTP API address (`/slow`, `/fast`, `/kv/{key}`, `/livez`, `/readyz`).
+    #[arg(long, env = "LAMEDUCK_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: String,
+    /// gRPC server A address (`demo.v1.Echo`, health, reflection).
+    #[arg(long, env = "LAMEDUCK_GRPC_A", default_value = "127.0.0.1:50051")]
+    pub grpc_a: String,
+    /// gRPC server B address (`demo.v1.Store`, health, reflection).
+    #[arg(long, env = "LAMEDUCK_GRPC_B", default_value = "127.0.0.1:50052")]
+    pub grpc_b: String,
+    /// SQLite database file (created if missing).
+    #[arg(long, env = "LAMEDUCK_DB", default_value = "lameduck-demo.db")]
+    pub db: PathBuf,
+    /// How long the drain may take before in-flight requests are cut off.
+    #[arg(long, env = "LAMEDUCK_DRAIN_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub drain_timeout: Duration,
+    /// How long to keep serving with readiness off before the listeners close.
+    #[arg(long, env = "LAMEDUCK_LAME_DUCK", default_value = "0s", value_parser = duration)]
+    pub lame_duck: Duration,
+    /// How often acknowledged writes are flushed to SQLite; `0s` writes through (each write is
+    /// in the database before it is acknowledged).
+    #[arg(long, env = "LAMEDUCK_FLUSH_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub flush_interval: Duration,
+    /// Write the shutdown report (JSON) to this file.
+    #[arg(long, env = "LAMEDUCK_REPORT_JSON")]
+    pub report_json: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "LAMEDUCK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration (like 500ms, 30s, 1m): {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_human_durations() {
+        let config = Config::try_parse_from(["lameduck-demo"]).unwrap();
+        assert_eq!(config.http, "127.0.0.1:8080");
+        assert_eq!(config.drain_timeout, Duration::from_secs(30));
+        assert_eq!(config.flush_interval, Duration::from_secs(1));
+        let config = Config::try_parse_from(["lameduck-demo", "--drain-timeout", "500ms"]).unwrap();
+        assert_eq!(config.drain_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_bad_duration_is_a_usage_error() {
+        let error = Config::try_parse_from(["lameduck-demo", "--lame-duck", "soon"]).unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+        assert!(
+            error.to_string().contains("`soon` is not a duration"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,172 @@
+//! `lameduck-demo`: the seed articles' service under one lifecycle.
+//!
+//! Start: the store opens SQLite while the HTTP server and both gRPC servers bind; ready when all
+//! four have. Serve: writes are acknowledged from the cache and flushed every
+//! `--flush-interval`. Shutdown (SIGINT, SIGTERM, SIGQUIT): readiness off, `--lame-duck` delay,
+//! drain under `--drain-timeout`, then the hooks in order: the final flush of everything
+//! acknowledged, then the database's close (WAL checkpoint). A second signal exits at once.
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use lameduck::grpc::GrpcServer;
+use lameduck::http::HttpServer;
+use lameduck::{Lifecycle, Phase, Report, StartContext};
+use lameduck_demo::config::{Config, LogFormat};
+use lameduck_demo::grpc_api::{EchoService, StoreService};
+use lameduck_demo::http_api::{self, Api};
+use lameduck_demo::proto::{self, echo_server::EchoServer, store_server::StoreServer};
+use lameduck_demo::store::Store;
+
+#[tokio::main]
+async fn main() {
+    let began = Instant::now();
+    // A bad flag or value: clap prints why and exits with 2, before anything starts.
+    let config = Config::parse();
+    init_logging(config.log_format);
+
+    let store = Store::new(&config.db);
+    let write_through = config.flush_interval.is_zero();
+    let api = Api {
+        store: store.clone(),
+        write_through,
+    };
+    let store_service = StoreService {
+        store: store.clone(),
+        write_through,
+    };
+    let opening = store.clone();
+    let mut lifecycle = Lifecycle::new()
+        .drain_deadline(config.drain_timeout)
+        .lame_duck_delay(config.lame_duck)
+        .service("store", move |ctx: StartContext| async move {
+            // Part of the readiness barrier: no request is served before the database is open.
+            opening.open().await?;
+            let drain = ctx.drain();
+            Ok(async move {
+                drain.draining().await;
+                Ok(())
+            })
+        })
+        .service(
+            "http",
+            HttpServer::bind(&config.http, http_api::router(api)),
+        )
+        .service(
+            "grpc-a",
+            GrpcServer::bind(&config.grpc_a)
+                .add_service(EchoServer::new(EchoService))
+                .file_descriptor_set(proto::FILE_DESCRIPTOR_SET),
+        )
+        .service(
+            "grpc-b",
+            GrpcServer::bind(&config.grpc_b)
+                .add_service(StoreServer::new(store_service))
+                .file_descriptor_set(proto::FILE_DESCRIPTOR_SET),
+        );
+    if !write_through {
+        let flushing = store.clone();
+        let interval = config.flush_interval;
+        lifecycle = lifecycle.task("flusher", move |stop| async move {
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return Ok(()),
+                    _ = tick.tick() => {}
+                }
+                // A failed flush keeps the writes for the next one; the final flush reports.
+                if let Err(error) = flushing.flush().await {
+                    tracing::warn!("periodic flush failed, will retry: {error}");
+                }
+            }
+        });
+    }
+    let final_flush = store.clone();
+    let closing = store.clone();
+    let lifecycle = lifecycle
+        .hook(Phase::FLUSH, "final-flush", move || async move {
+            let flushed = final_flush.flush().await?;
+            tracing::info!(flushed, "every acknowledged write is in the database");
+            Ok(())
+        })
+        .hook(Phase::CLOSE, "close-db", move || async move {
+            closing.close().await?;
+            tracing::info!(db = %closing.path().display(), "database closed");
+            Ok(())
+        });
+
+    let handle = lifecycle.handle();
+    tokio::spawn(async move {
+        if handle.wait_ready().await.is_ok() {
+            let first = |name: &str| {
+                handle
+                    .addresses(name)
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default()
+            };
+            tracing::info!(
+                ready_ms = ms(began.elapsed()),
+                http = %first("http"),
+                grpc_a = %first("grpc-a"),
+                grpc_b = %first("grpc-b"),
+                "serving: all servers ready"
+            );
+        }
+    });
+
+    let report = lifecycle.run().await;
+    summarize(&report);
+    if let Some(path) = &config.report_json {
+        let written = serde_json::to_vec_pretty(&report)
+            .map_err(std::io::Error::other)
+            .and_then(|json| std::fs::write(path, json));
+        if let Err(error) = written {
+            tracing::error!(path = %path.display(), "could not write the report: {error}");
+        }
+    }
+    report.exit();
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// The final log line: how it ended, what was drained, how the hooks went.
+fn summarize(report: &Report) {
+    let sum = |f: fn(&lameduck::WorkReport) -> u64| {
+        report.services.iter().map(|s| f(&s.requests)).sum::<u64>()
+    };
+    let hooks: Vec<String> = report
+        .hooks
+        .iter()
+        .map(|h| format!("{}={:?}", h.name, h.outcome))
+        .collect();
+    tracing::info!(
+        exit_code = report.exit_code.code(),
+        trigger = %report.trigger,
+        requests_total = sum(|w| w.total),
+        requests_drained = sum(|w| w.drained),
+        requests_aborted = sum(|w| w.aborted),
+        hooks = %hooks.join(", "),
+        shutdown_ms = ms(report.shutdown),
+        "exiting"
+    );
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

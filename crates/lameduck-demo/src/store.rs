@@ -1,0 +1,263 @@
+//! The write-behind store: the seed's "local cache flushed to a remote database".
+//!
+//! A write is acknowledged as soon as it is in the in-memory cache; [`Store::flush`] moves what
+//! the cache holds to SQLite in one transaction. Reads see the cache first, then the database.
+//! The lifecycle flushes periodically (a background task) and once more after the last request
+//! (a FLUSH hook), then closes the database (a CLOSE hook), so a graceful exit loses nothing that
+//! was acknowledged. A SIGKILL loses what was acknowledged since the last flush.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Why a database operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused.
+    #[error("database {path}: {source}")]
+    Db {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// The database is not open (not yet, or closed at shutdown).
+    #[error("database {path} is not open")]
+    Closed {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// The blocking task running the operation panicked or was cancelled.
+    #[error("database task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// The cache and the database behind it. Shared as `Arc<Store>`.
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    db: Mutex<Option<Connection>>,
+    cache: Mutex<Cache>,
+    /// One flush at a time: the periodic one and the final one may meet.
+    flushing: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    /// Acknowledged, not yet handed to a flush.
+    pending: HashMap<String, String>,
+    /// Handed to the flush in progress (or to a failed one, to retry); still readable.
+    flushing: HashMap<String, String>,
+}
+
+impl Store {
+    /// A store on the SQLite file at `path`; nothing is opened until [`open`](Store::open).
+    pub fn new(path: impl Into<PathBuf>) -> Arc<Store> {
+        Arc::new(Store {
+            path: path.into(),
+            db: Mutex::new(None),
+            cache: Mutex::new(Cache::default()),
+            flushing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens (creating if missing) the database, in WAL mode.
+    pub async fn open(self: &Arc<Self>) -> Result<(), StoreError> {
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let conn = Connection::open(&this.path).map_err(|e| this.db_error(e))?;
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .and_then(|()| conn.pragma_update(None, "synchronous", "NORMAL"))
+                .and_then(|()| {
+                    conn.execute_batch(
+                        "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+                    )
+                })
+                .map_err(|e| this.db_error(e))?;
+            *this.db() = Some(conn);
+            Ok(())
+        })
+        .await?
+    }
+
+    /// Acknowledges a write: it is in the cache, and reads see it from now on.
+    pub fn put(&self, key: String, value: String) {
+        self.cache().pending.insert(key, value);
+    }
+
+    /// Writes acknowledged but not yet in the database.
+    pub fn unflushed(&self) -> usize {
+        let cache = self.cache();
+        cache.pending.len() + cache.flushing.len()
+    }
+
+    /// The value of `key`: from the cache, else from the database.
+    pub async fn get(self: &Arc<Self>, key: &str) -> Result<Option<String>, StoreError> {
+        {
+            let cache = self.cache();
+            if let Some(value) = cache.pending.get(key).or_else(|| cache.flushing.get(key)) {
+                return Ok(Some(value.clone()));
+            }
+        }
+        let this = Arc::clone(self);
+        let key = key.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let db = this.db();
+            let conn = db.as_ref().ok_or_else(|| this.closed())?;
+            conn.query_row("SELECT value FROM kv WHERE key = ?1", [&key], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map_err(|e| this.db_error(e))
+        })
+        .await?
+    }
+
+    /// Writes everything the cache holds to the database in one transaction; returns how many
+    /// keys. On failure the writes stay in the cache (still readable) for the next flush.
+    pub async fn flush(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let _one = self.flushing.lock().await;
+        let batch: Vec<(String, String)> = {
+            let mut cache = self.cache();
+            let pending = std::mem::take(&mut cache.pending);
+            // Newer values win over those a failed flush left behind.
+            cache.flushing.extend(pending);
+            cache
+                .flushing
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let this = Arc::clone(self);
+        let written = tokio::task::spawn_blocking(move || {
+            let mut db = this.db();
+            let conn = db.as_mut().ok_or_else(|| this.closed())?;
+            let write = |conn: &mut Connection| -> rusqlite::Result<usize> {
+                let tx = conn.transaction()?;
+                {
+                    let mut insert = tx.prepare_cached(
+                        "INSERT INTO kv (key, value) VALUES (?1, ?2) \
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    )?;
+                    for (key, value) in &batch {
+                        insert.execute(params![key, value])?;
+                    }
+                }
+                tx.commit()?;
+                Ok(batch.len())
+            };
+            write(conn).map_err(|e| this.db_error(e))
+        })
+        .await??;
+        // Only flushes touch `flushing`, one at a time: all of it is in the database now.
+        self.cache().flushing.clear();
+        Ok(written)
+    }
+
+    /// Checkpoints the write-ahead log into the database file and closes it. Reads and flushes
+    /// fail from then on.
+    pub async fn close(self: &Arc<Self>) -> Result<(), StoreError> {
+        let _no_flush = self.flushing.lock().await;
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let Some(conn) = this.db().take() else {
+                return Ok(());
+            };
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(|e| this.db_error(e))?;
+            conn.close().map_err(|(_, e)| this.db_error(e))
+        })
+        .await?
+    }
+
+    fn db(&self) -> MutexGuard<'_, Option<Connection>> {
+        self.db.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn cache(&self) -> MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn db_error(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Db {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn closed(&self) -> StoreError {
+        StoreError::Closed {
+            path: self.path.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_db(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("lameduck-demo-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("store.db");
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    #[tokio::test]
+    async fn writes_are_readable_at_once_and_durable_after_flush_and_close() {
+        let path = temp_db("durable");
+        let store = Store::new(&path);
+        store.open().await.unwrap();
+        store.put("a".into(), "1".into());
+        store.put("b".into(), "2".into());
+        store.put("a".into(), "3".into());
+        assert_eq!(store.get("a").await.unwrap().as_deref(), Some("3"));
+        assert_eq!(store.unflushed(), 2);
+        assert_eq!(store.flush().await.unwrap(), 2);
+        assert_eq!(store.unflushed(), 0);
+        assert_eq!(
+            store.get("a").await.unwrap().as_deref(),
+            Some("3"),
+            "from the db"
+        );
+        store.close().await.unwrap();
+
+        let reopened = Store::new(&path);
+        reopened.open().await.unwrap();
+        assert_eq!(reopened.get("b").await.unwrap().as_deref(), Some("2"));
+        assert_eq!(reopened.get("zzz").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_keeps_the_writes_for_the_next_one() {
+        let path = temp_db("retry");
+        let store = Store::new(&path);
+        store.put("k".into(), "old".into());
+        // Not open: the flush fails, and the write stays readable and unflushed.
+        assert!(matches!(
+            store.flush().await,
+            Err(StoreError::Closed { .. })
+        ));
+        assert_eq!(store.unflushed(), 1);
+        store.put("k".into(), "new".into());
+        assert_eq!(store.get("k").await.unwrap().as_deref(), Some("new"));
+        store.open().await.unwrap();
+        assert_eq!(store.flush().await.unwrap(), 1);
+        assert_eq!(
+            store.get("k").await.unwrap().as_deref(),
+            Some("new"),
+            "newest wins"
+        );
+    }
+}

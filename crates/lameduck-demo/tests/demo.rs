@@ -1,0 +1,432 @@
+//! End to end: the `lameduck-demo` binary as a real process, real signals, real HTTP and gRPC
+//! clients, and the SQLite file it leaves behind.
+#![cfg(unix)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use lameduck_demo::proto::store_client::StoreClient;
+use lameduck_demo::proto::{GetRequest, PutRequest};
+use serde_json::Value;
+
+/// Generous: the machines are shared and noisy.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A running demo: its stderr (JSON log lines) as they come, and its exit.
+struct Demo {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+/// The three servers' addresses, from the ready line.
+#[derive(Debug, Clone, Copy)]
+struct Addrs {
+    http: SocketAddr,
+    grpc_a: SocketAddr,
+    grpc_b: SocketAddr,
+}
+
+impl Demo {
+    fn start(db: &Path, extra: &[&str]) -> Demo {
+        Self::start_on(db, ["127.0.0.1:0"; 3], extra)
+    }
+
+    fn start_on(db: &Path, [http, a, b]: [&str; 3], extra: &[&str]) -> Demo {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lameduck-demo"))
+            .args([
+                "--http",
+                http,
+                "--grpc-a",
+                a,
+                "--grpc-b",
+                b,
+                "--log-format",
+                "json",
+            ])
+            .arg("--db")
+            .arg(db)
+            .args(extra)
+            .env("RUST_LOG", "info,lameduck_demo=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Demo {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a log line whose message contains `text`; returns it parsed.
+    fn expect(&mut self, text: &str) -> Value {
+        let until = Instant::now() + WAIT;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                panic!("no `{text}` log line; saw:\n{}", self.seen.join("\n"));
+            };
+            self.seen.push(line.clone());
+            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if event["message"].as_str().is_some_and(|m| m.contains(text)) {
+                return event;
+            }
+        }
+    }
+
+    fn ready(&mut self) -> Addrs {
+        let ready = self.expect("serving: all servers ready");
+        let addr = |k: &str| ready[k].as_str().unwrap().parse().unwrap();
+        Addrs {
+            http: addr("http"),
+            grpc_a: addr("grpc_a"),
+            grpc_b: addr("grpc_b"),
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The exit code, and everything logged.
+    fn wait(mut self) -> (i32, String) {
+        let until = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < until, "the demo did not exit");
+            thread::sleep(Duration::from_millis(5));
+        };
+        // The reader thread ends at EOF; take what is left.
+        let rest: Vec<String> = self.lines.iter().collect();
+        self.seen.extend(rest);
+        (
+            status.code().expect("exited, not killed"),
+            self.seen.join("\n"),
+        )
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn temp_db(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lameduck-demo-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.db"));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    path
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn http(addr: SocketAddr) -> std::io::Result<Sender> {
+    let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await?);
+    let (send, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(conn);
+    Ok(send)
+}
+
+/// One request on a keep-alive connection: status and body, or the error.
+async fn request(
+    send: &mut Sender,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), hyper::Error> {
+    send.ready().await?;
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://demo{path}"))
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let response = send.send_request(req).await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+async fn grpc_store(addr: SocketAddr) -> StoreClient<tonic::transport::Channel> {
+    StoreClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_only_once_every_server_accepts_then_a_clean_sigterm() {
+    let db = temp_db("ready");
+    let mut demo = Demo::start(&db, &[]);
+    let addrs = demo.ready();
+    for addr in [addrs.http, addrs.grpc_a, addrs.grpc_b] {
+        TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr} accepts at ready: {e}"));
+    }
+    let mut send = http(addrs.http).await.unwrap();
+    assert_eq!(
+        request(&mut send, "GET", "/readyz", "").await.unwrap().0,
+        200
+    );
+    assert_eq!(request(&mut send, "GET", "/fast", "").await.unwrap().0, 200);
+    for addr in [addrs.grpc_a, addrs.grpc_b] {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, 1, "SERVING on {addr}");
+    }
+    demo.signal("TERM");
+    let (code, log) = demo.wait();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("database closed"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_fails_cleanly_naming_it_and_frees_the_others() {
+    let free = || {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (http_addr, a_addr) = (free(), free());
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let b_addr = taken.local_addr().unwrap();
+    let db = temp_db("taken");
+    let report = db.with_extension("report.json");
+    let demo = Demo::start_on(
+        &db,
+        [
+            &http_addr.to_string(),
+            &a_addr.to_string(),
+            &b_addr.to_string(),
+        ],
+        &["--report-json", report.to_str().unwrap()],
+    );
+    let (code, log) = demo.wait();
+    assert_eq!(code, 3, "{log}");
+    assert!(
+        log.contains(&b_addr.to_string()),
+        "names the address: {log}"
+    );
+    assert!(log.contains("already in use"), "and the cause: {log}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(report["trigger"]["service"], "grpc-b", "{report}");
+    for addr in [http_addr, a_addr] {
+        assert!(TcpListener::bind(addr).is_ok(), "{addr} was released");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_scenario_a_slow_request_completes_across_sigint() {
+    let db = temp_db("seed");
+    let mut demo = Demo::start(&db, &[]);
+    let addrs = demo.ready();
+    let mut send = http(addrs.http).await.unwrap();
+    let slow = tokio::spawn(async move { request(&mut send, "GET", "/slow?ms=1500", "").await });
+    demo.expect("slow request started");
+    demo.signal("INT");
+    let (status, body) = slow.await.unwrap().unwrap();
+    assert_eq!(status, 200);
+    let timing: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(timing["requested_ms"], 1500);
+    let (code, log) = demo.wait();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("requests_drained\":1"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigint_exits_at_once_with_the_forced_code() {
+    let db = temp_db("forced");
+    let mut demo = Demo::start(&db, &[]);
+    let addrs = demo.ready();
+    let mut send = http(addrs.http).await.unwrap();
+    let slow = tokio::spawn(async move { request(&mut send, "GET", "/slow?ms=60000", "").await });
+    demo.expect("slow request started");
+    demo.signal("INT");
+    demo.expect("shutting down");
+    let sent = Instant::now();
+    demo.signal("INT");
+    let (code, log) = demo.wait();
+    assert_eq!(code, 7, "{log}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "at once, not after the request"
+    );
+    assert!(slow.await.unwrap().is_err(), "the request was cut off");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_value_is_a_usage_error_and_starts_nothing() {
+    let db = temp_db("usage");
+    let demo = Demo::start(&db, &["--drain-timeout", "soon"]);
+    let (code, log) = demo.wait();
+    assert_eq!(code, 2, "{log}");
+    assert!(log.contains("`soon` is not a duration"), "{log}");
+    assert!(!db.exists(), "nothing started: no database created");
+}
+
+/// Writes `key -> value` pairs over one keep-alive HTTP connection until the service stops
+/// taking them; returns those acknowledged (200).
+async fn http_writer(addr: SocketAddr, writer: usize) -> Vec<(String, String)> {
+    let mut acked = Vec::new();
+    let Ok(mut send) = http(addr).await else {
+        return acked;
+    };
+    for i in 0..5000 {
+        let (key, value) = (format!("http-{writer}-{i}"), format!("v{i}"));
+        match request(&mut send, "PUT", &format!("/kv/{key}"), &value).await {
+            Ok((200, _)) => acked.push((key, value)),
+            // Closed after the drain began (no new connection is accepted): stop.
+            _ => match http(addr).await {
+                Ok(again) => send = again,
+                Err(_) => break,
+            },
+        }
+    }
+    acked
+}
+
+async fn grpc_writer(addr: SocketAddr, writer: usize) -> Vec<(String, String)> {
+    let mut acked = Vec::new();
+    let mut client = grpc_store(addr).await;
+    for i in 0..5000 {
+        let (key, value) = (format!("grpc-{writer}-{i}"), format!("v{i}"));
+        let put = PutRequest {
+            key: key.clone(),
+            value: value.clone(),
+        };
+        match client.put(put).await {
+            Ok(_) => acked.push((key, value)),
+            Err(_) => break,
+        }
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_write_survives_sigterm_under_load_and_a_restart_serves_it() {
+    let db = temp_db("load");
+    // A long flush interval: most writes reach SQLite only through the final flush hook.
+    let mut demo = Demo::start(&db, &["--flush-interval", "10s"]);
+    let addrs = demo.ready();
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        writers.push(tokio::spawn(http_writer(addrs.http, w)));
+        writers.push(tokio::spawn(grpc_writer(addrs.grpc_b, w)));
+    }
+    // Mid-load: once writes have been acknowledged on both APIs.
+    let mut probe = http(addrs.http).await.unwrap();
+    let began = Instant::now();
+    loop {
+        let (_, body) = request(&mut probe, "GET", "/kv/grpc-0-20", "")
+            .await
+            .unwrap();
+        let (_, body2) = request(&mut probe, "GET", "/kv/http-0-20", "")
+            .await
+            .unwrap();
+        if body == "v20" && body2 == "v20" {
+            break;
+        }
+        assert!(began.elapsed() < WAIT, "no writes acknowledged");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(probe);
+    demo.signal("TERM");
+    let mut acked = BTreeMap::new();
+    for writer in writers {
+        acked.extend(writer.await.unwrap());
+    }
+    let (code, log) = demo.wait();
+    assert_eq!(code, 0, "{log}");
+    assert!(acked.len() > 40, "only {} writes acknowledged", acked.len());
+    let partial = acked.len() < 8 * 5000;
+    assert!(partial, "the signal landed mid-load");
+
+    // Every acknowledged write is in the database file.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut stored = BTreeMap::new();
+    let mut query = conn.prepare("SELECT key, value FROM kv").unwrap();
+    let rows = query
+        .query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })
+        .unwrap();
+    for row in rows {
+        let (k, v) = row.unwrap();
+        stored.insert(k, v);
+    }
+    drop(query);
+    drop(conn);
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|(k, v)| stored.get(*k) != Some(*v))
+        .take(5)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged but not stored: {lost:?} (of {})",
+        acked.len()
+    );
+
+    // A restart binds the same ports at once and serves the writes.
+    let ports = [addrs.http, addrs.grpc_a, addrs.grpc_b].map(|a| a.to_string());
+    let mut again = Demo::start_on(&db, [&ports[0], &ports[1], &ports[2]], &[]);
+    let same = again.ready();
+    assert_eq!(same.http, addrs.http);
+    let mut send = http(same.http).await.unwrap();
+    let mut client = grpc_store(same.grpc_b).await;
+    for (key, value) in acked.iter().step_by(97) {
+        let (status, body) = request(&mut send, "GET", &format!("/kv/{key}"), "")
+            .await
+            .unwrap();
+        assert_eq!((status, body.as_str()), (200, value.as_str()), "{key}");
+        let got = client
+            .get(GetRequest { key: key.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(&got.value, value);
+    }
+    again.signal("TERM");
+    assert_eq!(again.wait().0, 0);
+}
