@@ -360,6 +360,38 @@ async fn http2_gets_goaway_and_finishes_its_open_stream() {
     assert_eq!(report.services[0].requests.drained, 1);
 }
 
+/// On one thread the order is exact: the next request reaches the server's kernel buffer, and
+/// the drain begins, before the reactor has told the connection anything.
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_unread_in_the_kernel_when_the_drain_begins_is_served() {
+    let running = start_default().await;
+    let mut stream = TcpStream::connect(running.addr).await.unwrap();
+    stream
+        .write_all(b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    // Idle keep-alive now. Write the next request and start the drain without yielding.
+    let mut std_stream = stream.into_std().unwrap();
+    std::io::Write::write_all(&mut std_stream, b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    running.handle.shutdown();
+
+    let mut stream = TcpStream::from_std(std_stream).unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    // Served (then the connection closes: `read_to_end` returned), not dropped.
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "served, not dropped: {answer:?}"
+    );
+    assert!(answer.ends_with("fast\n"), "{answer}");
+    assert_eq!(running.report().await.exit_code, ExitCode::Clean);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_http2_client_does_not_hold_the_drain() {
     let running = start(

@@ -2,7 +2,7 @@
 //! upgrade), its hyper connection, and how it ends when the drain begins.
 
 use std::future::Future;
-use std::io;
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -59,8 +60,13 @@ where
     B::Error: Into<BoxError>,
 {
     let drain = shared.drain.clone();
-    let io = TokioIo::new(ConnIo::new(stream, drain.track(), drain.hard_stop_token()));
     let state = Arc::new(ConnState::default());
+    let io = TokioIo::new(ConnIo::new(
+        stream,
+        drain.track(),
+        drain.hard_stop_token(),
+        Arc::clone(&state),
+    ));
     let service = RequestService::new(app, Arc::clone(shared), Arc::clone(&state));
     let shared = Arc::clone(shared);
     drain.clone().spawn_attached(async move {
@@ -70,6 +76,15 @@ where
             biased;
             result = conn.as_mut() => result,
             () = drain.draining() => {
+                // A request may sit in the kernel, sent before the drain began but not yet
+                // reported by the reactor: have hyper read it now, so that it is served rather
+                // than lost when an idle-looking connection is closed.
+                state.read_now();
+                let polled = std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await;
+                if let Poll::Ready(result) = polled {
+                    log_end(peer, result);
+                    return;
+                }
                 if !state.request_seen() {
                     // Dropping the connection closes the socket.
                     return;
@@ -89,10 +104,14 @@ where
                 }
             }
         };
-        if let Err(error) = result {
-            tracing::debug!(target: "lameduck", %peer, "connection ended: {error}");
-        }
+        log_end(peer, result);
     });
+}
+
+fn log_end(peer: SocketAddr, result: Result<(), BoxError>) {
+    if let Err(error) = result {
+        tracing::debug!(target: "lameduck", %peer, "connection ended: {error}");
+    }
 }
 
 /// The accepted socket, as the connection (and, after an upgrade, the WebSocket or tunnel)
@@ -103,6 +122,7 @@ pub(crate) struct ConnIo {
     stream: Option<TcpStream>,
     _guard: Option<WorkGuard>,
     deadline: CancellationToken,
+    state: Arc<ConnState>,
     /// Created at the first read (or write) that has to wait, so the task wakes at the
     /// deadline; one per direction, because the halves of a split stream wait in different
     /// tasks.
@@ -111,11 +131,17 @@ pub(crate) struct ConnIo {
 }
 
 impl ConnIo {
-    fn new(stream: TcpStream, guard: WorkGuard, deadline: CancellationToken) -> Self {
+    fn new(
+        stream: TcpStream,
+        guard: WorkGuard,
+        deadline: CancellationToken,
+        state: Arc<ConnState>,
+    ) -> Self {
         ConnIo {
             stream: Some(stream),
             _guard: Some(guard),
             deadline,
+            state,
             read_deadline: None,
             write_deadline: None,
         }
@@ -166,8 +192,22 @@ impl AsyncRead for ConnIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.get_mut()
-            .poll_io(cx, false, |stream, cx| stream.poll_read(cx, buf))
+        let this = self.get_mut();
+        if this.state.take_read_now()
+            && let Some(stream) = &this.stream
+        {
+            // The reactor reports readiness on its next turn; the kernel knows now. The socket
+            // is non-blocking: nothing there is `WouldBlock`, and the usual path follows.
+            match (&*SockRef::from(stream)).read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        this.poll_io(cx, false, |stream, cx| stream.poll_read(cx, buf))
     }
 }
 

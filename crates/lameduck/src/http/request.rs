@@ -40,9 +40,21 @@ pub(crate) struct ConnState {
     request_seen: AtomicBool,
     /// Requests in flight on this connection (HTTP/2 runs several at once).
     active: AtomicUsize,
+    /// Set by the drain: the socket's next read goes to the kernel at once (see `ConnIo`).
+    read_now: AtomicBool,
 }
 
 impl ConnState {
+    /// Asks the socket to read what the kernel holds at its next read, even before the
+    /// reactor has reported it.
+    pub(crate) fn read_now(&self) {
+        self.read_now.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn take_read_now(&self) -> bool {
+        self.read_now.swap(false, Ordering::AcqRel)
+    }
+
     pub(crate) fn request_seen(&self) -> bool {
         self.request_seen.load(Ordering::Acquire)
     }
