@@ -430,3 +430,57 @@ async fn every_acknowledged_write_survives_sigterm_under_load_and_a_restart_serv
     again.signal("TERM");
     assert_eq!(again.wait().0, 0);
 }
+
+/// The drill (`lameduck-drill`) against the demo: HTTP/1.1 and HTTP/2 load across SIGTERM,
+/// then a restart on the same ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drill_passes_against_the_demo() {
+    use clap::Parser;
+
+    for http2 in [false, true] {
+        let ports: Vec<String> = (0..3)
+            .map(|_| {
+                let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().to_string()
+            })
+            .collect();
+        let db = temp_db(if http2 { "drill-h2" } else { "drill-h1" });
+        let http = &ports[0];
+        let mut args = vec![
+            "lameduck-drill".to_owned(),
+            "--quiet".into(),
+            "--ready-url".into(),
+            format!("http://{http}/readyz"),
+            "--url".into(),
+            format!("http://{http}/slow?ms=150"),
+            "--url".into(),
+            format!("http://{http}/fast"),
+            "--signal-after".into(),
+            "500ms".into(),
+            "--restart".into(),
+        ];
+        if http2 {
+            args.push("--http2".into());
+        }
+        args.extend([
+            "--".into(),
+            env!("CARGO_BIN_EXE_lameduck-demo").into(),
+            "--http".into(),
+            ports[0].clone(),
+            "--grpc-a".into(),
+            ports[1].clone(),
+            "--grpc-b".into(),
+            ports[2].clone(),
+            "--db".into(),
+            db.display().to_string(),
+        ]);
+        let args = lameduck_drill::DrillArgs::parse_from(args);
+        let report = lameduck_drill::drill(&args).await.unwrap();
+        assert!(report.passed, "http2={http2}\n{report}");
+        assert!(report.in_flight_at_signal > 0, "{report}");
+        assert_eq!(
+            report.in_flight_at_signal,
+            report.in_flight_at_signal_completed
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! The command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Verify a service's graceful shutdown under load.
+///
+/// Starts the command, waits until it is ready, drives HTTP load at it, sends a signal, and
+/// watches what happens: every request is classified (ok; refused: never accepted; failed:
+/// accepted, then reset, truncated, 5xx or timed out), and the exit is timed. Exits 0 only if
+/// no accepted request failed, the exit code matched, and the restart check (if asked) passed.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "lameduck-drill", version, about, long_about = None)]
+#[command(group = clap::ArgGroup::new("ready").multiple(false))]
+pub struct DrillArgs {
+    /// Ready when a GET of this URL answers 200.
+    #[arg(long, group = "ready", value_name = "URL")]
+    pub ready_url: Option<String>,
+    /// Ready when this address accepts a TCP connection.
+    #[arg(long, group = "ready", value_name = "HOST:PORT")]
+    pub ready_tcp: Option<String>,
+    /// Ready when this gRPC server's health check (service "") says SERVING.
+    #[arg(long, group = "ready", value_name = "HOST:PORT")]
+    pub ready_grpc: Option<String>,
+    /// A URL to GET as load (repeatable; the workers take them in turn). Without a readiness
+    /// option, ready means the first URL's address accepts TCP.
+    #[arg(long = "url", value_name = "URL", required = true)]
+    pub urls: Vec<String>,
+    /// Speak HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
+    #[arg(long)]
+    pub http2: bool,
+    /// Concurrent workers, each on its own keep-alive connection.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// The signal to send.
+    #[arg(long, value_enum, default_value_t = SignalName::Term)]
+    pub signal: SignalName,
+    /// How long after ready the signal is sent.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    pub signal_after: Duration,
+    /// Send the signal a second time, this long after the first (a forced exit).
+    #[arg(long, value_parser = duration)]
+    pub second_signal_after: Option<Duration>,
+    /// How long after the (first) signal the command may take to exit; then it is killed.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    pub exit_timeout: Duration,
+    /// The exit code a correct shutdown gives.
+    #[arg(long, default_value_t = 0)]
+    pub expect_exit_code: i32,
+    /// Start the command again right after it exits, and require it to become ready (the
+    /// `address already in use` check).
+    #[arg(long)]
+    pub restart: bool,
+    /// How long the command may take to become ready.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub ready_timeout: Duration,
+    /// A request taking longer than this fails.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub request_timeout: Duration,
+    /// Write the report as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Write the timeline as an SVG picture to this file.
+    #[arg(long, value_name = "PATH")]
+    pub svg: Option<PathBuf>,
+    /// No live progress line.
+    #[arg(long)]
+    pub quiet: bool,
+    /// The command that runs the service, and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// A shutdown signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[value(rename_all = "UPPER")]
+#[serde(rename_all = "UPPERCASE")]
+pub enum SignalName {
+    /// SIGTERM: what Kubernetes, systemd and Docker send.
+    Term,
+    /// SIGINT: Ctrl+C.
+    Int,
+    /// SIGQUIT.
+    Quit,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration (like 500ms, 2s, 1m): {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_interface() {
+        let args = DrillArgs::try_parse_from([
+            "lameduck-drill",
+            "--ready-url",
+            "http://127.0.0.1:8080/readyz",
+            "--url",
+            "http://127.0.0.1:8080/slow?ms=200",
+            "--url",
+            "http://127.0.0.1:8080/fast",
+            "--signal",
+            "INT",
+            "--signal-after",
+            "500ms",
+            "--second-signal-after",
+            "1s",
+            "--restart",
+            "--",
+            "lameduck-demo",
+            "--lame-duck",
+            "1s",
+        ])
+        .unwrap();
+        assert_eq!(args.urls.len(), 2);
+        assert_eq!(args.signal, SignalName::Int);
+        assert_eq!(args.signal_after, Duration::from_millis(500));
+        assert_eq!(args.command, ["lameduck-demo", "--lame-duck", "1s"]);
+        assert_eq!(args.concurrency, 8);
+    }
+
+    #[test]
+    fn one_readiness_option_at_most() {
+        let error = DrillArgs::try_parse_from([
+            "lameduck-drill",
+            "--ready-tcp",
+            "a:1",
+            "--ready-grpc",
+            "a:2",
+            "--url",
+            "http://a:1/",
+            "--",
+            "x",
+        ])
+        .unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+    }
+}

@@ -1,0 +1,37 @@
+//! Verify any service's graceful shutdown under load, the way an SRE would before trusting a
+//! deploy: start it, wait until it is ready, drive HTTP load, send the signal, and check that
+//! no accepted request failed, the exit code is the expected one, and (with `--restart`) a new
+//! instance binds at once. The service can be written in any language.
+//!
+//! The binary (`lameduck-drill [OPTIONS] -- <command> [args...]`) is a thin shell over
+//! [`drill`]; tests of other crates call it directly:
+//!
+//! ```no_run
+//! use clap::Parser;
+//! use lameduck_drill::{DrillArgs, drill};
+//!
+//! # #[tokio::main] async fn main() {
+//! let args = DrillArgs::parse_from([
+//!     "lameduck-drill", "--url", "http://127.0.0.1:8080/fast", "--", "./my-service",
+//! ]);
+//! let report = drill(&args).await.unwrap();
+//! assert!(report.passed, "{report}");
+//! # }
+//! ```
+
+mod args;
+mod child;
+mod load;
+mod probe;
+pub mod report;
+mod run;
+mod svg;
+
+pub use args::{DrillArgs, SignalName};
+pub use report::DrillReport;
+pub use run::{DrillError, drill};
+
+/// The timeline of `report` as an SVG picture.
+pub fn render_svg(report: &DrillReport) -> String {
+    svg::render(report)
+}

@@ -1,0 +1,77 @@
+//! Probes from outside the process: is it ready, and is its listener still open.
+//!
+//! The drill watches a process it does not control, so it asks repeatedly: every
+//! [`PROBE_INTERVAL`], which is also the resolution of the times it reports for them.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::load::Target;
+
+/// How often a probe asks.
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(2);
+
+/// What "ready" means for the drilled service.
+#[derive(Debug, Clone)]
+pub(crate) enum Readiness {
+    /// A GET of the URL answers 200.
+    Http(Target),
+    /// The address accepts a connection.
+    Tcp(String),
+    /// The gRPC health check of service "" says SERVING.
+    Grpc(String),
+}
+
+impl Readiness {
+    /// One probe: `Ok(true)` ready, `Ok(false)` not yet.
+    pub(crate) async fn check(&self) -> bool {
+        let probe = async {
+            match self {
+                Readiness::Tcp(addr) => TcpStream::connect(addr).await.is_ok(),
+                Readiness::Http(target) => http_ok(target).await.unwrap_or(false),
+                Readiness::Grpc(addr) => grpc_serving(addr).await.unwrap_or(false),
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), probe)
+            .await
+            .unwrap_or(false)
+    }
+}
+
+async fn http_ok(target: &Target) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+    let io = TokioIo::new(TcpStream::connect(&target.authority).await?);
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(conn);
+    let request = http::Request::get(target.uri.clone())
+        .header(http::header::HOST, target.authority.as_str())
+        .body(Empty::<Bytes>::new())?;
+    Ok(send.send_request(request).await?.status() == http::StatusCode::OK)
+}
+
+async fn grpc_serving(addr: &str) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await?
+        .into_inner()
+        .status;
+    Ok(status == ServingStatus::Serving as i32)
+}
+
+/// Whether `addr` refuses connections now (the listener is closed).
+pub(crate) async fn refused(addr: &str) -> bool {
+    match TcpStream::connect(addr).await {
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+    }
+}

@@ -1,0 +1,241 @@
+//! What a drill found: every request's outcome, the shutdown's milestones, and the verdict.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::args::SignalName;
+
+/// How one request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A complete response with a status below 500.
+    Ok,
+    /// Never accepted: the connection was refused (the listener had closed), or the request
+    /// could not be sent on a connection the server had closed. Expected of a single instance
+    /// once it shuts down.
+    Refused,
+    /// Accepted, then lost: reset, truncated, a 5xx status, or timed out. A defect.
+    Failed,
+}
+
+/// One request, as the load saw it. Times are milliseconds since the drill started.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRecord {
+    /// When it was started.
+    pub start_ms: f64,
+    /// When it ended.
+    pub end_ms: f64,
+    /// How.
+    pub outcome: Outcome,
+    /// The worker (connection slot) that sent it.
+    pub worker: u16,
+    /// The HTTP status, if a response head arrived.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Whether it was sent again on a new connection after the server closed a reused one
+    /// under it (what HTTP clients do for idempotent requests, RFC 9110 §9.2.2).
+    pub retried: bool,
+    /// What went wrong, for a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Counts of requests by outcome.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    /// All requests.
+    pub total: u64,
+    /// Answered.
+    pub ok: u64,
+    /// Never accepted.
+    pub refused: u64,
+    /// Accepted, then lost.
+    pub failed: u64,
+    /// Sent again after the server closed a reused connection under them (counted once, by
+    /// the retry's outcome).
+    pub retried: u64,
+}
+
+impl Counts {
+    /// Counts `records`.
+    pub fn of<'a>(records: impl IntoIterator<Item = &'a RequestRecord>) -> Counts {
+        let mut counts = Counts::default();
+        for r in records {
+            counts.total += 1;
+            counts.retried += u64::from(r.retried);
+            match r.outcome {
+                Outcome::Ok => counts.ok += 1,
+                Outcome::Refused => counts.refused += 1,
+                Outcome::Failed => counts.failed += 1,
+            }
+        }
+        counts
+    }
+}
+
+/// One failed request, as an example.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailureSample {
+    /// When it started, milliseconds since the drill started.
+    pub start_ms: f64,
+    /// When it failed.
+    pub end_ms: f64,
+    /// Why.
+    pub error: String,
+}
+
+/// The restart check.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestartReport {
+    /// Whether the second start became ready.
+    pub ready: bool,
+    /// Its time to ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_after_ms: Option<f64>,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Requests that ended in one slice of the timeline, by outcome.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Bucket {
+    /// The slice's start, milliseconds since the drill started.
+    pub start_ms: f64,
+    /// Answered.
+    pub ok: u32,
+    /// Never accepted.
+    pub refused: u32,
+    /// Accepted, then lost.
+    pub failed: u32,
+}
+
+/// Everything the drill measured, and its verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillReport {
+    /// The command drilled.
+    pub command: Vec<String>,
+    /// Whether the service passed, and if not, why.
+    pub passed: bool,
+    /// Each reason it did not pass.
+    pub reasons: Vec<String>,
+    /// Start to ready.
+    pub ready_after_ms: f64,
+    /// The signal sent.
+    pub signal: SignalName,
+    /// When it was sent, since the drill started.
+    pub signal_at_ms: f64,
+    /// When the second signal was sent, if one was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub second_signal_at_ms: Option<f64>,
+    /// Signal to the first refused connection: the listener closed.
+    pub listener_closed_after_signal_ms: Option<f64>,
+    /// Signal to the process's exit.
+    pub exit_after_signal_ms: Option<f64>,
+    /// The last answered request's end to the exit: how long the process lingered.
+    pub exit_lag_ms: Option<f64>,
+    /// The exit code (`None`: killed by a signal, or still running at the exit timeout).
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_signal: Option<i32>,
+    /// The exit code a correct shutdown gives.
+    pub expected_exit_code: i32,
+    /// All requests.
+    pub requests: Counts,
+    /// Requests in flight when the signal was sent.
+    pub in_flight_at_signal: u64,
+    /// Of those, how many were answered.
+    pub in_flight_at_signal_completed: u64,
+    /// The first failures, as examples.
+    pub failures: Vec<FailureSample>,
+    /// The restart check, if asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartReport>,
+    /// When the drill ended, since it started.
+    pub ended_at_ms: f64,
+    /// Requests over time, by outcome (what the SVG draws).
+    pub timeline: Vec<Bucket>,
+    /// When the (first) process exited, since the drill started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_at_ms: Option<f64>,
+    /// When the restarted process was ready, since the drill started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_ready_at_ms: Option<f64>,
+}
+
+fn opt_ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ms"))
+}
+
+impl fmt::Display for DrillReport {
+    /// The summary table.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.requests;
+        let rows: Vec<(&str, String)> = vec![
+            ("command", self.command.join(" ")),
+            ("time to ready", format!("{:.1} ms", self.ready_after_ms)),
+            ("signal", format!("SIG{:?}", self.signal).to_uppercase()),
+            (
+                "requests",
+                format!(
+                    "{} total: {} ok, {} refused, {} failed ({} retried on a new connection)",
+                    r.total, r.ok, r.refused, r.failed, r.retried
+                ),
+            ),
+            (
+                "in flight at signal",
+                format!(
+                    "{} ({} completed)",
+                    self.in_flight_at_signal, self.in_flight_at_signal_completed
+                ),
+            ),
+            (
+                "signal -> listener closed",
+                opt_ms(self.listener_closed_after_signal_ms),
+            ),
+            ("signal -> exit", opt_ms(self.exit_after_signal_ms)),
+            ("last response -> exit", opt_ms(self.exit_lag_ms)),
+            (
+                "exit code",
+                match (self.exit_code, self.exit_signal) {
+                    (Some(code), _) => format!("{code} (expected {})", self.expected_exit_code),
+                    (None, Some(sig)) => format!("killed by signal {sig}"),
+                    (None, None) => "did not exit".to_owned(),
+                },
+            ),
+        ];
+        let mut rows = rows;
+        if let Some(restart) = &self.restart {
+            rows.push((
+                "restart",
+                match (&restart.error, restart.ready_after_ms) {
+                    (None, Some(ms)) => format!("ready again in {ms:.1} ms"),
+                    (Some(e), _) => format!("FAILED: {e}"),
+                    (None, None) => "not ready".to_owned(),
+                },
+            ));
+        }
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        for (key, value) in rows {
+            writeln!(f, "  {key:<width$}  {value}")?;
+        }
+        for sample in self.failures.iter().take(5) {
+            writeln!(
+                f,
+                "  failure at {:.1} ms (sent at {:.1} ms): {}",
+                sample.end_ms, sample.start_ms, sample.error
+            )?;
+        }
+        if self.passed {
+            writeln!(f, "PASS")
+        } else {
+            for reason in &self.reasons {
+                writeln!(f, "FAIL: {reason}")?;
+            }
+            Ok(())
+        }
+    }
+}

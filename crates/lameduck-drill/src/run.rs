@@ -1,0 +1,341 @@
+//! One drill, step by step: start -> ready -> load -> signal(s) -> exit -> restart -> verdict.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::args::{DrillArgs, SignalName};
+use crate::child::{Exit, Service};
+use crate::load::{self, Target};
+use crate::probe::{self, PROBE_INTERVAL, Readiness};
+use crate::report::{Counts, DrillReport, FailureSample, Outcome, RequestRecord, RestartReport};
+use crate::svg;
+
+/// Why a drill could not be carried out at all (as opposed to a service that failed it).
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    /// A URL or address that cannot be used.
+    #[error("{0}")]
+    BadTarget(String),
+    /// The command could not be started.
+    #[error("{0}")]
+    Start(String),
+    /// The command exited before it was ready.
+    #[error("the service exited before it was ready ({exit}); its output above says why")]
+    ExitedBeforeReady {
+        /// How it exited.
+        exit: String,
+    },
+    /// The command did not become ready in time.
+    #[error("the service was not ready within {0:?} (check the readiness option)")]
+    NotReady(Duration),
+    /// The signal could not be sent.
+    #[error("could not send the signal: {0}")]
+    Signal(String),
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn describe(exit: Exit) -> String {
+    match (exit.code, exit.signal) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "unknown status".to_owned(),
+    }
+}
+
+/// Waits until `readiness` holds; returns how long it took since `began`.
+async fn wait_ready(
+    service: &mut Service,
+    readiness: &Readiness,
+    within: Duration,
+    began: Instant,
+) -> Result<Duration, DrillError> {
+    let until = began + within;
+    loop {
+        if readiness.check().await {
+            return Ok(began.elapsed());
+        }
+        if let Some(exit) = service.exited() {
+            return Err(DrillError::ExitedBeforeReady {
+                exit: describe(exit),
+            });
+        }
+        if Instant::now() >= until {
+            service.kill().await;
+            return Err(DrillError::NotReady(within));
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
+/// The live progress line (hidden when stderr is not a terminal, or with `--quiet`).
+fn progress(quiet: bool) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        None,
+        if quiet {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+/// Runs the drill `args` describes.
+pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
+    let targets = args
+        .urls
+        .iter()
+        .map(|u| Target::parse(u))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(DrillError::BadTarget)?;
+    let listener = targets
+        .first()
+        .map(|t| t.authority.clone())
+        .ok_or_else(|| DrillError::BadTarget("no --url given".to_owned()))?;
+    let readiness = match (&args.ready_url, &args.ready_tcp, &args.ready_grpc) {
+        (Some(url), _, _) => Readiness::Http(Target::parse(url).map_err(DrillError::BadTarget)?),
+        (_, Some(addr), _) => Readiness::Tcp(addr.clone()),
+        (_, _, Some(addr)) => Readiness::Grpc(addr.clone()),
+        _ => Readiness::Tcp(listener.clone()),
+    };
+    let bar = progress(args.quiet);
+
+    let began = Instant::now();
+    bar.set_message("starting");
+    let mut service = Service::start(&args.command).map_err(DrillError::Start)?;
+    let ready_after = wait_ready(&mut service, &readiness, args.ready_timeout, began).await?;
+
+    let shared = Arc::new(load::Shared::new(
+        targets,
+        args.http2,
+        args.request_timeout,
+        began,
+    ));
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|w| tokio::spawn(load::worker(Arc::clone(&shared), w)))
+        .collect();
+    let ticker = {
+        let shared = Arc::clone(&shared);
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            loop {
+                let phase = if shared.signal_at_us.load(Ordering::Acquire) == u64::MAX {
+                    "load"
+                } else {
+                    "shutting down"
+                };
+                bar.set_message(format!(
+                    "{phase} | {} ok, {} refused, {} failed",
+                    shared.ok.load(Ordering::Relaxed),
+                    shared.refused.load(Ordering::Relaxed),
+                    shared.failed.load(Ordering::Relaxed)
+                ));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    let mut reasons = Vec::new();
+    let mut prober = None;
+    let early = tokio::time::timeout(args.signal_after, service.wait(Duration::MAX)).await;
+    let (signal_at, second_signal_at, exit) = if let Ok(exit) = early {
+        reasons.push(format!(
+            "the service exited on its own before the signal ({})",
+            exit.map_or_else(|| "unknown status".to_owned(), describe)
+        ));
+        (Instant::now(), None, exit)
+    } else {
+        let signal_at = Instant::now();
+        let at_us = u64::try_from(signal_at.duration_since(began).as_micros()).unwrap_or(0);
+        shared.signal_at_us.store(at_us, Ordering::Release);
+        service.signal(args.signal).map_err(DrillError::Signal)?;
+        prober = Some(tokio::spawn(listener_closed(listener.clone())));
+        let (second_signal_at, exit) = wait_exit(&mut service, args).await?;
+        (signal_at, second_signal_at, exit)
+    };
+    let exit_at = Instant::now();
+    let listener_closed = match prober {
+        // After the exit the port refuses at once, if it did not before.
+        Some(prober) => match tokio::time::timeout(Duration::from_secs(1), prober).await {
+            Ok(Ok(closed)) => Some(closed.saturating_duration_since(signal_at)),
+            _ => None,
+        },
+        None => None,
+    };
+
+    shared.stop.store(true, Ordering::Release);
+    let mut records: Vec<RequestRecord> = Vec::new();
+    for worker in workers {
+        let grace = args.request_timeout + Duration::from_secs(1);
+        if let Ok(Ok(mut done)) = tokio::time::timeout(grace, worker).await {
+            records.append(&mut done);
+        }
+    }
+    ticker.abort();
+    if exit.is_none() {
+        reasons.push(format!(
+            "the service did not exit within {:?} of the signal; it was killed",
+            args.exit_timeout
+        ));
+        service.kill().await;
+    }
+
+    let mut restart_ready_at = None;
+    let restart = if args.restart {
+        bar.set_message("restarting");
+        let again = Instant::now();
+        let outcome = match Service::start(&args.command) {
+            Err(e) => Err(e),
+            Ok(mut second) => {
+                let ready = wait_ready(&mut second, &readiness, args.ready_timeout, again).await;
+                let _ = second.signal(SignalName::Term);
+                if second.wait(args.exit_timeout).await.is_none() {
+                    second.kill().await;
+                }
+                ready.map_err(|e| match e {
+                    DrillError::ExitedBeforeReady { exit } => format!(
+                        "the restarted service exited before it was ready ({exit}): \
+                         `address already in use`?"
+                    ),
+                    other => other.to_string(),
+                })
+            }
+        };
+        Some(match outcome {
+            Ok(ready) => {
+                restart_ready_at = Some(ms(again.duration_since(began) + ready));
+                RestartReport {
+                    ready: true,
+                    ready_after_ms: Some(ms(ready)),
+                    error: None,
+                }
+            }
+            Err(error) => {
+                reasons.push(format!("restart: {error}"));
+                RestartReport {
+                    ready: false,
+                    ready_after_ms: None,
+                    error: Some(error),
+                }
+            }
+        })
+    } else {
+        None
+    };
+    bar.finish_and_clear();
+
+    records.sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
+    let requests = Counts::of(&records);
+    let signal_ms = ms(signal_at.duration_since(began));
+    let exit_ms = ms(exit_at.duration_since(began));
+    let in_flight: Vec<&RequestRecord> = records
+        .iter()
+        .filter(|r| r.start_ms <= signal_ms && r.end_ms > signal_ms && !r.retried)
+        .collect();
+    let last_ok = records
+        .iter()
+        .filter(|r| r.outcome == Outcome::Ok)
+        .map(|r| r.end_ms)
+        .reduce(f64::max);
+    let failures: Vec<FailureSample> = records
+        .iter()
+        .filter(|r| r.outcome == Outcome::Failed)
+        .take(20)
+        .map(|r| FailureSample {
+            start_ms: r.start_ms,
+            end_ms: r.end_ms,
+            error: r.error.clone().unwrap_or_default(),
+        })
+        .collect();
+    if requests.failed > 0 {
+        let first = failures
+            .first()
+            .map(|f| format!(" (first at {:.1} ms: {})", f.end_ms, f.error))
+            .unwrap_or_default();
+        reasons.push(format!(
+            "{} accepted request(s) failed{first}",
+            requests.failed
+        ));
+    }
+    if requests.ok == 0 {
+        reasons.push("no request was answered: the load never reached the service".to_owned());
+    }
+    if let Some(exit) = exit
+        && exit.code != Some(args.expect_exit_code)
+    {
+        reasons.push(format!(
+            "{}, expected exit code {}",
+            describe(exit),
+            args.expect_exit_code
+        ));
+    }
+    let ended_at = began.elapsed();
+    let mut report = DrillReport {
+        command: args.command.clone(),
+        passed: reasons.is_empty(),
+        reasons,
+        ready_after_ms: ms(ready_after),
+        signal: args.signal,
+        signal_at_ms: signal_ms,
+        second_signal_at_ms: second_signal_at.map(|t| ms(t.duration_since(began))),
+        listener_closed_after_signal_ms: listener_closed.map(ms),
+        exit_after_signal_ms: exit.map(|_| exit_ms - signal_ms),
+        exit_lag_ms: exit.and(last_ok).map(|last| (exit_ms - last).max(0.0)),
+        exit_code: exit.and_then(|e| e.code),
+        exit_signal: exit.and_then(|e| e.signal),
+        expected_exit_code: args.expect_exit_code,
+        requests,
+        in_flight_at_signal: in_flight.len() as u64,
+        in_flight_at_signal_completed: in_flight
+            .iter()
+            .filter(|r| r.outcome == Outcome::Ok)
+            .count() as u64,
+        failures,
+        restart,
+        ended_at_ms: ms(ended_at),
+        timeline: Vec::new(),
+        exit_at_ms: exit.map(|_| exit_ms),
+        restart_ready_at_ms: restart_ready_at,
+    };
+    report.timeline = svg::buckets(&records, report.ended_at_ms);
+    Ok(report)
+}
+
+/// Waits for the exit after the first signal, sending the second one on time if asked.
+async fn wait_exit(
+    service: &mut Service,
+    args: &DrillArgs,
+) -> Result<(Option<Instant>, Option<Exit>), DrillError> {
+    let Some(after) = args.second_signal_after else {
+        return Ok((None, service.wait(args.exit_timeout).await));
+    };
+    if let Ok(exit) = tokio::time::timeout(after, service.wait(Duration::MAX)).await {
+        return Ok((None, exit));
+    }
+    let second = Instant::now();
+    service.signal(args.signal).map_err(DrillError::Signal)?;
+    let left = args.exit_timeout.saturating_sub(after);
+    Ok((Some(second), service.wait(left).await))
+}
+
+/// When `authority` first refuses a connection: its listener has closed. Probed every
+/// [`PROBE_INTERVAL`] from the signal on.
+async fn listener_closed(authority: String) -> Instant {
+    loop {
+        if probe::refused(&authority).await {
+            return Instant::now();
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}

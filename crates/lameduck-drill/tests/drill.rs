@@ -1,0 +1,229 @@
+//! The drill against two real services: a graceful one (lameduck) that must pass, and a
+//! deliberately bad one (exits at once on SIGTERM, dropping the requests in flight) that must
+//! fail, with the reason said.
+//!
+//! Both are this test binary, re-run as a child: `good_server` and `bad_server` are ignored
+//! tests that serve `/work` (100 ms) and `/fast` on the port given as a `port=N` argument.
+#![cfg(unix)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use clap::Parser;
+use lameduck_drill::{DrillArgs, drill, render_svg};
+
+fn app() -> Router {
+    Router::new()
+        .route(
+            "/work",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                "done\n"
+            }),
+        )
+        .route("/fast", get(|| async { "fast\n" }))
+        .route("/readyz-plain", get(|| async { "ok\n" }))
+}
+
+fn port_arg() -> u16 {
+    std::env::args()
+        .find_map(|a| a.strip_prefix("port=").map(|p| p.parse().unwrap()))
+        .expect("a port=N argument")
+}
+
+#[test]
+#[ignore = "a child process of the other tests"]
+fn good_server() {
+    let port = port_arg();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let report = runtime.block_on(
+        lameduck::Lifecycle::new()
+            .service(
+                "web",
+                lameduck::http::HttpServer::bind(format!("127.0.0.1:{port}"), app()),
+            )
+            .run(),
+    );
+    report.exit();
+}
+
+#[test]
+#[ignore = "a child process of the other tests"]
+fn bad_server() {
+    let port = port_arg();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        tokio::spawn(async move { axum::serve(listener, app()).await });
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+        term.recv().await;
+        // What too many services do: exit at once, whatever is in flight.
+        std::process::exit(0);
+    });
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The drill's arguments for `server` on `port`, with `extra` options.
+fn args(server: &str, port: u16, extra: &[&str]) -> Vec<String> {
+    let exe = std::env::current_exe().unwrap();
+    let mut args: Vec<String> = vec![
+        "lameduck-drill".into(),
+        "--quiet".into(),
+        "--ready-tcp".into(),
+        format!("127.0.0.1:{port}"),
+        "--url".into(),
+        format!("http://127.0.0.1:{port}/work"),
+        "--url".into(),
+        format!("http://127.0.0.1:{port}/fast"),
+        "--concurrency".into(),
+        "6".into(),
+        "--signal-after".into(),
+        "600ms".into(),
+        "--exit-timeout".into(),
+        "20s".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend([
+        "--".into(),
+        exe.display().to_string(),
+        server.into(),
+        "--exact".into(),
+        "--ignored".into(),
+        "--nocapture".into(),
+        "--test-threads=1".into(),
+        format!("port={port}"),
+    ]);
+    args
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lameduck-drill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_service_passes_with_a_restart() {
+    let port = free_port();
+    let args = DrillArgs::parse_from(args("good_server", port, &["--restart"]));
+    let report = drill(&args).await.unwrap();
+    assert!(report.passed, "{report}");
+    assert_eq!(report.requests.failed, 0);
+    assert!(report.requests.ok > 10, "{report}");
+    assert!(
+        report.in_flight_at_signal > 0,
+        "requests were in flight: {report}"
+    );
+    assert_eq!(
+        report.in_flight_at_signal, report.in_flight_at_signal_completed,
+        "{report}"
+    );
+    assert_eq!(report.exit_code, Some(0));
+    assert!(report.listener_closed_after_signal_ms.is_some(), "{report}");
+    let restart = report.restart.as_ref().unwrap();
+    assert!(restart.ready, "{report}");
+    let svg = render_svg(&report);
+    assert!(svg.starts_with("<svg") && svg.contains("PASS"), "{svg}");
+    assert!(svg.contains("listener closed") && svg.contains("exit"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_drops_requests_in_flight_fails_and_the_drill_says_why() {
+    let port = free_port();
+    let args = DrillArgs::parse_from(args("bad_server", port, &[]));
+    let report = drill(&args).await.unwrap();
+    assert!(!report.passed, "{report}");
+    assert!(report.requests.failed > 0, "{report}");
+    assert!(
+        report
+            .reasons
+            .iter()
+            .any(|r| r.contains("accepted request(s) failed")),
+        "{:?}",
+        report.reasons
+    );
+    assert!(
+        report.in_flight_at_signal_completed < report.in_flight_at_signal,
+        "{report}"
+    );
+    let shown = report.to_string();
+    assert!(shown.contains("FAIL:"), "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unexpected_exit_code_fails() {
+    let port = free_port();
+    let args = DrillArgs::parse_from(args("good_server", port, &["--expect-exit-code", "3"]));
+    let report = drill(&args).await.unwrap();
+    assert!(!report.passed, "{report}");
+    assert!(
+        report
+            .reasons
+            .iter()
+            .any(|r| r.contains("exit code 0, expected exit code 3")),
+        "{:?}",
+        report.reasons
+    );
+}
+
+#[test]
+fn the_binary_exits_nonzero_on_a_failed_drill_and_writes_its_outputs() {
+    let port = free_port();
+    let (json, svg) = (temp("bad.json"), temp("bad.svg"));
+    let mut cli = args("bad_server", port, &[]);
+    cli.splice(
+        1..1,
+        [
+            "--json".to_owned(),
+            json.display().to_string(),
+            "--svg".to_owned(),
+            svg.display().to_string(),
+        ],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_lameduck-drill"))
+        .args(&cli[1..])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL:"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["passed"], false);
+    assert!(report["requests"]["failed"].as_u64().unwrap() > 0);
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("FAIL"));
+}
+
+#[test]
+fn a_service_that_never_gets_ready_is_a_clear_error() {
+    let port = free_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_lameduck-drill"))
+        .args([
+            "--quiet",
+            "--ready-timeout",
+            "300ms",
+            "--url",
+            &format!("http://127.0.0.1:{port}/"),
+            "--",
+            "sleep",
+            "30",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("was not ready within"), "{stderr}");
+}
