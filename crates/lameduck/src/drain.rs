@@ -203,6 +203,25 @@ impl Drain {
         self.guard(Kind::Request)
     }
 
+    /// Whether `other` is a clone of this drain (the same service's).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn same_as(&self, other: &Drain) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Counts a request started, for a server whose connection (a unit of work the drain
+    /// waits for) carries it: no guard, no tracker token, one atomic add. Pair with
+    /// [`request_finished`](Drain::request_finished).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn request_started(&self) {
+        self.inner.requests.started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn request_finished(&self) {
+        self.inner.requests.finished.fetch_add(1, Ordering::AcqRel);
+    }
+
     fn guard(&self, kind: Kind) -> WorkGuard {
         self.inner
             .counter(kind)

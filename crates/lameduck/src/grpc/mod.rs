@@ -53,7 +53,7 @@ use tonic::service::{Routes, RoutesBuilder};
 use tonic_health::pb::health_server::HealthServer;
 
 use crate::error::BoxError;
-use crate::http::{DrainExecutor, HttpServer};
+use crate::http::{ConnExecutor, HttpServer};
 use crate::service::{Service, StartContext};
 use health::LifecycleHealth;
 
@@ -150,7 +150,7 @@ impl GrpcServer {
     /// [`HttpServer::configure`].
     pub fn configure(
         mut self,
-        configure: impl FnOnce(&mut hyper_util::server::conn::auto::Builder<DrainExecutor>)
+        configure: impl FnOnce(&mut hyper_util::server::conn::auto::Builder<ConnExecutor>)
         + Send
         + 'static,
     ) -> Self {

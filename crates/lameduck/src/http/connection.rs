@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::drain::{Drain, WorkGuard};
+use crate::drain::WorkGuard;
 use crate::error::BoxError;
 use crate::http::request::{ConnState, RequestService, Shared};
 
@@ -25,21 +25,22 @@ use crate::http::request::{ConnState, RequestService, Shared};
 /// itself (an HTTP/2 client acknowledging the GOAWAY) before it is closed.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Runs hyper's background work for a server (the tasks of HTTP/2 streams) under the server's
-/// drain: the drain waits for it, and the deadline aborts it.
+/// Runs hyper's background work (the tasks of HTTP/2 streams) on the runtime. A stream task
+/// ends with its stream; at the drain deadline, the request in it ends at its next poll (the
+/// request watches the deadline only while it waits, so a quick one costs nothing).
 ///
 /// It is the executor of the [`auto::Builder`](hyper_util::server::conn::auto::Builder) that
-/// [`HttpServer::configure`](crate::http::HttpServer::configure) hands out.
-#[derive(Clone, Debug)]
-pub struct DrainExecutor(pub(crate) Drain);
+/// [`HttpServer::configure`](crate::http::HttpServer::configure) tunes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnExecutor;
 
-impl<F> hyper::rt::Executor<F> for DrainExecutor
+impl<F> hyper::rt::Executor<F> for ConnExecutor
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
     fn execute(&self, future: F) {
-        self.0.spawn_attached(future);
+        tokio::spawn(future);
     }
 }
 
@@ -60,7 +61,7 @@ where
     B::Error: Into<BoxError>,
 {
     let drain = shared.drain.clone();
-    let state = Arc::new(ConnState::default());
+    let state = Arc::new(ConnState::new(drain.clone()));
     let io = TokioIo::new(ConnIo::new(
         stream,
         drain.track(),
@@ -116,8 +117,8 @@ fn log_end(peer: SocketAddr, result: Result<(), BoxError>) {
 
 /// The accepted socket, as the connection (and, after an upgrade, the WebSocket or tunnel)
 /// sees it. It holds the connection's unit of work, so the drain waits for an upgraded
-/// connection too until it ends; past the deadline it fails every read and write and closes
-/// the socket, so that nothing outlives the shutdown.
+/// connection too until it ends; once upgraded, it watches the deadline, and past it fails
+/// every read and write and closes the socket, so that nothing outlives the shutdown.
 pub(crate) struct ConnIo {
     stream: Option<TcpStream>,
     _guard: Option<WorkGuard>,
@@ -170,7 +171,9 @@ impl ConnIo {
             return Poll::Ready(Err(self.close()));
         };
         let polled = op(Pin::new(stream), cx);
-        if polled.is_pending() {
+        // Only an upgraded socket waits on the deadline itself (a lock-free check otherwise):
+        // hyper's connections are closed by their task, which the deadline aborts.
+        if polled.is_pending() && self.state.upgraded() {
             let slot = if write {
                 &mut self.write_deadline
             } else {

@@ -4,9 +4,9 @@
 //!
 //! The pieces, in the order a connection meets them: `bind` (the listener),
 //! `connection` (the socket, tracked and closed at the deadline; how the connection ends at the
-//! drain), `request` (health answers, request counting, the [`Drain`](crate::Drain) in the
-//! request's extensions), and the handler-side extractor: with axum, a handler takes
-//! `lameduck::Drain` to learn of the drain (a server-sent-event stream ends itself, say).
+//! drain), `request` (health answers, request counting, the deadline for requests that wait),
+//! and `extract`: with axum, a handler takes `lameduck::Drain` to learn of the drain (a
+//! server-sent-event stream ends itself, say).
 //!
 //! ```
 //! use std::time::Duration;
@@ -34,6 +34,6 @@ mod health;
 mod request;
 mod server;
 
-pub use connection::DrainExecutor;
+pub use connection::ConnExecutor;
 pub use health::Health;
 pub use server::{HttpServer, NotFound};

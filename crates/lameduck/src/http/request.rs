@@ -1,7 +1,12 @@
 //! One request: answered by the health endpoints or passed to the app, counted from the call to
-//! the end of its response body, with the service's [`Drain`] in its extensions. For gRPC, what
-//! the drain deadline cuts off ends with status UNAVAILABLE ([`Cutoff`]).
+//! the end of its response body, with the service's [`Drain`] in its extensions.
+//!
+//! A request that waits (a slow handler, a streaming body) watches the drain deadline
+//! ([`Watch`]): at the abort it ends (an HTTP/2 stream runs on a task of its own, which nothing
+//! else would stop), and for gRPC it ends a moment earlier with status UNAVAILABLE. A request
+//! that does not wait costs no registration at all.
 
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,42 +14,96 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use hyper_util::service::{TowerToHyperService, TowerToHyperServiceFuture};
 use pin_project_lite::pin_project;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::drain::{Drain, WorkGuard};
-use crate::http::connection::DrainExecutor;
+use crate::drain::Drain;
+use crate::http::connection::ConnExecutor;
 use crate::http::health::Health;
 use crate::ready::LifecycleHandle;
 
 /// What every connection of a server shares.
-#[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) drain: Drain,
     pub(crate) handle: LifecycleHandle,
     pub(crate) health: Option<Health>,
-    pub(crate) builder: auto::Builder<DrainExecutor>,
+    pub(crate) builder: auto::Builder<ConnExecutor>,
     /// gRPC: what the drain deadline cuts off ends with status UNAVAILABLE, not a reset.
     pub(crate) grpc: bool,
 }
 
-/// What the drain needs to know of one connection's requests.
-#[derive(Debug, Default)]
+/// The user's tuning of hyper's builder.
+pub(crate) type Configure = Box<dyn FnOnce(&mut auto::Builder<ConnExecutor>) + Send>;
+
+/// Which HTTP versions a server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocols {
+    Both,
+    Http1,
+    Http2,
+}
+
+/// The connections' builder: timers set (hyper's header-read timeout and HTTP/2 keep-alive
+/// need one), the protocols chosen, the user's tuning applied.
+pub(crate) fn builder(
+    protocols: Protocols,
+    configure: Option<Configure>,
+) -> auto::Builder<ConnExecutor> {
+    let mut builder = auto::Builder::new(ConnExecutor);
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    builder = match protocols {
+        Protocols::Both => builder,
+        Protocols::Http1 => builder.http1_only(),
+        Protocols::Http2 => builder.http2_only(),
+    };
+    if let Some(configure) = configure {
+        configure(&mut builder);
+    }
+    builder
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("health", &self.health)
+            .field("grpc", &self.grpc)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One connection, as its requests and the drain see it.
+#[derive(Debug)]
 pub(crate) struct ConnState {
+    drain: Drain,
     /// Set at the first request: until then, the drain may close the connection at once.
     request_seen: AtomicBool,
     /// Requests in flight on this connection (HTTP/2 runs several at once).
     active: AtomicUsize,
     /// Set by the drain: the socket's next read goes to the kernel at once (see `ConnIo`).
     read_now: AtomicBool,
+    /// Set when a response switches protocols: the socket is about to leave hyper for the
+    /// handler's task, which the lifecycle cannot abort.
+    upgraded: AtomicBool,
 }
 
 impl ConnState {
+    pub(crate) fn new(drain: Drain) -> Self {
+        ConnState {
+            drain,
+            request_seen: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            read_now: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
+        }
+    }
+
     /// Asks the socket to read what the kernel holds at its next read, even before the
     /// reactor has reported it.
     pub(crate) fn read_now(&self) {
@@ -52,7 +111,12 @@ impl ConnState {
     }
 
     pub(crate) fn take_read_now(&self) -> bool {
-        self.read_now.swap(false, Ordering::AcqRel)
+        // A load first: the swap (a locked instruction) only once it was asked for.
+        self.read_now.load(Ordering::Acquire) && self.read_now.swap(false, Ordering::AcqRel)
+    }
+
+    pub(crate) fn upgraded(&self) -> bool {
+        self.upgraded.load(Ordering::Acquire)
     }
 
     pub(crate) fn request_seen(&self) -> bool {
@@ -65,15 +129,26 @@ impl ConnState {
 }
 
 /// One request in flight: counted for the service (the report) and for its connection (the
-/// drain), until its response body has ended.
+/// drain), until its response body has ended. The connection is the unit the drain waits for;
+/// the request is only counted (one atomic add each way on the service's counters).
 pub(crate) struct RequestGuard {
-    _work: WorkGuard,
     conn: Arc<ConnState>,
+}
+
+impl RequestGuard {
+    fn new(conn: &Arc<ConnState>) -> Self {
+        conn.drain.request_started();
+        conn.active.fetch_add(1, Ordering::AcqRel);
+        RequestGuard {
+            conn: Arc::clone(conn),
+        }
+    }
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.conn.active.fetch_sub(1, Ordering::AcqRel);
+        self.conn.drain.request_finished();
     }
 }
 
@@ -120,52 +195,92 @@ where
                 response: Some(response),
             };
         }
-        self.conn.active.fetch_add(1, Ordering::AcqRel);
-        let guard = RequestGuard {
-            _work: self.shared.drain.track_request(),
-            conn: Arc::clone(&self.conn),
-        };
-        req.extensions_mut().insert(self.shared.drain.clone());
-        let cutoff = self
-            .shared
-            .grpc
-            .then(|| Cutoff::new(self.shared.drain.deadline_token()));
+        let guard = RequestGuard::new(&self.conn);
+        if self.shared.grpc {
+            // tonic handlers read it from the request; axum's extractor finds it while the
+            // handler runs (`serving`), without an allocation per request.
+            req.extensions_mut().insert(self.shared.drain.clone());
+        }
         ResponseFuture::App {
             future: hyper::service::Service::call(&self.app, req),
             guard: Some(guard),
-            cutoff,
+            grpc: self.shared.grpc,
+            watch: None,
         }
     }
 }
 
-/// The drain deadline, as a gRPC response watches it: a response still pending, or still
-/// streaming, then ends with status UNAVAILABLE while the connection can still carry it (the
-/// lifecycle aborts what is left a moment later).
-pub(crate) struct Cutoff {
-    deadline: CancellationToken,
-    /// Made at the first wait, so that a quick response costs no allocation.
+/// The drain deadline, as a waiting request watches it: registered at its first wait only, so
+/// that a quick request costs nothing.
+pub(crate) struct Watch {
+    /// gRPC: the deadline itself, to end with UNAVAILABLE while the connection can carry it.
+    cutoff: Option<Deadline>,
+    /// The abort a moment later: the request ends, whatever it is.
+    abort: Deadline,
+}
+
+struct Deadline {
+    token: CancellationToken,
     wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
-impl Cutoff {
-    fn new(deadline: CancellationToken) -> Self {
-        Cutoff {
-            deadline,
-            wait: None,
-        }
+impl Deadline {
+    fn new(token: CancellationToken) -> Self {
+        Deadline { token, wait: None }
     }
 
-    /// Whether the deadline has passed; if not, the task is woken when it does.
+    /// Whether it has passed; if not, the task is woken when it does.
     fn reached(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.deadline.is_cancelled() {
+        if self.token.is_cancelled() {
             return true;
         }
-        let deadline = &self.deadline;
+        let token = &self.token;
         self.wait
-            .get_or_insert_with(|| Box::pin(deadline.clone().cancelled_owned()))
+            .get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()))
             .as_mut()
             .poll(cx)
             .is_ready()
+    }
+}
+
+/// What the deadline means for a request that is waiting.
+enum Ending {
+    /// Keep waiting.
+    No,
+    /// gRPC: end with status UNAVAILABLE.
+    Unavailable,
+    /// End now.
+    Abort,
+}
+
+impl Watch {
+    fn new(drain: &Drain, grpc: bool) -> Self {
+        Watch {
+            cutoff: grpc.then(|| Deadline::new(drain.deadline_token())),
+            abort: Deadline::new(drain.hard_stop_token()),
+        }
+    }
+
+    /// The watch of the request `guard` counts, made at its first wait.
+    fn of<'a>(
+        watch: &'a mut Option<Watch>,
+        guard: &Option<RequestGuard>,
+        grpc: bool,
+    ) -> Option<&'a mut Watch> {
+        if watch.is_none() {
+            *watch = Some(Watch::new(&guard.as_ref()?.conn.drain, grpc));
+        }
+        watch.as_mut()
+    }
+
+    fn ending(&mut self, cx: &mut Context<'_>) -> Ending {
+        if self.abort.reached(cx) {
+            Ending::Abort
+        } else if self.cutoff.as_mut().is_some_and(|c| c.reached(cx)) {
+            Ending::Unavailable
+        } else {
+            Ending::No
+        }
     }
 
     /// `grpc-status: 14` (UNAVAILABLE, which clients may retry) and why: the headers of a
@@ -192,7 +307,8 @@ pin_project! {
             #[pin]
             future: TowerToHyperServiceFuture<S, Request<Incoming>>,
             guard: Option<RequestGuard>,
-            cutoff: Option<Cutoff>,
+            grpc: bool,
+            watch: Option<Watch>,
         },
         Ready { response: Option<Response<ResponseBody<B>>> },
     }
@@ -209,27 +325,43 @@ where
             ResponseFutureProj::App {
                 future,
                 guard,
-                cutoff,
-            } => match future.poll(cx) {
+                grpc,
+                watch,
+            } => match serving(guard, || future.poll(cx)) {
                 Poll::Pending => {
-                    if !cutoff.as_mut().is_some_and(|c| c.reached(cx)) {
-                        return Poll::Pending;
-                    }
-                    // Answer UNAVAILABLE (trailers-only); dropping the handler cancels it.
-                    guard.take();
                     let mut response = Response::new(ResponseBody::Text { text: None });
-                    *response.headers_mut() = Cutoff::unavailable();
-                    response
-                        .headers_mut()
-                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                    let ending =
+                        Watch::of(watch, guard, *grpc).map_or(Ending::No, |w| w.ending(cx));
+                    match ending {
+                        Ending::No => return Poll::Pending,
+                        // A trailers-only response.
+                        Ending::Unavailable => {
+                            *response.headers_mut() = Watch::unavailable();
+                            response
+                                .headers_mut()
+                                .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                        }
+                        // The connection is being closed: this answer goes nowhere, but the
+                        // handler is dropped (cancelled) and the stream's task ends.
+                        Ending::Abort => *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE,
+                    }
+                    guard.take();
                     Poll::Ready(Ok(response))
                 }
                 // The request stays in flight until its body has been sent.
                 Poll::Ready(Ok(response)) => {
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                        && let Some(guard) = guard
+                    {
+                        // Before hyper hands the socket to the handler: from now on it must
+                        // watch the deadline itself.
+                        guard.conn.upgraded.store(true, Ordering::Release);
+                    }
                     Poll::Ready(Ok(response.map(|body| ResponseBody::App {
                         body,
                         guard: guard.take(),
-                        cutoff: cutoff.take(),
+                        grpc: *grpc,
+                        watch: watch.take(),
                     })))
                 }
                 // Dropping the guard ends the request: hyper closes the connection.
@@ -255,7 +387,8 @@ pin_project! {
             body: B,
             // `None` once the body has ended (or was cut off).
             guard: Option<RequestGuard>,
-            cutoff: Option<Cutoff>,
+            grpc: bool,
+            watch: Option<Watch>,
         },
         Text { text: Option<&'static str> },
     }
@@ -277,10 +410,11 @@ where
             ResponseBodyProj::App {
                 body,
                 guard,
-                cutoff,
+                grpc,
+                watch,
             } => {
-                if guard.is_none() && cutoff.is_some() {
-                    // Ended by the cutoff's trailers.
+                if guard.is_none() {
+                    // Ended: by the body itself, or by the deadline.
                     return Poll::Ready(None);
                 }
                 let polled = body.poll_frame(cx);
@@ -288,14 +422,19 @@ where
                     Poll::Ready(None | Some(Err(_))) => {
                         guard.take();
                     }
-                    Poll::Pending => {
-                        if let Some(c) = cutoff
-                            && c.reached(cx)
-                        {
+                    Poll::Pending => match Watch::of(watch, guard, *grpc)
+                        .map_or(Ending::No, |w| w.ending(cx))
+                    {
+                        Ending::No => {}
+                        Ending::Unavailable => {
                             guard.take();
-                            return Poll::Ready(Some(Ok(Frame::trailers(Cutoff::unavailable()))));
+                            return Poll::Ready(Some(Ok(Frame::trailers(Watch::unavailable()))));
                         }
-                    }
+                        Ending::Abort => {
+                            guard.take();
+                            return Poll::Ready(None);
+                        }
+                    },
                     Poll::Ready(Some(Ok(_))) => {}
                 }
                 polled
@@ -319,4 +458,36 @@ where
             ResponseBody::Text { text } => SizeHint::with_exact(text.map_or(0, |t| t.len() as u64)),
         }
     }
+}
+
+thread_local! {
+    /// The drain of the request being polled on this thread, for the axum extractor: set around
+    /// each poll of a handler, so no request pays for an extension it may never read.
+    static SERVING: RefCell<Option<Drain>> = const { RefCell::new(None) };
+    static IN_HANDLER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Polls a handler with its service's drain findable by [`serving_drain`].
+fn serving<T>(guard: &Option<RequestGuard>, poll: impl FnOnce() -> T) -> T {
+    let Some(guard) = guard else { return poll() };
+    let drain = &guard.conn.drain;
+    SERVING.with(|serving| {
+        let mut serving = serving.borrow_mut();
+        // The same service as the last request on this thread, almost always: no clone.
+        if !serving.as_ref().is_some_and(|d| d.same_as(drain)) {
+            *serving = Some(drain.clone());
+        }
+    });
+    let outer = IN_HANDLER.replace(true);
+    let polled = poll();
+    IN_HANDLER.set(outer);
+    polled
+}
+
+/// The drain of the handler running now on this thread, if a server of this module runs it.
+pub(crate) fn serving_drain() -> Option<Drain> {
+    if !IN_HANDLER.get() {
+        return None;
+    }
+    SERVING.with(|serving| serving.borrow().clone())
 }

@@ -13,22 +13,19 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::error::BoxError;
 use crate::http::bind::{self, Listen, SocketOptions};
-use crate::http::connection::{self, DrainExecutor};
+use crate::http::connection::{self, ConnExecutor};
 use crate::http::health::Health;
-use crate::http::request::Shared;
+use crate::http::request::{self, Configure, Protocols, Shared};
 use crate::service::{Service, StartContext};
 
 /// How long the accept loop waits after an error that is not about one connection (out of file
 /// descriptors, say) before accepting again, so that it does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-type Configure = Box<dyn FnOnce(&mut auto::Builder<DrainExecutor>) + Send>;
 
 /// An HTTP/1.1 and cleartext HTTP/2 server for any tower `Service` (an axum `Router` goes in
 /// as it is; so do tonic's routes), to add to a [`Lifecycle`](crate::Lifecycle) as a service.
@@ -37,9 +34,9 @@ type Configure = Box<dyn FnOnce(&mut auto::Builder<DrainExecutor>) + Send>;
 ///   records the address, and fails the lifecycle's start with the address and cause if it
 ///   cannot.
 /// - **Serve**: every connection and request is counted (atomics on the service's own
-///   [`Drain`](crate::Drain), no lock), for the report. Each request carries the `Drain` in
-///   its extensions, so a handler can learn of the drain: with axum, take `lameduck::Drain` as
-///   an argument. `/livez` and `/readyz` are answered before the app ([`Health`]).
+///   [`Drain`](crate::Drain), no lock), for the report. A handler can learn of the drain: with
+///   axum, take `lameduck::Drain` as an argument. `/livez` and `/readyz` are answered before
+///   the app ([`Health`]).
 /// - **Drain**: the listener closes first, so new connections are refused and the port can be
 ///   bound by another process at once. A connection on which no request has begun (just
 ///   connected, or partway through its first headers) closes at once; an idle HTTP/1.1
@@ -75,13 +72,6 @@ pub struct HttpServer<S> {
     health: Option<Health>,
     protocols: Protocols,
     configure: Option<Configure>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Protocols {
-    Both,
-    Http1,
-    Http2,
 }
 
 impl<S> HttpServer<S> {
@@ -167,8 +157,8 @@ impl<S> HttpServer<S> {
     }
 
     /// Tunes hyper's connection builder (timeouts, window sizes, header limits) before the
-    /// server starts. Its timer is set already, so hyper's HTTP/1 header-read timeout (30 s)
-    /// and HTTP/2 keep-alive options work.
+    /// server starts. Its timer is set already, so hyper's HTTP/1 header-read
+    /// timeout (30 s) and HTTP/2 keep-alive options work.
     ///
     /// ```
     /// use lameduck::http::HttpServer;
@@ -183,7 +173,7 @@ impl<S> HttpServer<S> {
     /// ```
     pub fn configure(
         mut self,
-        configure: impl FnOnce(&mut auto::Builder<DrainExecutor>) + Send + 'static,
+        configure: impl FnOnce(&mut auto::Builder<ConnExecutor>) + Send + 'static,
     ) -> Self {
         self.configure = Some(Box::new(configure));
         self
@@ -239,23 +229,11 @@ where
 
     async fn start(self, ctx: StartContext) -> Result<Self::Serve, BoxError> {
         let listener = bind::bind(&ctx, self.listen, self.socket).await?;
-        let drain = ctx.drain();
-        let mut builder = auto::Builder::new(DrainExecutor(drain.clone()));
-        builder.http1().timer(TokioTimer::new());
-        builder.http2().timer(TokioTimer::new());
-        builder = match self.protocols {
-            Protocols::Both => builder,
-            Protocols::Http1 => builder.http1_only(),
-            Protocols::Http2 => builder.http2_only(),
-        };
-        if let Some(configure) = self.configure {
-            configure(&mut builder);
-        }
         let shared = Arc::new(Shared {
-            drain,
+            drain: ctx.drain(),
             handle: ctx.handle(),
             health: self.health,
-            builder,
+            builder: request::builder(self.protocols, self.configure),
             grpc: self.grpc,
         });
         let name: Arc<str> = ctx.name().into();

@@ -1,0 +1,151 @@
+//! `bench-server <kind> <addr>`: one server for the benchmarks, serving the same app through
+//! different machinery, so that a difference between kinds is the machinery's.
+//!
+//! HTTP kinds serve one axum `Router` (`GET /` answers "ok", `GET /slow?ms=N` waits N ms):
+//! - `hyper`: a bare hyper-util accept loop (auto builder), drained with hyper-util's
+//!   `GracefulShutdown` on SIGTERM: the baseline;
+//! - `axum`: `axum::serve(..).with_graceful_shutdown(SIGTERM)`;
+//! - `lameduck`: a `Lifecycle` with an `HttpServer`.
+//!
+//! gRPC kinds serve the demo's `demo.v1.Echo`:
+//! - `tonic`: `tonic::transport::Server`, shut down on SIGTERM;
+//! - `lameduck-grpc`: a `Lifecycle` with a `GrpcServer`.
+//!
+//! Prints `READY <addr>` once it accepts, and exits when its shutdown is done.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Query;
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use lameduck::Lifecycle;
+use lameduck::grpc::GrpcServer;
+use lameduck::http::HttpServer;
+use lameduck_demo::grpc_api::EchoService;
+use lameduck_demo::proto::echo_server::EchoServer;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Deserialize)]
+struct Slow {
+    ms: u64,
+}
+
+fn app() -> Router {
+    Router::new().route("/", get(|| async { "ok" })).route(
+        "/slow",
+        get(|Query(q): Query<Slow>| async move {
+            tokio::time::sleep(Duration::from_millis(q.ms)).await;
+            "slept"
+        }),
+    )
+}
+
+async fn sigterm() {
+    if let Ok(mut term) = signal(SignalKind::terminate()) {
+        term.recv().await;
+    }
+}
+
+fn ready(addr: std::net::SocketAddr) {
+    println!("READY {addr}");
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let (Some(kind), Some(addr)) = (args.next(), args.next()) else {
+        eprintln!("usage: bench-server hyper|axum|lameduck|tonic|lameduck-grpc ADDR");
+        std::process::exit(2);
+    };
+    match kind.as_str() {
+        "hyper" => hyper_server(&addr).await,
+        "axum" => {
+            let listener = TcpListener::bind(&addr).await.expect("bind");
+            ready(listener.local_addr().expect("addr"));
+            // TCP_NODELAY, as the other kinds set it: the comparison is of the machinery.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+                let _ = stream.set_nodelay(true);
+            });
+            axum::serve(listener, app())
+                .with_graceful_shutdown(sigterm())
+                .await
+                .expect("serve");
+        }
+        "lameduck" => {
+            lameduck(Lifecycle::new().service("web", HttpServer::bind(&addr, app()))).await
+        }
+        "tonic" => {
+            let listener = TcpListener::bind(&addr).await.expect("bind");
+            ready(listener.local_addr().expect("addr"));
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            tonic::transport::Server::builder()
+                .add_service(EchoServer::new(EchoService))
+                .serve_with_incoming_shutdown(incoming, sigterm())
+                .await
+                .expect("serve");
+        }
+        "lameduck-grpc" => {
+            lameduck(
+                Lifecycle::new().service(
+                    "grpc",
+                    GrpcServer::bind(&addr)
+                        .add_service(EchoServer::new(EchoService))
+                        .without_reflection(),
+                ),
+            )
+            .await
+        }
+        other => {
+            eprintln!("unknown kind {other}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn lameduck(lifecycle: Lifecycle) {
+    let handle = lifecycle.handle();
+    tokio::spawn(async move {
+        if handle.wait_ready().await.is_ok() {
+            for service in ["web", "grpc"] {
+                if let Some(addr) = handle.addresses(service).first() {
+                    println!("READY {addr}");
+                }
+            }
+        }
+    });
+    let report = lifecycle.run().await;
+    report.exit();
+}
+
+/// The baseline: hyper-util's own accept loop and graceful shutdown, nothing else.
+async fn hyper_server(addr: &str) {
+    let listener = TcpListener::bind(addr).await.expect("bind");
+    ready(listener.local_addr().expect("addr"));
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let service = TowerToHyperService::new(app());
+    let stop = sigterm();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                let Ok((stream, _)) = conn else { continue };
+                let _ = stream.set_nodelay(true);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service.clone());
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            () = &mut stop => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
