@@ -192,3 +192,20 @@ pub async fn silent(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
     }
     held
 }
+
+/// `n` connections that sent part of a request's headers, and stalled (a slow or stuck client).
+pub async fn half_sent(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        if let Ok(mut stream) = TcpStream::connect(addr).await
+            && stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nX-Stalled: ")
+                .await
+                .is_ok()
+        {
+            held.push(stream);
+        }
+    }
+    held
+}
