@@ -151,8 +151,9 @@ impl Drain {
         self.inner.deadline.is_cancelled()
     }
 
-    /// Runs `work` (a connection, a request) as a tracked task: the drain waits for it, and at
-    /// the drain deadline it is aborted (the handle then yields `None`).
+    /// Runs `work` (a connection, a request) as a tracked task: the drain waits for it, and
+    /// once the drain deadline has passed it is aborted, at most 100 ms after the deadline
+    /// (the handle then yields `None`).
     ///
     /// The future is not told about the drain: a connection that should close early (HTTP
     /// keep-alive, HTTP/2 GOAWAY) watches [`draining`](Drain::draining) itself.
@@ -169,8 +170,8 @@ impl Drain {
     }
 
     /// Like [`spawn`](Drain::spawn), but not counted as a unit of work: for a task that belongs
-    /// to a unit counted elsewhere (an HTTP/2 stream of a tracked connection). The drain still
-    /// waits for it, and the deadline aborts it.
+    /// to a unit counted elsewhere (an HTTP connection's task, whose socket holds the unit). The
+    /// drain still waits for it, and the abort after the deadline ends it.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn spawn_attached<F>(&self, work: F) -> JoinHandle<Option<F::Output>>
     where

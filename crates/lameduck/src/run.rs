@@ -590,6 +590,19 @@ impl Run {
         }
     }
 
+    /// Records ends until nothing runs any more (`true`) or `limit` has passed (`false`).
+    async fn ends_within(&mut self, limit: Duration) -> bool {
+        let timer = tokio::time::sleep(limit);
+        tokio::pin!(timer);
+        loop {
+            tokio::select! {
+                biased;
+                more = self.next_end() => if !more { return true },
+                () = &mut timer => return false,
+            }
+        }
+    }
+
     /// A unit has nothing running any more.
     fn done(&mut self, i: usize) {
         let unit = &mut self.units[i];
@@ -655,15 +668,7 @@ impl Run {
             since_trigger_ms = ms(began.elapsed()),
             "draining: listeners closing, in-flight work finishing"
         );
-        let deadline = tokio::time::sleep(self.config.drain_deadline);
-        tokio::pin!(deadline);
-        let drained = loop {
-            tokio::select! {
-                biased;
-                more = self.next_end() => if !more { break true },
-                () = &mut deadline => break false,
-            }
-        };
+        let drained = self.ends_within(self.config.drain_deadline).await;
         if !drained {
             self.abort_remaining().await;
         }
@@ -689,31 +694,14 @@ impl Run {
         }
         // Tell the work first: a response can still end with a status of its own.
         self.deadline.cancel();
-        let notice = tokio::time::sleep(ABORT_NOTICE);
-        tokio::pin!(notice);
-        loop {
-            tokio::select! {
-                biased;
-                more = self.next_end() => if !more { break },
-                () = &mut notice => break,
-            }
-        }
+        self.ends_within(ABORT_NOTICE).await;
         self.hard_stop.cancel();
         self.running.abort_all();
         // Aborts land at each task's next poll. Wait for them, so that listeners and connections
         // are closed before the hooks run, but not forever: work held by a guard outside
         // `Drain::spawn`, or a task stuck in blocking code, cannot be aborted from here.
-        let grace = tokio::time::sleep(ABORT_GRACE);
-        tokio::pin!(grace);
-        loop {
-            tokio::select! {
-                biased;
-                more = self.next_end() => if !more { break },
-                () = &mut grace => {
-                    tracing::error!(target: "lameduck", "aborted work did not stop within {ABORT_GRACE:?}");
-                    break;
-                }
-            }
+        if !self.ends_within(ABORT_GRACE).await {
+            tracing::error!(target: "lameduck", "aborted work did not stop within {ABORT_GRACE:?}");
         }
         self.idle.abort_all();
         while self.idle.join_next().await.is_some() {}

@@ -29,6 +29,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_prost::ProstCodec;
 
+mod support;
+use support::wait_refused;
+
 const WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -230,17 +233,6 @@ async fn start(lifecycle: Lifecycle) -> Running {
     }
 }
 
-async fn wait_refused(addr: SocketAddr) {
-    let began = Instant::now();
-    while began.elapsed() < WAIT {
-        if TcpStream::connect(addr).await.is_err() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("{addr} still accepts connections");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unary_rpc_in_flight_completes_across_the_shutdown_of_both_servers() {
     let mut running = start(Lifecycle::new()).await;
@@ -301,6 +293,10 @@ async fn health_is_serving_when_ready_and_not_serving_from_the_start_of_the_shut
     let mut watch = health.watch(check("")).await.unwrap().into_inner();
     let first = watch.next().await.unwrap().unwrap();
     assert_eq!(first.status, ServingStatus::Serving as i32);
+    // The protocol: an unknown service is watched as SERVICE_UNKNOWN, not refused.
+    let mut unknown = health.watch(check("nope.Nope")).await.unwrap().into_inner();
+    let first = unknown.next().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::ServiceUnknown as i32);
 
     running.handle.shutdown();
     // The watch says NOT_SERVING and ends cleanly, during the lame-duck delay: it never holds
@@ -316,6 +312,13 @@ async fn health_is_serving_when_ready_and_not_serving_from_the_start_of_the_shut
             .unwrap()
             .is_none(),
         "the watch ends with status OK"
+    );
+    assert!(
+        tokio::time::timeout(WAIT, unknown.next())
+            .await
+            .unwrap()
+            .is_none(),
+        "so does the unknown service's"
     );
     for service in ["", "test.Echo"] {
         let status = health.check(check(service)).await.unwrap().into_inner();

@@ -25,8 +25,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+mod support;
+use support::wait_refused;
+
 /// Generous: the machines are shared and noisy. Speed is measured in benchmarks.
 const WAIT: Duration = Duration::from_secs(10);
+
+/// The size of `/big`'s body: far more than the socket buffers hold.
+const BIG: usize = 16 << 20;
 
 /// The app under test. `/sleep/{ms}` says `started` on the channel when it begins.
 fn app(started: mpsc::UnboundedSender<()>) -> Router {
@@ -44,6 +50,7 @@ fn app(started: mpsc::UnboundedSender<()>) -> Router {
             }),
         )
         .route("/ticks", get(ticks))
+        .route("/big", get(|| async { vec![b'x'; BIG] }))
         .route("/echo", get(upgrade_to_echo))
 }
 
@@ -199,18 +206,6 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     })
     .await
     .is_ok()
-}
-
-/// Waits (bounded) until connecting to `addr` is refused: the listener has closed.
-async fn wait_refused(addr: SocketAddr) -> Instant {
-    let began = Instant::now();
-    while began.elapsed() < WAIT {
-        if TcpStream::connect(addr).await.is_err() {
-            return Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("{addr} still accepts connections {WAIT:?} into the drain");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,6 +384,56 @@ async fn a_request_unread_in_the_kernel_when_the_drain_begins_is_served() {
         "served, not dropped: {answer:?}"
     );
     assert!(answer.ends_with("fast\n"), "{answer}");
+    assert_eq!(running.report().await.exit_code, ExitCode::Clean);
+}
+
+/// The same on a new connection, with a request longer than the 24 bytes hyper-util reads to
+/// tell HTTP/1.1 from HTTP/2.
+#[tokio::test(flavor = "current_thread")]
+async fn a_first_request_unread_in_the_kernel_when_the_drain_begins_is_served() {
+    let running = start_default().await;
+    let stream = TcpStream::connect(running.addr).await.unwrap();
+    // Accepted, and its connection waiting for the first bytes.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut std_stream = stream.into_std().unwrap();
+    std::io::Write::write_all(
+        &mut std_stream,
+        b"GET /fast HTTP/1.1\r\nHost: t\r\nUser-Agent: a-first-request-longer-than-24-bytes\r\n\r\n",
+    )
+    .unwrap();
+    running.handle.shutdown();
+
+    let mut stream = TcpStream::from_std(std_stream).unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "served, not dropped: {answer:?}"
+    );
+    assert_eq!(running.report().await.exit_code, ExitCode::Clean);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_response_to_a_slow_reader_is_not_cut_off_by_the_drain() {
+    let running = start_default().await;
+    let mut stream = TcpStream::connect(running.addr).await.unwrap();
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    // The handler is done at once; the body sits in hyper's buffer and the socket's while this
+    // client reads nothing, for longer than the drain's idle grace (1 s).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    running.handle.shutdown();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("the server closes after the response")
+        .unwrap();
+    let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(answer.len() - head_end, BIG, "the whole body arrived");
     assert_eq!(running.report().await.exit_code, ExitCode::Clean);
 }
 

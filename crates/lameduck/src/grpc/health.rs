@@ -66,9 +66,12 @@ impl Health for LifecycleHealth {
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthWatch>, Status> {
-        self.known(&request)?;
+        // The health protocol: an unknown service is watched too, as SERVICE_UNKNOWN (it may
+        // be registered later); here it never is, and the stream ends at the shutdown.
+        let unknown = self.known(&request).is_err();
         Ok(Response::new(HealthWatch {
             states: WatchStream::new(self.handle.subscribe()),
+            unknown,
             last: None,
             ended: false,
         }))
@@ -79,6 +82,7 @@ impl Health for LifecycleHealth {
 /// (status OK), so a watching client holds no connection open through the drain.
 pub(crate) struct HealthWatch {
     states: WatchStream<State>,
+    unknown: bool,
     last: Option<ServingStatus>,
     ended: bool,
 }
@@ -95,7 +99,11 @@ impl Stream for HealthWatch {
                 return Poll::Ready(None);
             };
             self.ended = matches!(state, State::Draining | State::Stopped);
-            let status = status_of(state);
+            let status = if self.unknown {
+                ServingStatus::ServiceUnknown
+            } else {
+                status_of(state)
+            };
             if self.last != Some(status) {
                 self.last = Some(status);
                 return Poll::Ready(Some(Ok(HealthCheckResponse {

@@ -33,9 +33,10 @@
 //!   service whose file descriptor set is registered with
 //!   [`file_descriptor_set`](GrpcServer::file_descriptor_set); grpcurl-style clients can list
 //!   and call them.
-//! - **Drain**: the listener closes first; a connection that never sent the HTTP/2 preface (a
-//!   port scanner, a stalled probe) is closed at once; the others get GOAWAY (new RPCs are
-//!   refused the standard way, so clients retry elsewhere) and finish their RPCs in flight.
+//! - **Drain**: the listener closes first; a connection that never completed the HTTP/2
+//!   preface (a port scanner, a stalled probe) is closed at once; the others get GOAWAY (new
+//!   RPCs are refused the standard way, so clients retry elsewhere) and finish their RPCs in
+//!   flight.
 //!   Handlers learn of the drain from the [`Drain`](crate::Drain) in the request's extensions
 //!   (`request.extensions().get::<lameduck::Drain>()`).
 //! - **Deadline**: an RPC still running ends with status UNAVAILABLE ("server shutting down:

@@ -1,5 +1,6 @@
-//! One connection: its socket (tracked by the drain, and closed at the deadline even after an
-//! upgrade), its hyper connection, and how it ends when the drain begins.
+//! One connection: its socket (tracked by the drain, and closed at the abort after the drain
+//! deadline, even after an upgrade), its hyper connection, and how it ends when the drain
+//! begins.
 
 use std::future::Future;
 use std::io::{self, Read};
@@ -86,18 +87,19 @@ where
                     log_end(peer, result);
                     return;
                 }
-                if !state.request_seen() {
+                if state.closable_at_once() {
                     // Dropping the connection closes the socket.
                     return;
                 }
                 conn.as_mut().graceful_shutdown();
-                // With no request in flight, an HTTP/2 connection still waits for the client
-                // to acknowledge the GOAWAY; a client that never does must not hold the drain.
+                // With nothing in flight, an HTTP/2 connection still waits for the client to
+                // acknowledge the GOAWAY; a client that never does must not hold the drain. A
+                // response still being written is in flight: it is not cut off here.
                 tokio::select! {
                     biased;
                     result = conn.as_mut() => result,
                     () = tokio::time::sleep(IDLE_CLOSE_GRACE) => {
-                        if state.active() == 0 {
+                        if state.quiet() {
                             return;
                         }
                         conn.await
@@ -117,8 +119,10 @@ fn log_end(peer: SocketAddr, result: Result<(), BoxError>) {
 
 /// The accepted socket, as the connection (and, after an upgrade, the WebSocket or tunnel)
 /// sees it. It holds the connection's unit of work, so the drain waits for an upgraded
-/// connection too until it ends; once upgraded, it watches the deadline, and past it fails
-/// every read and write and closes the socket, so that nothing outlives the shutdown.
+/// connection too until it ends. Once upgraded, it watches the abort that follows the drain
+/// deadline: from then on every read and write fails and the socket is closed (at the next
+/// read or write its task polls; a waiting one is woken for it), so that nothing outlives the
+/// shutdown.
 pub(crate) struct ConnIo {
     stream: Option<TcpStream>,
     _guard: Option<WorkGuard>,
@@ -171,6 +175,9 @@ impl ConnIo {
             return Poll::Ready(Err(self.close()));
         };
         let polled = op(Pin::new(stream), cx);
+        if write {
+            self.state.set_write_blocked(polled.is_pending());
+        }
         // Only an upgraded socket waits on the deadline itself (a lock-free check otherwise):
         // hyper's connections are closed by their task, which the deadline aborts.
         if polled.is_pending() && self.state.upgraded() {
@@ -196,21 +203,34 @@ impl AsyncRead for ConnIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.state.take_read_now()
+        if this.state.reading_now()
             && let Some(stream) = &this.stream
         {
-            // The reactor reports readiness on its next turn; the kernel knows now. The socket
-            // is non-blocking: nothing there is `WouldBlock`, and the usual path follows.
+            // The reactor reports readiness on its next turn; the kernel knows now. Reads go
+            // straight to it until it has nothing more (the socket is non-blocking), however
+            // small the reader's buffer (hyper-util's protocol sniffing reads 24 bytes).
+            let filled = buf.filled().len();
             match (&*SockRef::from(stream)).read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
+                // End of stream: the client is gone.
+                Ok(0) => {
+                    this.state.read_now_done();
                     return Poll::Ready(Ok(()));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Ok(n) => {
+                    buf.advance(n);
+                    this.state.note_read(&buf.filled()[filled..]);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => this.state.read_now_done(),
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
-        this.poll_io(cx, false, |stream, cx| stream.poll_read(cx, buf))
+        let filled = buf.filled().len();
+        let polled = this.poll_io(cx, false, |stream, cx| stream.poll_read(cx, buf));
+        if polled.is_ready() {
+            this.state.note_read(&buf.filled()[filled..]);
+        }
+        polled
     }
 }
 

@@ -91,7 +91,16 @@ pub(crate) struct ConnState {
     /// Set when a response switches protocols: the socket is about to leave hyper for the
     /// handler's task, which the lifecycle cannot abort.
     upgraded: AtomicBool,
+    /// The connection began with the HTTP/2 preface's first bytes.
+    h2: AtomicBool,
+    /// Bytes read so far, up to the length of the HTTP/2 preface (it is all that matters).
+    prefix_read: AtomicUsize,
+    /// A write is waiting for the peer to take data: a response is still on its way out.
+    write_blocked: AtomicBool,
 }
+
+/// The HTTP/2 client preface's length.
+pub(crate) const H2_PREFACE_LEN: usize = 24;
 
 impl ConnState {
     pub(crate) fn new(drain: Drain) -> Self {
@@ -101,6 +110,9 @@ impl ConnState {
             active: AtomicUsize::new(0),
             read_now: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
+            h2: AtomicBool::new(false),
+            prefix_read: AtomicUsize::new(0),
+            write_blocked: AtomicBool::new(false),
         }
     }
 
@@ -110,9 +122,49 @@ impl ConnState {
         self.read_now.store(true, Ordering::Release);
     }
 
-    pub(crate) fn take_read_now(&self) -> bool {
-        // A load first: the swap (a locked instruction) only once it was asked for.
-        self.read_now.load(Ordering::Acquire) && self.read_now.swap(false, Ordering::AcqRel)
+    /// Whether reads go straight to the kernel (until one finds nothing there).
+    pub(crate) fn reading_now(&self) -> bool {
+        self.read_now.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn read_now_done(&self) {
+        self.read_now.store(false, Ordering::Release);
+    }
+
+    /// Notes the first bytes a connection read: whether it speaks HTTP/2, and how much of the
+    /// preface has come.
+    pub(crate) fn note_read(&self, bytes: &[u8]) {
+        let before = self.prefix_read.load(Ordering::Relaxed);
+        if before >= H2_PREFACE_LEN || bytes.is_empty() {
+            return;
+        }
+        if before == 0 && bytes.starts_with(b"PRI") {
+            self.h2.store(true, Ordering::Release);
+        }
+        self.prefix_read.store(
+            (before + bytes.len()).min(H2_PREFACE_LEN),
+            Ordering::Release,
+        );
+    }
+
+    /// Whether the connection can be closed at once at the drain: no request has begun, and it
+    /// is not an HTTP/2 connection past its preface (that one gets a GOAWAY, so a request the
+    /// client is sending at this moment is retried elsewhere, not lost).
+    pub(crate) fn closable_at_once(&self) -> bool {
+        let h2_open = self.h2.load(Ordering::Acquire)
+            && self.prefix_read.load(Ordering::Acquire) >= H2_PREFACE_LEN;
+        !(self.request_seen() || h2_open)
+    }
+
+    pub(crate) fn set_write_blocked(&self, blocked: bool) {
+        if self.write_blocked.load(Ordering::Relaxed) != blocked {
+            self.write_blocked.store(blocked, Ordering::Release);
+        }
+    }
+
+    /// Whether nothing is in flight: no request running, and no response still being written.
+    pub(crate) fn quiet(&self) -> bool {
+        self.active() == 0 && !self.write_blocked.load(Ordering::Acquire)
     }
 
     pub(crate) fn upgraded(&self) -> bool {
@@ -201,10 +253,12 @@ where
             // handler runs (`serving`), without an allocation per request.
             req.extensions_mut().insert(self.shared.drain.clone());
         }
+        let connect = req.method() == http::Method::CONNECT;
         ResponseFuture::App {
             future: hyper::service::Service::call(&self.app, req),
             guard: Some(guard),
             grpc: self.shared.grpc,
+            connect,
             watch: None,
         }
     }
@@ -308,6 +362,8 @@ pin_project! {
             future: TowerToHyperServiceFuture<S, Request<Incoming>>,
             guard: Option<RequestGuard>,
             grpc: bool,
+            // A CONNECT request: a 2xx answer hands the socket over, as a 101 does.
+            connect: bool,
             watch: Option<Watch>,
         },
         Ready { response: Option<Response<ResponseBody<B>>> },
@@ -326,6 +382,7 @@ where
                 future,
                 guard,
                 grpc,
+                connect,
                 watch,
             } => match serving(guard, || future.poll(cx)) {
                 Poll::Pending => {
@@ -350,7 +407,9 @@ where
                 }
                 // The request stays in flight until its body has been sent.
                 Poll::Ready(Ok(response)) => {
-                    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                    let status = response.status();
+                    if (status == StatusCode::SWITCHING_PROTOCOLS
+                        || (*connect && status.is_success()))
                         && let Some(guard) = guard
                     {
                         // Before hyper hands the socket to the handler: from now on it must
@@ -478,10 +537,15 @@ fn serving<T>(guard: &Option<RequestGuard>, poll: impl FnOnce() -> T) -> T {
             *serving = Some(drain.clone());
         }
     });
-    let outer = IN_HANDLER.replace(true);
-    let polled = poll();
-    IN_HANDLER.set(outer);
-    polled
+    /// Restores the flag however the poll ends, a handler's panic included.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            IN_HANDLER.set(self.0);
+        }
+    }
+    let _restore = Restore(IN_HANDLER.replace(true));
+    poll()
 }
 
 /// The drain of the handler running now on this thread, if a server of this module runs it.

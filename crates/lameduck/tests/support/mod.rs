@@ -124,3 +124,16 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatu
         thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Waits (bounded by [`WAIT`]) until connecting to `addr` is refused: the listener has closed.
+/// A probe that gets in first is accepted and closed like any silent connection.
+pub async fn wait_refused(addr: SocketAddr) {
+    let began = Instant::now();
+    while began.elapsed() < WAIT {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{addr} still accepts connections {WAIT:?} into the drain");
+}
