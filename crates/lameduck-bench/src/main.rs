@@ -302,6 +302,10 @@ async fn idle_shutdown(opts: &Opts, bin: &std::path::Path, out: &mut String) {
                     3 => silent = load::half_sent(server.addr, opts.silent).await,
                     _ => {}
                 }
+                // Held a moment, as idle connections are: a server may treat a connection
+                // made in the very instant of the shutdown differently (lameduck gives one
+                // that has sent nothing 50 ms to send its first request).
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 let sent = server.terminate();
                 let exited = server.exited(cap).await;
                 exit[v][i].push(exited.map(|e| ms(e.saturating_duration_since(sent))));

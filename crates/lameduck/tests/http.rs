@@ -414,6 +414,28 @@ async fn a_first_request_unread_in_the_kernel_when_the_drain_begins_is_served() 
     assert_eq!(running.report().await.exit_code, ExitCode::Clean);
 }
 
+/// A connection the kernel completed but the server had not accepted yet when the drain began:
+/// closing the listener would reset it, request and all.
+#[tokio::test(flavor = "current_thread")]
+async fn a_connection_still_in_the_listen_backlog_when_the_drain_begins_is_served() {
+    let running = start_default().await;
+    // On this thread nothing runs until the next await: the accept loop has not seen this one.
+    let mut std_stream = std::net::TcpStream::connect(running.addr).unwrap();
+    std::io::Write::write_all(&mut std_stream, b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    running.handle.shutdown();
+
+    std_stream.set_nonblocking(true).unwrap();
+    let mut stream = TcpStream::from_std(std_stream).unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "served, not reset: {answer:?}"
+    );
+    assert_eq!(running.report().await.exit_code, ExitCode::Clean);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_response_to_a_slow_reader_is_not_cut_off_by_the_drain() {
     let running = start_default().await;

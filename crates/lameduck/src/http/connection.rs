@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -21,6 +23,11 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use crate::drain::WorkGuard;
 use crate::error::BoxError;
 use crate::http::request::{ConnState, RequestService, Shared};
+
+/// How long after its accept a connection that has sent nothing yet may still deliver its first
+/// request once the drain has begun: a client that connected just before the drain is most
+/// likely sending it. Older silent connections are closed at once.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(50);
 
 /// How long a connection with no request in flight gets, once told to shut down, to close by
 /// itself (an HTTP/2 client acknowledging the GOAWAY) before it is closed.
@@ -47,13 +54,19 @@ where
 
 /// Serves one accepted connection on a task of the drain's.
 ///
-/// When the drain begins, a connection on which no request has begun (just connected, or
-/// partway through its first request's headers) is closed at once: nothing is lost. Every
+/// When the drain begins, a connection on which no request has begun (silent, or partway
+/// through its first request's headers) is closed at once: nothing is lost. One accepted in the
+/// last 50 ms that has sent nothing yet gets the rest of those 50 ms to send its request. Every
 /// other connection is told to shut down gracefully: an idle HTTP/1.1 keep-alive connection
 /// closes, a busy one finishes its response (with `Connection: close`), HTTP/2 sends GOAWAY
 /// and finishes its open streams.
-pub(crate) fn serve<S, B>(stream: TcpStream, peer: SocketAddr, app: S, shared: &Arc<Shared>)
-where
+pub(crate) fn serve<S, B>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+    app: S,
+    shared: &Arc<Shared>,
+) where
     S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
@@ -88,8 +101,24 @@ where
                     return;
                 }
                 if state.closable_at_once() {
-                    // Dropping the connection closes the socket.
-                    return;
+                    let age = accepted.elapsed();
+                    if state.nothing_read() && age < FIRST_REQUEST_GRACE {
+                        // Connected a moment ago: its first request is most likely on the
+                        // wire. It gets the rest of the grace (served as usual), then is
+                        // judged again.
+                        tokio::select! {
+                            biased;
+                            result = conn.as_mut() => {
+                                log_end(peer, result);
+                                return;
+                            }
+                            () = tokio::time::sleep(FIRST_REQUEST_GRACE - age) => {}
+                        }
+                    }
+                    if state.closable_at_once() {
+                        // Dropping the connection closes the socket.
+                        return;
+                    }
                 }
                 conn.as_mut().graceful_shutdown();
                 // With nothing in flight, an HTTP/2 connection still waits for the client to

@@ -156,6 +156,11 @@ impl ConnState {
         !(self.request_seen() || h2_open)
     }
 
+    /// Whether not a byte has come in yet.
+    pub(crate) fn nothing_read(&self) -> bool {
+        self.prefix_read.load(Ordering::Acquire) == 0
+    }
+
     pub(crate) fn set_write_blocked(&self, blocked: bool) {
         if self.write_blocked.load(Ordering::Relaxed) != blocked {
             self.write_blocked.store(blocked, Ordering::Release);

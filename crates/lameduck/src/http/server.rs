@@ -14,7 +14,9 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use socket2::SockRef;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
 use crate::error::BoxError;
 use crate::http::bind::{self, Listen, SocketOptions};
@@ -276,7 +278,7 @@ where
                 if nodelay {
                     let _ = stream.set_nodelay(true);
                 }
-                connection::serve(stream, peer, app.clone(), &shared);
+                connection::serve(stream, peer, Instant::now(), app.clone(), &shared);
             }
             Err(error) if is_connection_error(&error) => {}
             Err(error) => {
@@ -288,8 +290,26 @@ where
             }
         }
     }
+    // Connections the kernel completed but nobody accepted yet would be reset with the
+    // listener, requests and all: take them (without waiting for the reactor), and let them be
+    // served or closed like any other.
+    let mut backlog = 0usize;
+    while let Ok((socket, _)) = SockRef::from(&listener).accept() {
+        let adopted = socket.set_nonblocking(true).and_then(|()| {
+            let stream = TcpStream::from_std(socket.into())?;
+            let peer = stream.peer_addr()?;
+            Ok((stream, peer))
+        });
+        if let Ok((stream, peer)) = adopted {
+            if nodelay {
+                let _ = stream.set_nodelay(true);
+            }
+            connection::serve(stream, peer, Instant::now(), app.clone(), &shared);
+            backlog += 1;
+        }
+    }
     drop(listener);
-    tracing::debug!(target: "lameduck", service = %name, "listener closed");
+    tracing::debug!(target: "lameduck", service = %name, backlog, "listener closed");
     Ok(())
 }
 
