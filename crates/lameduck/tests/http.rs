@@ -142,8 +142,13 @@ async fn start(lifecycle: Lifecycle, server: impl FnOnce(Router) -> HttpServer<R
     }
 }
 
+/// `lifecycle` with the app on an `HttpServer` of its defaults.
+async fn start_with(lifecycle: Lifecycle) -> Running {
+    start(lifecycle, |app| HttpServer::bind("127.0.0.1:0", app)).await
+}
+
 async fn start_default() -> Running {
-    start(Lifecycle::new(), |app| HttpServer::bind("127.0.0.1:0", app)).await
+    start_with(Lifecycle::new()).await
 }
 
 type H1 = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
@@ -461,11 +466,7 @@ async fn a_large_response_to_a_slow_reader_is_not_cut_off_by_the_drain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_http2_client_does_not_hold_the_drain() {
-    let running = start(
-        Lifecycle::new().drain_deadline(Duration::from_secs(60)),
-        |app| HttpServer::bind("127.0.0.1:0", app),
-    )
-    .await;
+    let running = start_with(Lifecycle::new().drain_deadline(Duration::from_secs(60))).await;
     // The client makes one request, then its runtime stops (a frozen process): the
     // connection stays open, and nobody acknowledges the server's GOAWAY.
     let addr = running.addr;
@@ -501,10 +502,9 @@ async fn a_frozen_http2_client_does_not_hold_the_drain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_run_ends_when_the_last_response_does() {
-    let mut running = start(
+    let mut running = start_with(
         // A deadline far away: only the last response can end the drain early.
         Lifecycle::new().drain_deadline(Duration::from_secs(60)),
-        |app| HttpServer::bind("127.0.0.1:0", app),
     )
     .await;
     let (mut slow, _) = h1(running.addr).await;
@@ -531,11 +531,7 @@ async fn the_run_ends_when_the_last_response_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_closes_what_is_left_and_the_report_counts_it() {
-    let mut running = start(
-        Lifecycle::new().drain_deadline(Duration::from_millis(300)),
-        |app| HttpServer::bind("127.0.0.1:0", app),
-    )
-    .await;
+    let mut running = start_with(Lifecycle::new().drain_deadline(Duration::from_millis(300))).await;
     let (mut a, _) = h1(running.addr).await;
     let (mut b, _) = h2(running.addr).await;
     let a = tokio::spawn(async move {
@@ -632,11 +628,7 @@ async fn an_upgraded_connection_holds_the_drain_until_it_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgraded_connection_is_closed_at_the_deadline() {
-    let running = start(
-        Lifecycle::new().drain_deadline(Duration::from_millis(300)),
-        |app| HttpServer::bind("127.0.0.1:0", app),
-    )
-    .await;
+    let running = start_with(Lifecycle::new().drain_deadline(Duration::from_millis(300))).await;
     let mut stream = upgraded(running.addr).await;
     running.handle.shutdown();
     assert!(
@@ -650,11 +642,7 @@ async fn an_upgraded_connection_is_closed_at_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_turns_503_in_the_lame_duck_delay_while_requests_are_served() {
-    let running = start(
-        Lifecycle::new().lame_duck_delay(Duration::from_millis(1500)),
-        |app| HttpServer::bind("127.0.0.1:0", app),
-    )
-    .await;
+    let running = start_with(Lifecycle::new().lame_duck_delay(Duration::from_millis(1500))).await;
     let (mut send, _) = h1(running.addr).await;
     let (status, headers, body) = fetch(&mut send, "/readyz").await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "ready\n"));
