@@ -401,6 +401,36 @@ mod tests {
         assert_eq!(WorkCounts::report(None, counts, true).0.aborted, 1);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn requests_are_counted_apart_from_work_and_waited_for() {
+        let (drain, draining, _) = drain();
+        let connection = drain.track();
+        let request = drain.track_request();
+        assert_eq!((drain.in_flight(), drain.requests_in_flight()), (1, 1));
+        draining.cancel();
+        let before = drain.counts();
+        drop(connection);
+        let idle = drain.clone();
+        let waiter = tokio::spawn(async move { idle.idle().await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !waiter.is_finished(),
+            "a request guard keeps the drain waiting"
+        );
+        drop(request);
+        waiter.await.unwrap();
+        let (work, requests) = WorkCounts::report(Some(before), drain.counts(), false);
+        assert_eq!((work.total, work.drained), (1, 1));
+        assert_eq!(
+            (
+                requests.total,
+                requests.in_flight_at_drain,
+                requests.drained
+            ),
+            (1, 1, 1)
+        );
+    }
+
     #[tokio::test]
     async fn child_token_does_not_start_a_drain() {
         let (drain, draining, _) = drain();

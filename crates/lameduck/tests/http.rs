@@ -190,6 +190,18 @@ async fn fetch(
     )
 }
 
+/// A `/sleep/{ms}` request on its own connection, once its handler has started.
+async fn slow_in_flight(
+    running: &mut Running,
+    ms: u64,
+) -> JoinHandle<(StatusCode, http::HeaderMap, String)> {
+    let (mut send, _) = h1(running.addr).await;
+    let path = format!("/sleep/{ms}");
+    let slow = tokio::spawn(async move { fetch(&mut send, &path).await });
+    running.started.recv().await.unwrap();
+    slow
+}
+
 async fn fetch_h2(send: &mut H2, path: &str) -> Result<(StatusCode, String), hyper::Error> {
     send.ready().await?;
     let response = send.send_request(get_req(path)).await?;
@@ -247,9 +259,7 @@ async fn idle_keep_alive_closes_at_drain_start_while_a_slow_request_continues() 
     let n = idle.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 
-    let (mut slow, _) = h1(running.addr).await;
-    let slow = tokio::spawn(async move { fetch(&mut slow, "/sleep/1500").await });
-    running.started.recv().await.unwrap();
+    let slow = slow_in_flight(&mut running, 1500).await;
 
     running.handle.shutdown();
     let shutdown_at = Instant::now();
@@ -274,9 +284,7 @@ async fn idle_keep_alive_closes_at_drain_start_while_a_slow_request_continues() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_closes_first_and_the_port_is_bindable_during_the_drain() {
     let mut running = start_default().await;
-    let (mut slow, _) = h1(running.addr).await;
-    let slow = tokio::spawn(async move { fetch(&mut slow, "/sleep/1500").await });
-    running.started.recv().await.unwrap();
+    let slow = slow_in_flight(&mut running, 1500).await;
 
     running.handle.shutdown();
     wait_refused(running.addr).await;
@@ -309,9 +317,7 @@ async fn silent_and_half_sent_connections_close_at_once() {
     let mut silent_h2 = TcpStream::connect(running.addr).await.unwrap();
     silent_h2.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
     // A request in flight keeps the drain going, to tell "at once" from "at the end".
-    let (mut slow, _) = h1(running.addr).await;
-    let slow = tokio::spawn(async move { fetch(&mut slow, "/sleep/1500").await });
-    running.started.recv().await.unwrap();
+    let slow = slow_in_flight(&mut running, 1500).await;
 
     running.handle.shutdown();
     for (what, stream) in [

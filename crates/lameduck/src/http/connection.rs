@@ -7,10 +7,9 @@ use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -18,11 +17,13 @@ use hyper_util::rt::TokioIo;
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::drain::WorkGuard;
+use crate::drain::{Drain, WorkGuard};
 use crate::error::BoxError;
-use crate::http::request::{ConnState, RequestService, Shared};
+use crate::http::request::RequestService;
+use crate::http::server::Shared;
 
 /// How long after its accept a connection that has sent nothing yet may still deliver its first
 /// request once the drain has begun: a client that connected just before the drain is most
@@ -63,7 +64,7 @@ where
 pub(crate) fn serve<S, B>(
     stream: TcpStream,
     peer: SocketAddr,
-    accepted: Instant,
+    nodelay: bool,
     app: S,
     shared: &Arc<Shared>,
 ) where
@@ -74,6 +75,10 @@ pub(crate) fn serve<S, B>(
     B::Data: From<&'static str> + Send,
     B::Error: Into<BoxError>,
 {
+    let accepted = Instant::now();
+    if nodelay {
+        let _ = stream.set_nodelay(true);
+    }
     let drain = shared.drain.clone();
     let state = Arc::new(ConnState::new(drain.clone()));
     let io = TokioIo::new(ConnIo::new(
@@ -146,6 +151,168 @@ fn log_end(peer: SocketAddr, result: Result<(), BoxError>) {
     }
 }
 
+/// One connection, as its requests and the drain see it.
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    drain: Drain,
+    /// Set at the first request: until then, the drain may close the connection at once.
+    request_seen: AtomicBool,
+    /// Requests in flight on this connection (HTTP/2 runs several at once).
+    active: AtomicUsize,
+    /// Set by the drain: the socket's next read goes to the kernel at once (see `ConnIo`).
+    read_now: AtomicBool,
+    /// Set when a response switches protocols: the socket is about to leave hyper for the
+    /// handler's task, which the lifecycle cannot abort.
+    upgraded: AtomicBool,
+    /// The connection began with the HTTP/2 preface's first bytes.
+    h2: AtomicBool,
+    /// Bytes read so far, up to the length of the HTTP/2 preface (it is all that matters).
+    prefix_read: AtomicUsize,
+    /// A write is waiting for the peer to take data: a response is still on its way out.
+    write_blocked: AtomicBool,
+}
+
+/// The HTTP/2 client preface's length.
+const H2_PREFACE_LEN: usize = 24;
+
+impl ConnState {
+    pub(crate) fn new(drain: Drain) -> Self {
+        ConnState {
+            drain,
+            request_seen: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            read_now: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
+            h2: AtomicBool::new(false),
+            prefix_read: AtomicUsize::new(0),
+            write_blocked: AtomicBool::new(false),
+        }
+    }
+
+    /// Asks the socket to read what the kernel holds at its next read, even before the
+    /// reactor has reported it.
+    pub(crate) fn read_now(&self) {
+        self.read_now.store(true, Ordering::Release);
+    }
+
+    /// Whether reads go straight to the kernel (until one finds nothing there).
+    pub(crate) fn reading_now(&self) -> bool {
+        self.read_now.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn read_now_done(&self) {
+        self.read_now.store(false, Ordering::Release);
+    }
+
+    /// Notes the first bytes a connection read: whether it speaks HTTP/2, and how much of the
+    /// preface has come.
+    pub(crate) fn note_read(&self, bytes: &[u8]) {
+        let before = self.prefix_read.load(Ordering::Relaxed);
+        if before >= H2_PREFACE_LEN || bytes.is_empty() {
+            return;
+        }
+        if before == 0 && bytes.starts_with(b"PRI") {
+            self.h2.store(true, Ordering::Release);
+        }
+        self.prefix_read.store(
+            (before + bytes.len()).min(H2_PREFACE_LEN),
+            Ordering::Release,
+        );
+    }
+
+    /// Whether the connection can be closed at once at the drain: no request has begun, and it
+    /// is not an HTTP/2 connection past its preface (that one gets a GOAWAY, so a request the
+    /// client is sending at this moment is retried elsewhere, not lost).
+    pub(crate) fn closable_at_once(&self) -> bool {
+        let h2_open = self.h2.load(Ordering::Acquire)
+            && self.prefix_read.load(Ordering::Acquire) >= H2_PREFACE_LEN;
+        !(self.request_seen() || h2_open)
+    }
+
+    /// Whether not a byte has come in yet.
+    pub(crate) fn nothing_read(&self) -> bool {
+        self.prefix_read.load(Ordering::Acquire) == 0
+    }
+
+    pub(crate) fn set_write_blocked(&self, blocked: bool) {
+        if self.write_blocked.load(Ordering::Relaxed) != blocked {
+            self.write_blocked.store(blocked, Ordering::Release);
+        }
+    }
+
+    /// Whether nothing is in flight: no request running, and no response still being written.
+    pub(crate) fn quiet(&self) -> bool {
+        self.active.load(Ordering::Acquire) == 0 && !self.write_blocked.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn upgraded(&self) -> bool {
+        self.upgraded.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn request_seen(&self) -> bool {
+        self.request_seen.load(Ordering::Acquire)
+    }
+
+    /// A request began: counted for the service (the report) and the connection (the drain).
+    pub(crate) fn request_began(&self) {
+        self.request_seen.store(true, Ordering::Release);
+        self.drain.request_started();
+        self.active.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A request's response has ended (or it was cut off).
+    pub(crate) fn request_ended(&self) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        self.drain.request_finished();
+    }
+
+    /// A health check or another answer that is not counted still shows that the client
+    /// speaks: the connection is no longer silent.
+    pub(crate) fn saw_request(&self) {
+        self.request_seen.store(true, Ordering::Release);
+    }
+
+    /// The socket is about to leave hyper for a handler's task (a 101, or a 2xx to CONNECT).
+    pub(crate) fn mark_upgraded(&self) {
+        self.upgraded.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn drain(&self) -> &Drain {
+        &self.drain
+    }
+}
+
+/// A token waited for lazily: registered at the first wait only, so that what never waits costs
+/// nothing (the registration takes a lock shared by everything waiting on the token).
+pub(crate) struct Deadline {
+    token: CancellationToken,
+    wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+impl Deadline {
+    pub(crate) fn new(token: CancellationToken) -> Self {
+        Deadline { token, wait: None }
+    }
+
+    /// Whether it has passed (a load; nothing is registered).
+    pub(crate) fn passed(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Whether it has passed; if not, the task is woken when it does.
+    pub(crate) fn reached(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.passed() {
+            return true;
+        }
+        let token = &self.token;
+        self.wait
+            .get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()))
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+    }
+}
+
 /// The accepted socket, as the connection (and, after an upgrade, the WebSocket or tunnel)
 /// sees it. It holds the connection's unit of work, so the drain waits for an upgraded
 /// connection too until it ends. Once upgraded, it watches the abort that follows the drain
@@ -154,37 +321,34 @@ fn log_end(peer: SocketAddr, result: Result<(), BoxError>) {
 /// shutdown.
 pub(crate) struct ConnIo {
     stream: Option<TcpStream>,
-    _guard: Option<WorkGuard>,
-    deadline: CancellationToken,
+    guard: Option<WorkGuard>,
     state: Arc<ConnState>,
-    /// Created at the first read (or write) that has to wait, so the task wakes at the
-    /// deadline; one per direction, because the halves of a split stream wait in different
-    /// tasks.
-    read_deadline: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-    write_deadline: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// The abort, waited for once upgraded: one wait per direction, because the halves of a
+    /// split stream wait in different tasks.
+    read_abort: Deadline,
+    write_abort: Deadline,
 }
 
 impl ConnIo {
     fn new(
         stream: TcpStream,
         guard: WorkGuard,
-        deadline: CancellationToken,
+        abort: CancellationToken,
         state: Arc<ConnState>,
     ) -> Self {
         ConnIo {
             stream: Some(stream),
-            _guard: Some(guard),
-            deadline,
+            guard: Some(guard),
             state,
-            read_deadline: None,
-            write_deadline: None,
+            read_abort: Deadline::new(abort.clone()),
+            write_abort: Deadline::new(abort),
         }
     }
 
     /// Closes the socket and lets the drain go.
     fn close(&mut self) -> io::Error {
         self.stream = None;
-        self._guard = None;
+        self.guard = None;
         io::Error::new(
             io::ErrorKind::ConnectionAborted,
             "connection closed at the drain deadline",
@@ -197,7 +361,9 @@ impl ConnIo {
         write: bool,
         op: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
-        if self.deadline.is_cancelled() {
+        // Past the abort nothing more goes out: a response the abort cut short must not
+        // reach the client looking complete.
+        if self.read_abort.passed() {
             return Poll::Ready(Err(self.close()));
         }
         let Some(stream) = self.stream.as_mut() else {
@@ -207,17 +373,15 @@ impl ConnIo {
         if write {
             self.state.set_write_blocked(polled.is_pending());
         }
-        // Only an upgraded socket waits on the deadline itself (a lock-free check otherwise):
-        // hyper's connections are closed by their task, which the deadline aborts.
+        // Only an upgraded socket watches the abort itself: hyper's connections are closed by
+        // their task, which the abort ends.
         if polled.is_pending() && self.state.upgraded() {
-            let slot = if write {
-                &mut self.write_deadline
+            let abort = if write {
+                &mut self.write_abort
             } else {
-                &mut self.read_deadline
+                &mut self.read_abort
             };
-            let deadline =
-                slot.get_or_insert_with(|| Box::pin(self.deadline.clone().cancelled_owned()));
-            if deadline.as_mut().poll(cx).is_ready() {
+            if abort.reached(cx) {
                 return Poll::Ready(Err(self.close()));
             }
         }

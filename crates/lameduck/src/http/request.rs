@@ -10,180 +10,18 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioTimer;
-use hyper_util::server::conn::auto;
 use hyper_util::service::{TowerToHyperService, TowerToHyperServiceFuture};
 use pin_project_lite::pin_project;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::drain::Drain;
-use crate::http::connection::ConnExecutor;
-use crate::http::health::Health;
-use crate::ready::LifecycleHandle;
-
-/// What every connection of a server shares.
-pub(crate) struct Shared {
-    pub(crate) drain: Drain,
-    pub(crate) handle: LifecycleHandle,
-    pub(crate) health: Option<Health>,
-    pub(crate) builder: auto::Builder<ConnExecutor>,
-    /// gRPC: what the drain deadline cuts off ends with status UNAVAILABLE, not a reset.
-    pub(crate) grpc: bool,
-}
-
-/// The user's tuning of hyper's builder.
-pub(crate) type Configure = Box<dyn FnOnce(&mut auto::Builder<ConnExecutor>) + Send>;
-
-/// Which HTTP versions a server speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Protocols {
-    Both,
-    Http1,
-    Http2,
-}
-
-/// The connections' builder: timers set (hyper's header-read timeout and HTTP/2 keep-alive
-/// need one), the protocols chosen, the user's tuning applied.
-pub(crate) fn builder(
-    protocols: Protocols,
-    configure: Option<Configure>,
-) -> auto::Builder<ConnExecutor> {
-    let mut builder = auto::Builder::new(ConnExecutor);
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
-    builder = match protocols {
-        Protocols::Both => builder,
-        Protocols::Http1 => builder.http1_only(),
-        Protocols::Http2 => builder.http2_only(),
-    };
-    if let Some(configure) = configure {
-        configure(&mut builder);
-    }
-    builder
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("health", &self.health)
-            .field("grpc", &self.grpc)
-            .finish_non_exhaustive()
-    }
-}
-
-/// One connection, as its requests and the drain see it.
-#[derive(Debug)]
-pub(crate) struct ConnState {
-    drain: Drain,
-    /// Set at the first request: until then, the drain may close the connection at once.
-    request_seen: AtomicBool,
-    /// Requests in flight on this connection (HTTP/2 runs several at once).
-    active: AtomicUsize,
-    /// Set by the drain: the socket's next read goes to the kernel at once (see `ConnIo`).
-    read_now: AtomicBool,
-    /// Set when a response switches protocols: the socket is about to leave hyper for the
-    /// handler's task, which the lifecycle cannot abort.
-    upgraded: AtomicBool,
-    /// The connection began with the HTTP/2 preface's first bytes.
-    h2: AtomicBool,
-    /// Bytes read so far, up to the length of the HTTP/2 preface (it is all that matters).
-    prefix_read: AtomicUsize,
-    /// A write is waiting for the peer to take data: a response is still on its way out.
-    write_blocked: AtomicBool,
-}
-
-/// The HTTP/2 client preface's length.
-pub(crate) const H2_PREFACE_LEN: usize = 24;
-
-impl ConnState {
-    pub(crate) fn new(drain: Drain) -> Self {
-        ConnState {
-            drain,
-            request_seen: AtomicBool::new(false),
-            active: AtomicUsize::new(0),
-            read_now: AtomicBool::new(false),
-            upgraded: AtomicBool::new(false),
-            h2: AtomicBool::new(false),
-            prefix_read: AtomicUsize::new(0),
-            write_blocked: AtomicBool::new(false),
-        }
-    }
-
-    /// Asks the socket to read what the kernel holds at its next read, even before the
-    /// reactor has reported it.
-    pub(crate) fn read_now(&self) {
-        self.read_now.store(true, Ordering::Release);
-    }
-
-    /// Whether reads go straight to the kernel (until one finds nothing there).
-    pub(crate) fn reading_now(&self) -> bool {
-        self.read_now.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn read_now_done(&self) {
-        self.read_now.store(false, Ordering::Release);
-    }
-
-    /// Notes the first bytes a connection read: whether it speaks HTTP/2, and how much of the
-    /// preface has come.
-    pub(crate) fn note_read(&self, bytes: &[u8]) {
-        let before = self.prefix_read.load(Ordering::Relaxed);
-        if before >= H2_PREFACE_LEN || bytes.is_empty() {
-            return;
-        }
-        if before == 0 && bytes.starts_with(b"PRI") {
-            self.h2.store(true, Ordering::Release);
-        }
-        self.prefix_read.store(
-            (before + bytes.len()).min(H2_PREFACE_LEN),
-            Ordering::Release,
-        );
-    }
-
-    /// Whether the connection can be closed at once at the drain: no request has begun, and it
-    /// is not an HTTP/2 connection past its preface (that one gets a GOAWAY, so a request the
-    /// client is sending at this moment is retried elsewhere, not lost).
-    pub(crate) fn closable_at_once(&self) -> bool {
-        let h2_open = self.h2.load(Ordering::Acquire)
-            && self.prefix_read.load(Ordering::Acquire) >= H2_PREFACE_LEN;
-        !(self.request_seen() || h2_open)
-    }
-
-    /// Whether not a byte has come in yet.
-    pub(crate) fn nothing_read(&self) -> bool {
-        self.prefix_read.load(Ordering::Acquire) == 0
-    }
-
-    pub(crate) fn set_write_blocked(&self, blocked: bool) {
-        if self.write_blocked.load(Ordering::Relaxed) != blocked {
-            self.write_blocked.store(blocked, Ordering::Release);
-        }
-    }
-
-    /// Whether nothing is in flight: no request running, and no response still being written.
-    pub(crate) fn quiet(&self) -> bool {
-        self.active() == 0 && !self.write_blocked.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn upgraded(&self) -> bool {
-        self.upgraded.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn request_seen(&self) -> bool {
-        self.request_seen.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn active(&self) -> usize {
-        self.active.load(Ordering::Acquire)
-    }
-}
+use crate::http::connection::{ConnState, Deadline};
+use crate::http::server::Shared;
 
 /// One request in flight: counted for the service (the report) and for its connection (the
 /// drain), until its response body has ended. The connection is the unit the drain waits for;
@@ -194,8 +32,7 @@ pub(crate) struct RequestGuard {
 
 impl RequestGuard {
     fn new(conn: &Arc<ConnState>) -> Self {
-        conn.drain.request_started();
-        conn.active.fetch_add(1, Ordering::AcqRel);
+        conn.request_began();
         RequestGuard {
             conn: Arc::clone(conn),
         }
@@ -204,8 +41,7 @@ impl RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.conn.active.fetch_sub(1, Ordering::AcqRel);
-        self.conn.drain.request_finished();
+        self.conn.request_ended();
     }
 }
 
@@ -237,7 +73,6 @@ where
     type Future = ResponseFuture<S, B>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        self.conn.request_seen.store(true, Ordering::Release);
         let health = self.shared.health.as_ref();
         if let Some((status, text)) = health.and_then(|h| h.answer(&req, &self.shared.handle)) {
             let mut response = Response::new(ResponseBody::Text { text: Some(text) });
@@ -248,6 +83,7 @@ where
                 HeaderValue::from_static("text/plain; charset=utf-8"),
             );
             headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            self.conn.saw_request();
             return ResponseFuture::Ready {
                 response: Some(response),
             };
@@ -278,30 +114,6 @@ pub(crate) struct Watch {
     abort: Deadline,
 }
 
-struct Deadline {
-    token: CancellationToken,
-    wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-}
-
-impl Deadline {
-    fn new(token: CancellationToken) -> Self {
-        Deadline { token, wait: None }
-    }
-
-    /// Whether it has passed; if not, the task is woken when it does.
-    fn reached(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.token.is_cancelled() {
-            return true;
-        }
-        let token = &self.token;
-        self.wait
-            .get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()))
-            .as_mut()
-            .poll(cx)
-            .is_ready()
-    }
-}
-
 /// What the deadline means for a request that is waiting.
 enum Ending {
     /// Keep waiting.
@@ -327,7 +139,7 @@ impl Watch {
         grpc: bool,
     ) -> Option<&'a mut Watch> {
         if watch.is_none() {
-            *watch = Some(Watch::new(&guard.as_ref()?.conn.drain, grpc));
+            *watch = Some(Watch::new(guard.as_ref()?.conn.drain(), grpc));
         }
         watch.as_mut()
     }
@@ -419,7 +231,7 @@ where
                     {
                         // Before hyper hands the socket to the handler: from now on it must
                         // watch the deadline itself.
-                        guard.conn.upgraded.store(true, Ordering::Release);
+                        guard.conn.mark_upgraded();
                     }
                     Poll::Ready(Ok(response.map(|body| ResponseBody::App {
                         body,
@@ -534,7 +346,7 @@ thread_local! {
 /// Polls a handler with its service's drain findable by [`serving_drain`].
 fn serving<T>(guard: &Option<RequestGuard>, poll: impl FnOnce() -> T) -> T {
     let Some(guard) = guard else { return poll() };
-    let drain = &guard.conn.drain;
+    let drain = guard.conn.drain();
     SERVING.with(|serving| {
         let mut serving = serving.borrow_mut();
         // The same service as the last request on this thread, almost always: no clone.

@@ -13,16 +13,17 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::Instant;
 
+use crate::drain::Drain;
 use crate::error::BoxError;
 use crate::http::bind::{self, Listen, SocketOptions};
 use crate::http::connection::{self, ConnExecutor};
 use crate::http::health::Health;
-use crate::http::request::{self, Configure, Protocols, Shared};
+use crate::ready::LifecycleHandle;
 use crate::service::{Service, StartContext};
 
 /// How long the accept loop waits after an error that is not about one connection (out of file
@@ -36,17 +37,20 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 ///   records the address, and fails the lifecycle's start with the address and cause if it
 ///   cannot.
 /// - **Serve**: every connection and request is counted (atomics on the service's own
-///   [`Drain`](crate::Drain), no lock), for the report. A handler can learn of the drain: with
+///   [`Drain`], no lock), for the report. A handler can learn of the drain: with
 ///   axum, take `lameduck::Drain` as an argument. `/livez` and `/readyz` are answered before
 ///   the app ([`Health`]).
 /// - **Drain**: the listener closes first, so new connections are refused and the port can be
-///   bound by another process at once. A connection on which no request has begun (just
-///   connected, or partway through its first headers) closes at once; an idle HTTP/1.1
-///   keep-alive connection closes; a busy one finishes its response, sent with
-///   `Connection: close`; an HTTP/2 connection gets GOAWAY and finishes its open streams. The
-///   service is done the moment its last connection ends: nothing polls.
-/// - **Deadline**: what is left is closed, upgraded connections (WebSockets) included, and the
-///   report counts the connections and the requests they had in flight.
+///   bound by another process at once; connections still in its backlog are taken, not reset.
+///   Each connection reads what the kernel already holds, so a request sent before the drain
+///   is served. Then a connection on which no request has begun (silent, or partway through
+///   its first headers) closes at once; an idle HTTP/1.1 keep-alive connection closes; a busy
+///   one finishes its response, sent with `Connection: close`; an HTTP/2 connection gets
+///   GOAWAY and finishes its open streams. The service is done the moment its last connection
+///   ends: nothing polls.
+/// - **Deadline**: what is left is closed up to 100 ms later (gRPC calls first end with status
+///   UNAVAILABLE), upgraded connections (WebSockets) included, and the report counts the
+///   connections and the requests they had in flight.
 ///
 /// ```
 /// use axum::{Router, routing::get};
@@ -235,7 +239,7 @@ where
             drain: ctx.drain(),
             handle: ctx.handle(),
             health: self.health,
-            builder: request::builder(self.protocols, self.configure),
+            builder: builder(self.protocols, self.configure),
             grpc: self.grpc,
         });
         let name: Arc<str> = ctx.name().into();
@@ -246,6 +250,53 @@ where
             self.nodelay,
             name,
         )))
+    }
+}
+
+/// What every connection of a server shares.
+pub(crate) struct Shared {
+    pub(crate) drain: Drain,
+    pub(crate) handle: LifecycleHandle,
+    pub(crate) health: Option<Health>,
+    pub(crate) builder: auto::Builder<ConnExecutor>,
+    /// gRPC: what the drain deadline cuts off ends with status UNAVAILABLE, not a reset.
+    pub(crate) grpc: bool,
+}
+
+/// The user's tuning of hyper's builder.
+type Configure = Box<dyn FnOnce(&mut auto::Builder<ConnExecutor>) + Send>;
+
+/// Which HTTP versions a server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocols {
+    Both,
+    Http1,
+    Http2,
+}
+
+/// The connections' builder: timers set (hyper's header-read timeout and HTTP/2 keep-alive
+/// need one), the protocols chosen, the user's tuning applied.
+fn builder(protocols: Protocols, configure: Option<Configure>) -> auto::Builder<ConnExecutor> {
+    let mut builder = auto::Builder::new(ConnExecutor);
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    builder = match protocols {
+        Protocols::Both => builder,
+        Protocols::Http1 => builder.http1_only(),
+        Protocols::Http2 => builder.http2_only(),
+    };
+    if let Some(configure) = configure {
+        configure(&mut builder);
+    }
+    builder
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("health", &self.health)
+            .field("grpc", &self.grpc)
+            .finish_non_exhaustive()
     }
 }
 
@@ -274,12 +325,7 @@ where
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                if nodelay {
-                    let _ = stream.set_nodelay(true);
-                }
-                connection::serve(stream, peer, Instant::now(), app.clone(), &shared);
-            }
+            Ok((stream, peer)) => connection::serve(stream, peer, nodelay, app.clone(), &shared),
             Err(error) if is_connection_error(&error) => {}
             Err(error) => {
                 tracing::error!(target: "lameduck", service = %name, "accept failed: {error}");
@@ -301,10 +347,7 @@ where
             Ok((stream, peer))
         });
         if let Ok((stream, peer)) = adopted {
-            if nodelay {
-                let _ = stream.set_nodelay(true);
-            }
-            connection::serve(stream, peer, Instant::now(), app.clone(), &shared);
+            connection::serve(stream, peer, nodelay, app.clone(), &shared);
             backlog += 1;
         }
     }
