@@ -4,6 +4,7 @@
 //! Every server is a separate `bench-server` process (see `src/bin/bench-server.rs`) serving
 //! the same app; the load comes from this process. Run it with `bash scripts/bench.sh`, which
 //! builds in release mode first. The output is Markdown, for `docs/BENCHMARKS.md`.
+#![forbid(unsafe_code)]
 
 mod load;
 mod server;

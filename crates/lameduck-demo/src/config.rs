@@ -10,13 +10,16 @@ use clap::{Parser, ValueEnum};
 #[derive(Parser, Debug, Clone)]
 #[command(name = "lameduck-demo", version, about)]
 pub struct Config {
-    /// HTTP API address (`/slow`, `/fast`, `/kv/{key}`, `/livez`, `/readyz`).
+    /// HTTP API address (`/slow`, `/fast`, `/kv/{key}`, `/livez`, `/readyz`); not bound when
+    /// a socket named `http` is passed (systemd socket activation).
     #[arg(long, env = "LAMEDUCK_HTTP", default_value = "127.0.0.1:8080")]
     pub http: String,
-    /// gRPC server A address (`demo.v1.Echo`, health, reflection).
+    /// gRPC server A address (`demo.v1.Echo`, health, reflection); not bound when a socket
+    /// named `grpc-a` is passed.
     #[arg(long, env = "LAMEDUCK_GRPC_A", default_value = "127.0.0.1:50051")]
     pub grpc_a: String,
-    /// gRPC server B address (`demo.v1.Store`, health, reflection).
+    /// gRPC server B address (`demo.v1.Store`, health, reflection); not bound when a socket
+    /// named `grpc-b` is passed.
     #[arg(long, env = "LAMEDUCK_GRPC_B", default_value = "127.0.0.1:50052")]
     pub grpc_b: String,
     /// SQLite database file (created if missing).

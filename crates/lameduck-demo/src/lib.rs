@@ -4,6 +4,7 @@
 //!
 //! The binary (`src/main.rs`) wires these into one [`lameduck::Lifecycle`]; the modules are
 //! public so that the end-to-end tests can use the generated gRPC clients.
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod grpc_api;

@@ -5,6 +5,10 @@
 //! `--flush-interval`. Shutdown (SIGINT, SIGTERM, SIGQUIT): readiness off, `--lame-duck` delay,
 //! drain under `--drain-timeout`, then the hooks in order: the final flush of everything
 //! acknowledged, then the database's close (WAL checkpoint). A second signal exits at once.
+//!
+//! Under systemd the servers take the sockets passed as `http`, `grpc-a` and `grpc-b`, and the
+//! lifecycle tells systemd when it is ready and stopping (`deploy/systemd/`).
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 

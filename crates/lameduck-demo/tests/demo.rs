@@ -18,6 +18,10 @@ use lameduck_demo::proto::store_client::StoreClient;
 use lameduck_demo::proto::{GetRequest, PutRequest};
 use serde_json::Value;
 
+#[path = "../../lameduck/tests/support/tools.rs"]
+mod tools;
+use tools::socket_activate;
+
 /// Generous: the machines are shared and noisy.
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -41,22 +45,16 @@ impl Demo {
         Self::start_on(db, ["127.0.0.1:0"; 3], extra)
     }
 
-    fn start_on(db: &Path, [http, a, b]: [&str; 3], extra: &[&str]) -> Demo {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lameduck-demo"))
-            .args([
-                "--http",
-                http,
-                "--grpc-a",
-                a,
-                "--grpc-b",
-                b,
-                "--log-format",
-                "json",
-            ])
-            .arg("--db")
-            .arg(db)
-            .args(extra)
-            .env("RUST_LOG", "info,lameduck_demo=debug")
+    fn start_on(db: &Path, addrs: [&str; 3], extra: &[&str]) -> Demo {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lameduck-demo"));
+        cmd.args(demo_args(db, addrs, extra))
+            .env("RUST_LOG", "info,lameduck_demo=debug");
+        Self::spawn(cmd)
+    }
+
+    /// Runs `cmd` (the demo, or a launcher of it), reading its stderr.
+    fn spawn(mut cmd: Command) -> Demo {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -141,6 +139,42 @@ impl Drop for Demo {
     }
 }
 
+/// The demo's command line: its three addresses, JSON logs, the database, and `extra`.
+fn demo_args(db: &Path, [http, a, b]: [&str; 3], extra: &[&str]) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = [
+        "--http",
+        http,
+        "--grpc-a",
+        a,
+        "--grpc-b",
+        b,
+        "--log-format",
+        "json",
+        "--db",
+    ]
+    .map(Into::into)
+    .to_vec();
+    args.push(db.into());
+    args.extend(extra.iter().map(Into::into));
+    args
+}
+
+/// grpc.health.v1's answer for the whole server (1 = SERVING).
+async fn grpc_health(addr: SocketAddr) -> i32 {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
 fn temp_db(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lameduck-demo-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -202,19 +236,7 @@ async fn ready_only_once_every_server_accepts_then_a_clean_sigterm() {
     );
     assert_eq!(request(&mut send, "GET", "/fast", "").await.unwrap().0, 200);
     for addr in [addrs.grpc_a, addrs.grpc_b] {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-        let status = health
-            .check(tonic_health::pb::HealthCheckRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .status;
-        assert_eq!(status, 1, "SERVING on {addr}");
+        assert_eq!(grpc_health(addr).await, 1, "SERVING on {addr}");
     }
     demo.signal("TERM");
     let (code, log) = demo.wait();
@@ -483,4 +505,162 @@ async fn the_drill_passes_against_the_demo() {
             report.in_flight_at_signal_completed
         );
     }
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_socket_activation_the_demo_serves_three_named_sockets_and_notifies_systemd() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+
+    let Some(activate) = socket_activate() else {
+        return;
+    };
+    // The flags point at ports this test holds: binding them instead would fail the start.
+    let held: Vec<TcpListener> = (0..3)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let held: Vec<String> = held
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let ports: Vec<u16> = (0..3)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let [http_addr, a_addr, b_addr] =
+        [0, 1, 2].map(|i| SocketAddr::from(([127, 0, 0, 1], ports[i])));
+
+    let name = format!("lameduck-demo-test-{}", std::process::id());
+    let notify = UnixDatagram::bind_addr(&UnixAddr::from_abstract_name(&name).unwrap()).unwrap();
+    notify.set_read_timeout(Some(WAIT)).unwrap();
+    let (tx, messages) = channel();
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        // Ends after the demo's last message, or a timeout.
+        while let Ok(n) = notify.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let last = text.starts_with("STATUS=stopped");
+            if tx.send((Instant::now(), text)).is_err() || last {
+                return;
+            }
+        }
+    });
+
+    let db = temp_db("activated");
+    let mut cmd = Command::new(activate);
+    for port in &ports {
+        cmd.arg("-l").arg(format!("127.0.0.1:{port}"));
+    }
+    cmd.arg("--fdname=http:grpc-a:grpc-b")
+        .args(["-E", &format!("NOTIFY_SOCKET=@{name}")])
+        .args(["-E", "WATCHDOG_USEC=300000", "-E", "RUST_LOG=info"])
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_lameduck-demo"))
+        .args(demo_args(&db, [&held[0], &held[1], &held[2]], &[]));
+    let mut demo = Demo::spawn(cmd);
+
+    // The request that makes the launcher start the demo: queued in the kernel meanwhile, then
+    // served, not refused.
+    let began = Instant::now();
+    let mut send = loop {
+        match http(http_addr).await {
+            Ok(send) => break send,
+            Err(e) if began.elapsed() < WAIT => {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("the launcher never listened: {e}"),
+        }
+    };
+    assert_eq!(
+        request(&mut send, "GET", "/readyz", "").await.unwrap(),
+        (200, "ready\n".to_owned())
+    );
+    let addrs = demo.ready();
+    assert_eq!(
+        (addrs.http, addrs.grpc_a, addrs.grpc_b),
+        (http_addr, a_addr, b_addr)
+    );
+    for addr in [a_addr, b_addr] {
+        assert_eq!(grpc_health(addr).await, 1, "SERVING on {addr}");
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    demo.signal("TERM");
+    let (code, log) = demo.wait();
+    assert_eq!(code, 0, "{log}");
+
+    let messages: Vec<(Instant, String)> = messages.iter().collect();
+    let first = |key: &str| {
+        messages
+            .iter()
+            .position(|(_, m)| m.lines().any(|l| l == key))
+            .unwrap_or_else(|| panic!("no {key}: {messages:?}"))
+    };
+    let (ready, stopping) = (first("READY=1"), first("STOPPING=1"));
+    assert!(ready < stopping, "{messages:?}");
+    for (addr, fd, name) in [
+        (http_addr, 3, "http"),
+        (a_addr, 4, "grpc-a"),
+        (b_addr, 5, "grpc-b"),
+    ] {
+        let shown = format!("{addr} (inherited fd {fd} \"{name}\")");
+        assert!(
+            messages[ready].1.contains(&shown),
+            "{shown}: {}",
+            messages[ready].1
+        );
+    }
+    let pings: Vec<Instant> = messages[ready..stopping]
+        .iter()
+        .filter(|(_, m)| m == "WATCHDOG=1\n")
+        .map(|(at, _)| *at)
+        .collect();
+    let mut gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
+    gaps.sort();
+    assert!(gaps.len() >= 3, "{messages:?}");
+    let median = gaps[gaps.len() / 2];
+    assert!(
+        median <= Duration::from_millis(160) && median >= Duration::from_millis(75),
+        "with WATCHDOG_USEC=300000 a ping every 150 ms; median gap {median:?}"
+    );
+}
+
+/// The units users copy (`deploy/systemd/`) are ones systemd accepts: `systemd-analyze verify`,
+/// with `ExecStart=` pointed at the binary just built, reports nothing at all.
+#[test]
+fn the_systemd_units_in_deploy_verify() {
+    let Some(activate) = socket_activate() else {
+        return;
+    };
+    let analyze = activate.with_file_name("systemd-analyze");
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/systemd");
+    let dir = std::env::temp_dir().join(format!("lameduck-units-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut units = Vec::new();
+    for entry in std::fs::read_dir(&deploy).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text.replace(
+            "/usr/local/bin/lameduck-demo",
+            env!("CARGO_BIN_EXE_lameduck-demo"),
+        );
+        let copy = dir.join(path.file_name().unwrap());
+        std::fs::write(&copy, text).unwrap();
+        units.push(copy);
+    }
+    assert_eq!(units.len(), 4, "a service and three sockets");
+    let out = Command::new(analyze)
+        .args(["verify", "--man=no"])
+        .args(&units)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
 }

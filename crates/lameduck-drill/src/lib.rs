@@ -18,6 +18,7 @@
 //! assert!(report.passed, "{report}");
 //! # }
 //! ```
+#![forbid(unsafe_code)]
 
 mod args;
 mod child;

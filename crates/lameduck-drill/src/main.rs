@@ -1,4 +1,5 @@
 //! `lameduck-drill [OPTIONS] -- <command> [args...]`: see `--help`.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

@@ -64,6 +64,65 @@ impl BindError {
     }
 }
 
+/// A passed (inherited) socket cannot serve the service that claimed it: it is not a listening
+/// TCP socket, or another service took it already.
+///
+/// Produced by [`StartContext::listen_tcp`](crate::StartContext::listen_tcp) and the servers that
+/// use it; the message names the descriptor and its name, and what it is instead.
+#[derive(Debug, thiserror::Error)]
+#[error("inherited fd {fd} (`{name}`) {problem}")]
+pub struct InheritError {
+    fd: i32,
+    name: String,
+    problem: String,
+}
+
+impl InheritError {
+    pub(crate) fn new(fd: i32, name: &str, problem: impl Into<String>) -> Self {
+        InheritError {
+            fd,
+            name: name.to_owned(),
+            problem: problem.into(),
+        }
+    }
+
+    /// The descriptor's number.
+    pub fn fd(&self) -> i32 {
+        self.fd
+    }
+
+    /// The name it was passed under (`LISTEN_FDNAMES`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A service could not get its listener: binding failed, or a socket passed to the process
+/// under the service's name cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListenError {
+    /// Binding the address failed.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// An inherited socket is unusable.
+    #[error(transparent)]
+    Inherited(#[from] InheritError),
+    /// The service takes one listener, and the process was passed several under its name.
+    #[error(
+        "{count} sockets were passed under the name `{name}` (fds {fds}), and this service \
+         takes one (hint: `StartContext::listen_tcp_all` takes them all)"
+    )]
+    Several {
+        /// The name.
+        name: String,
+        /// How many.
+        count: usize,
+        /// Their numbers, comma-separated.
+        fds: String,
+    },
+}
+
 /// A service's start step failed: the lifecycle never became ready.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -119,6 +178,28 @@ pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
         cause = c.source();
     }
     out
+}
+
+/// The operating-system error code at the root of `err`, if there is one (for sd_notify's
+/// `ERRNO=`).
+pub(crate) fn errno_of(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cause = Some(err);
+    while let Some(c) = cause {
+        if let Some(code) = c
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+        {
+            return Some(code);
+        }
+        if let Some(code) = c
+            .downcast_ref::<BindError>()
+            .and_then(|b| b.io_error().raw_os_error())
+        {
+            return Some(code);
+        }
+        cause = c.source();
+    }
+    None
 }
 
 /// The message of a panic payload (`panic!("...")` carries a `&str` or a `String`).

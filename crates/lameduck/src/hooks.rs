@@ -5,64 +5,20 @@
 //! waits for them.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::budget::{ABORT_GRACE, phase_bound};
 use crate::error::{BoxError, Failure};
+use crate::notify::Notifier;
+use crate::phase::Phase;
 use crate::report::{HookOutcome, HookReport};
-use crate::run::ABORT_GRACE;
 use crate::service::BoxFuture;
-
-/// When a hook runs: lower phases first, after the drain has finished (or hit its deadline).
-///
-/// The named phases cover the usual order (flush what the requests left behind, then close what
-/// the flush wrote to); any `u16` works for finer steps.
-///
-/// ```
-/// use lameduck::Phase;
-/// assert!(Phase::FLUSH < Phase::CLOSE);
-/// assert!(Phase::new(150) > Phase::FLUSH && Phase::new(150) < Phase::CLOSE);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Phase(u16);
-
-impl Phase {
-    /// Write out buffered state: caches, write-behind queues, metrics.
-    pub const FLUSH: Phase = Phase(100);
-    /// Close what the flush wrote to: databases, remote connections.
-    pub const CLOSE: Phase = Phase(200);
-    /// Last words: final log lines, telemetry shutdown.
-    pub const FINAL: Phase = Phase(300);
-
-    /// A phase of its own; lower runs first.
-    pub const fn new(order: u16) -> Self {
-        Phase(order)
-    }
-
-    /// Its position in the order.
-    pub const fn order(self) -> u16 {
-        self.0
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Phase::FLUSH => f.write_str("flush"),
-            Phase::CLOSE => f.write_str("close"),
-            Phase::FINAL => f.write_str("final"),
-            Phase(n) => write!(f, "{n}"),
-        }
-    }
-}
 
 type HookFn = Box<dyn FnOnce() -> BoxFuture<Result<(), BoxError>> + Send>;
 
@@ -119,7 +75,7 @@ impl Hooks {
     /// dropped (a forced exit), [`take_reports`](Hooks::take_reports) still names every hook,
     /// the unfinished ones as abandoned, and the hook tasks are aborted with their `JoinSet`.
     /// `shutdown_began` is what the log lines' elapsed times count from.
-    pub(crate) async fn run(&mut self, shutdown_began: Instant) {
+    pub(crate) async fn run(&mut self, shutdown_began: Instant, notify: &Notifier) {
         while let Some((phase, hooks)) = self.phases.pop_first() {
             tracing::info!(
                 target: "lameduck",
@@ -127,6 +83,15 @@ impl Hooks {
                 hooks = hooks.len(),
                 since_trigger_ms = ms(shutdown_began.elapsed()),
                 "running shutdown hooks"
+            );
+            let longest = hooks
+                .iter()
+                .map(|h| h.timeout.unwrap_or(self.default_timeout))
+                .max()
+                .unwrap_or_default();
+            notify.step(
+                &format!("shutdown hooks: phase {phase} ({} hooks)", hooks.len()),
+                phase_bound(longest),
             );
             // Until the phase is done, its hooks are abandoned if this future is dropped.
             let first = self.reports.len();

@@ -42,6 +42,8 @@
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod budget;
+mod config;
 mod drain;
 mod error;
 #[cfg(feature = "grpc")]
@@ -52,6 +54,9 @@ mod hooks;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 mod lifecycle;
+mod listen;
+mod notify;
+mod phase;
 mod ready;
 mod report;
 mod run;
@@ -59,12 +64,14 @@ mod service;
 mod signal;
 
 pub use drain::{Drain, WorkGuard};
-pub use error::{BindError, BoxError, NotReady, StartError};
-pub use hooks::Phase;
+pub use error::{BindError, BoxError, InheritError, ListenError, NotReady, StartError};
 pub use lifecycle::Lifecycle;
+pub use listen::ListenFdsError;
+pub use phase::Phase;
 pub use ready::{LifecycleHandle, State};
 pub use report::{
-    ExitCode, HookOutcome, HookReport, Outcome, Report, Trigger, UnitReport, WorkReport,
+    ExitCode, HookOutcome, HookReport, Listening, Origin, Outcome, Report, Trigger, UnitReport,
+    WorkReport,
 };
 pub use service::{Service, ServiceFn, StartContext, service_fn};
 pub use signal::Signal;

@@ -6,38 +6,14 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{Config, TaskFn};
 use crate::error::BoxError;
-use crate::hooks::{Hook, Phase};
+use crate::hooks::Hook;
+use crate::phase::Phase;
 use crate::ready::{Control, LifecycleHandle};
 use crate::report::Report;
 use crate::run::Run;
-use crate::service::{self, BoxFuture, Service, StartFn};
-
-/// A background task: gets a token cancelled at the drain, returns when it has wound down.
-pub(crate) type TaskFn =
-    Box<dyn FnOnce(CancellationToken) -> BoxFuture<Result<(), BoxError>> + Send>;
-
-/// Timings and switches, with the defaults a service wants.
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) drain_deadline: Duration,
-    pub(crate) lame_duck_delay: Duration,
-    pub(crate) hook_timeout: Duration,
-    pub(crate) force_on_second_signal: bool,
-    pub(crate) handle_signals: bool,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            drain_deadline: Duration::from_secs(30),
-            lame_duck_delay: Duration::ZERO,
-            hook_timeout: Duration::from_secs(5),
-            force_on_second_signal: true,
-            handle_signals: true,
-        }
-    }
-}
+use crate::service::{self, Service, StartFn};
 
 /// A process's services, background tasks and shutdown hooks, and the rules for starting and
 /// stopping them.
@@ -193,6 +169,16 @@ impl Lifecycle {
         self
     }
 
+    /// Whether the run tells the service manager what it does through sd_notify, when
+    /// `NOTIFY_SOCKET` is set (systemd, `Type=notify`): `READY=1` at the readiness barrier,
+    /// `STOPPING=1` at the shutdown, `EXTEND_TIMEOUT_USEC=` for each step of it, the status,
+    /// the error of a failed start, and the watchdog's pings (`WatchdogSec=`). Default on; it
+    /// does nothing without `NOTIFY_SOCKET`, and on platforms other than Linux.
+    pub fn sd_notify(mut self, on: bool) -> Self {
+        self.config.sd_notify = on;
+        self
+    }
+
     /// A handle to watch readiness and request a shutdown, from anywhere.
     pub fn handle(&self) -> LifecycleHandle {
         self.control.handle.clone()
@@ -204,6 +190,14 @@ impl Lifecycle {
     /// every hook has ended, or at once when the shutdown is forced. Pass the report's exit code
     /// to the process ([`Report::exit`]).
     pub async fn run(self) -> Report {
-        Run::new(self).execute().await
+        Run::new(
+            self.services,
+            self.tasks,
+            self.hooks,
+            self.config,
+            self.control,
+        )
+        .execute()
+        .await
     }
 }

@@ -182,6 +182,7 @@ impl LifecycleHandle {
             .iter()
             .filter(|(name, _)| &**name == service)
             .flat_map(|(_, addresses)| addresses.get())
+            .map(|listening| listening.address)
             .collect()
     }
 

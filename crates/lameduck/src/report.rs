@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::hooks::Phase;
+use crate::phase::Phase;
 use crate::signal::Signal;
 
 /// Everything a run did, in the order it did it.
@@ -113,10 +113,10 @@ impl fmt::Display for Trigger {
 pub struct UnitReport {
     /// Its name.
     pub name: String,
-    /// The addresses it listened on (services that bound through
-    /// [`StartContext`](crate::StartContext)).
+    /// The addresses it listened on, and where each listener came from (services that listen
+    /// through [`StartContext`](crate::StartContext), as `HttpServer` and `GrpcServer` do).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub addresses: Vec<String>,
+    pub addresses: Vec<Listening>,
     /// How long its start step took (services only).
     #[serde(with = "duration_ms::option")]
     pub started_in: Option<Duration>,
@@ -132,6 +132,47 @@ pub struct UnitReport {
     /// not count them.
     #[serde(default)]
     pub requests: WorkReport,
+}
+
+/// An address a service listened on, and where its listener came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Listening {
+    /// The local address, with the port the OS chose for port 0 (`127.0.0.1:8080`).
+    pub address: String,
+    /// Where the listener came from.
+    pub origin: Origin,
+}
+
+impl fmt::Display for Listening {
+    /// The address, and for one not bound here where it came from:
+    /// `127.0.0.1:8080 (inherited fd 3 "http")`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.address)?;
+        match &self.origin {
+            Origin::Bound => Ok(()),
+            Origin::Inherited { fd, name } => write!(f, " (inherited fd {fd} {name:?})"),
+            Origin::Adopted => f.write_str(" (adopted)"),
+        }
+    }
+}
+
+/// Where a listener came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Origin {
+    /// Bound by this process.
+    Bound,
+    /// Passed to the process (systemd socket activation: `LISTEN_FDS`), under the service's name.
+    Inherited {
+        /// The descriptor's number.
+        fd: i32,
+        /// The name it was passed under (`LISTEN_FDNAMES`, `FileDescriptorName=`).
+        name: String,
+    },
+    /// Handed to the server by the caller (`HttpServer::from_listener`, say).
+    Adopted,
 }
 
 /// How a service or background task ended.
@@ -348,7 +389,8 @@ impl fmt::Display for Report {
             for u in units {
                 write!(f, "  {kind} {}: {:?}", u.name, u.outcome)?;
                 if !u.addresses.is_empty() {
-                    write!(f, " on {}", u.addresses.join(", "))?;
+                    let shown: Vec<String> = u.addresses.iter().map(ToString::to_string).collect();
+                    write!(f, " on {}", shown.join(", "))?;
                 }
                 if let Some(d) = u.drained_in {
                     write!(f, ", drained in {}", ms(d))?;

@@ -11,28 +11,18 @@ use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::{ABORT_GRACE, ABORT_NOTICE, drain_bound};
+use crate::config::{Config, TaskFn};
 use crate::drain::{Drain, WorkCounts};
-use crate::error::{BoxError, Failure, StartError, chain, panic_message};
+use crate::error::{BoxError, Failure, StartError, chain, errno_of, panic_message};
+use crate::hooks::Hook;
 use crate::hooks::{Hooks, ms};
-use crate::lifecycle::{Config, Lifecycle, TaskFn};
+use crate::listen::Inherited;
+use crate::notify::Notifier;
 use crate::ready::{Control, State};
 use crate::report::{ExitCode, Outcome, Report, Trigger, UnitReport};
 use crate::service::{Addresses, ServeFuture, StartContext, StartFn};
 use crate::signal::{Signal, Signals};
-
-/// How long aborted work (serve steps and their work at the drain deadline, start steps cut
-/// short, hooks past their timeout) gets to be dropped before the run stops waiting for it.
-/// Dropping is what closes listeners and connections. Aborts land at the task's next poll, so
-/// this only matters for a task stuck in blocking code, or work held by a [`WorkGuard`] outside
-/// [`Drain::spawn`].
-///
-/// [`WorkGuard`]: crate::WorkGuard
-pub(crate) const ABORT_GRACE: Duration = Duration::from_secs(1);
-
-/// How long work gets, after the drain deadline, to end itself (a stream sending its last
-/// status, as a gRPC server does with UNAVAILABLE) before it is aborted. Work that ends sooner
-/// ends the wait sooner.
-pub(crate) const ABORT_NOTICE: Duration = Duration::from_millis(100);
 
 /// A service or background task, as the run sees it.
 struct Unit {
@@ -206,17 +196,23 @@ pub(crate) struct Run {
     triggered_at: Option<Instant>,
     /// Whether a second signal (or `force()`) abandoned the shutdown.
     forced: bool,
+    /// The sockets passed to the process, for the services to claim by name.
+    inherited: Arc<Inherited>,
+    /// sd_notify, when the service manager asked for it.
+    notify: Notifier,
+    /// The OS error code behind the first failed start, if one was (for `ERRNO=`); `Some` once
+    /// a start failed.
+    start_errno: Option<Option<i32>>,
 }
 
 impl Run {
-    pub(crate) fn new(lifecycle: Lifecycle) -> Self {
-        let Lifecycle {
-            services,
-            tasks,
-            hooks,
-            config,
-            control,
-        } = lifecycle;
+    pub(crate) fn new(
+        services: Vec<(Arc<str>, StartFn)>,
+        tasks: Vec<(Arc<str>, TaskFn)>,
+        hooks: Vec<Hook>,
+        config: Config,
+        control: Control,
+    ) -> Self {
         let mut names = std::collections::HashSet::new();
         let service_names = services.iter().map(|(name, _)| name);
         for name in service_names.chain(tasks.iter().map(|(name, _)| name)) {
@@ -265,22 +261,56 @@ impl Run {
             deadline_exceeded: false,
             triggered_at: None,
             forced: false,
+            inherited: Arc::default(),
+            notify: Notifier::default(),
+            start_errno: None,
         }
     }
 
     pub(crate) async fn execute(mut self) -> Report {
         self.began = Instant::now();
+        self.notify = Notifier::from_env(self.config.sd_notify);
+        let trigger = self.through().await;
+        let report = self.finish(trigger);
+        match &report.trigger {
+            Trigger::StartFailed { error, .. } => {
+                self.notify.start_failed(error, self.start_errno.flatten());
+            }
+            _ => self.notify.status(&format!(
+                "stopped: exit code {} ({:?})",
+                report.exit_code.code(),
+                report.exit_code
+            )),
+        }
+        self.notify.flush().await;
+        report
+    }
+
+    /// From the start to the end of the shutdown; returns the trigger, for the report.
+    async fn through(&mut self) -> Trigger {
+        match Inherited::from_env() {
+            Ok(inherited) => self.inherited = Arc::new(inherited),
+            Err(e) => {
+                let error = chain(&e);
+                tracing::error!(target: "lameduck", error = %error, "start failed");
+                self.control.set_start_error(error.clone());
+                return Trigger::StartFailed {
+                    service: "socket activation".into(),
+                    error,
+                };
+            }
+        }
         let signals = if self.config.handle_signals {
             match Signals::install() {
                 Ok(s) => Some(s),
                 Err(e) => {
                     let error = format!("cannot install signal handlers: {e}");
                     self.control.set_start_error(error.clone());
-                    let trigger = Trigger::StartFailed {
+                    self.start_errno = Some(e.raw_os_error());
+                    return Trigger::StartFailed {
                         service: "signal handler".into(),
                         error,
                     };
-                    return self.finish(trigger);
                 }
             }
         } else {
@@ -302,17 +332,22 @@ impl Run {
             self.forced = true;
         }
         if self.forced {
-            return self.finish(trigger);
+            return trigger;
         }
         self.control.set(State::Draining);
         tracing::info!(target: "lameduck", %trigger, "shutting down: readiness off");
+        if !matches!(trigger, Trigger::StartFailed { .. }) {
+            let bound = self.config.lame_duck_delay + drain_bound(self.config.drain_deadline);
+            self.notify
+                .stopping(&format!("shutting down ({trigger}): readiness off"), bound);
+        }
 
         self.forced = tokio::select! {
             biased;
             () = triggers.forced() => true,
             () = self.shut_down() => false,
         };
-        self.finish(trigger)
+        trigger
     }
 
     /// The readiness barrier: every start step runs concurrently; ready only when all succeed.
@@ -331,6 +366,7 @@ impl Run {
                 unit.addresses.clone(),
                 drain,
                 self.control.handle.clone(),
+                Arc::clone(&self.inherited),
             );
             let handle = starting.spawn(async move {
                 let began = Instant::now();
@@ -362,8 +398,10 @@ impl Run {
             }
             drop(serves);
             self.cut_short(trigger, triggers, starting, &ids).await;
+            self.inherited.close_unclaimed();
             return outcome;
         }
+        self.inherited.close_unclaimed();
 
         for (i, serve) in serves.into_iter().enumerate() {
             if let Some(serve) = serve {
@@ -381,12 +419,30 @@ impl Run {
         let took = self.began.elapsed();
         self.ready_after = Some(took);
         self.control.set(State::Ready);
+        self.notify.ready(&self.ready_status(took));
         tracing::info!(
             target: "lameduck",
             services = first_task, tasks = self.units.len() - first_task,
             took_ms = ms(took), "ready"
         );
         Ok(())
+    }
+
+    /// What `STATUS=` says once ready: every service's addresses, and where each came from.
+    fn ready_status(&self, took: Duration) -> String {
+        let mut status = format!("ready in {:.0} ms", ms(took));
+        let mut first = true;
+        for unit in &self.units {
+            let addresses = unit.addresses.get();
+            if addresses.is_empty() {
+                continue;
+            }
+            let shown: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+            status.push_str(if first { ": " } else { "; " });
+            first = false;
+            status.push_str(&format!("{} on {}", unit.name, shown.join(", ")));
+        }
+        status
     }
 
     /// A start that failed or was interrupted. Nothing ever served, so nothing is drained: the
@@ -439,9 +495,15 @@ impl Run {
             Ok((i, Ok(serve), took)) => {
                 let unit = &mut self.units[i];
                 unit.started_in = Some(took);
+                let addresses: Vec<String> = unit
+                    .addresses
+                    .get()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
                 tracing::info!(
                     target: "lameduck", service = %unit.name,
-                    addresses = ?unit.addresses.get(), took_ms = ms(took), "service started"
+                    addresses = ?addresses, took_ms = ms(took), "service started"
                 );
                 Ok(Some((i, serve)))
             }
@@ -471,6 +533,7 @@ impl Run {
 
     fn start_failed(&mut self, i: usize, err: StartError) -> Trigger {
         let error = chain(&err);
+        self.start_errno.get_or_insert(errno_of(&err));
         tracing::error!(target: "lameduck", service = %self.units[i].name, error = %error, "start failed");
         self.control.set_start_error(error.clone());
         self.units[i].outcome = Some(Outcome::StartFailed {
@@ -625,7 +688,7 @@ impl Run {
         let began = self.triggered_at.unwrap_or_else(Instant::now);
         // A failed start never served: there is nothing to be a lame duck about, or to drain.
         if self.ready_after.is_none() {
-            self.hooks.run(began).await;
+            self.hooks.run(began, &self.notify).await;
             return;
         }
         let serving = |units: &[Unit]| units.iter().any(|u| u.live && u.drain.is_some());
@@ -648,7 +711,7 @@ impl Run {
             }
         }
         self.drain(began).await;
-        self.hooks.run(began).await;
+        self.hooks.run(began, &self.notify).await;
     }
 
     /// Tells every service and task to stop, and waits until they have, or the deadline.
@@ -662,6 +725,10 @@ impl Run {
         }
         self.draining.cancel();
         let live = self.units.iter().filter(|u| u.live).count();
+        self.notify.step(
+            &format!("draining: listeners closed, {live} services and tasks finishing"),
+            drain_bound(self.config.drain_deadline),
+        );
         tracing::info!(
             target: "lameduck", live,
             deadline_ms = ms(self.config.drain_deadline),

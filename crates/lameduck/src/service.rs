@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::net::{TcpListener, ToSocketAddrs};
 
 use crate::drain::Drain;
-use crate::error::{BindError, BoxError};
+use crate::error::{BindError, BoxError, ListenError};
+use crate::listen::{self, Inherited, Listen, SocketOptions};
 use crate::ready::LifecycleHandle;
+use crate::report::{Listening, Origin};
 
 /// A server the lifecycle starts, waits for, and drains.
 ///
@@ -130,28 +132,31 @@ pub(crate) fn erase<S: Service>(service: S) -> StartFn {
     })
 }
 
-/// What a start step gets: its name, a way to bind that names the address in errors and in the
-/// report, the service's [`Drain`], and the [`LifecycleHandle`] (for a readiness endpoint).
+/// What a start step gets: its name, a way to listen that names the address in errors and in
+/// the report (and takes the socket the process was passed under the service's name, under
+/// systemd socket activation), the service's [`Drain`], and the [`LifecycleHandle`] (for a
+/// readiness endpoint).
 pub struct StartContext {
     name: Arc<str>,
     addresses: Addresses,
     drain: Drain,
     handle: LifecycleHandle,
+    inherited: Arc<Inherited>,
 }
 
 /// The addresses a service listens on, shared between its start step and the report.
 #[derive(Clone, Default, Debug)]
-pub(crate) struct Addresses(Arc<Mutex<Vec<String>>>);
+pub(crate) struct Addresses(Arc<Mutex<Vec<Listening>>>);
 
 impl Addresses {
-    pub(crate) fn push(&self, addr: String) {
+    pub(crate) fn push(&self, addr: Listening) {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(addr);
     }
 
-    pub(crate) fn get(&self) -> Vec<String> {
+    pub(crate) fn get(&self) -> Vec<Listening> {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -165,12 +170,14 @@ impl StartContext {
         addresses: Addresses,
         drain: Drain,
         handle: LifecycleHandle,
+        inherited: Arc<Inherited>,
     ) -> Self {
         StartContext {
             name,
             addresses,
             drain,
             handle,
+            inherited,
         }
     }
 
@@ -179,17 +186,77 @@ impl StartContext {
         &self.name
     }
 
-    /// Binds a TCP listener and records its local address (with the port the OS chose, for
-    /// port 0) in the report and the ready log line. The error names the address and, for a
-    /// taken port, hints at the usual cause.
+    /// The service's TCP listener: the socket passed to the process under the service's name
+    /// (systemd socket activation: `LISTEN_FDS`, `LISTEN_FDNAMES`, `FileDescriptorName=`) if
+    /// there is one, otherwise `addr`, bound (with `SO_REUSEADDR` on Unix and a backlog of
+    /// 1024). Its local address and where it came from go into the report and the log line.
+    ///
+    /// The error names the address or the descriptor: a taken port (with a hint at the usual
+    /// cause), a passed socket that is not a listening TCP socket or that another service took,
+    /// or several sockets passed under the name (take them with
+    /// [`listen_tcp_all`](Self::listen_tcp_all)).
+    ///
+    /// ```
+    /// use lameduck::{Lifecycle, service_fn};
+    ///
+    /// let lifecycle = Lifecycle::new().service("api", service_fn(|ctx| async move {
+    ///     // Under `systemd-socket-activate --fdname=api -l 8080 ...`, fd 3; otherwise bound.
+    ///     let listener = ctx.listen_tcp("127.0.0.1:0").await?;
+    ///     let drain = ctx.drain();
+    ///     Ok(async move {
+    ///         drain.draining().await;
+    ///         drop(listener);
+    ///         Ok(())
+    ///     })
+    /// }));
+    /// ```
+    pub async fn listen_tcp(&self, addr: impl fmt::Display) -> Result<TcpListener, ListenError> {
+        let mut all = self
+            .listen(Listen::Addr(addr.to_string()), SocketOptions::default())
+            .await?;
+        match all.len() {
+            1 => Ok(all.remove(0)),
+            count => {
+                let fds: Vec<String> = self
+                    .addresses
+                    .get()
+                    .iter()
+                    .filter_map(|l| match &l.origin {
+                        Origin::Inherited { fd, .. } => Some(fd.to_string()),
+                        _ => None,
+                    })
+                    .collect();
+                Err(ListenError::Several {
+                    name: self.name.to_string(),
+                    count,
+                    fds: fds.join(", "),
+                })
+            }
+        }
+    }
+
+    /// Every socket passed to the process under the service's name, or `addr` bound when none
+    /// was: as [`listen_tcp`](Self::listen_tcp), for a service that serves several listeners
+    /// (a socket unit with several `ListenStream=` lines under one name).
+    pub async fn listen_tcp_all(
+        &self,
+        addr: impl fmt::Display,
+    ) -> Result<Vec<TcpListener>, ListenError> {
+        self.listen(Listen::Addr(addr.to_string()), SocketOptions::default())
+            .await
+    }
+
+    /// Binds a TCP listener at `addr` (never a passed socket: see
+    /// [`listen_tcp`](Self::listen_tcp)), with `SO_REUSEADDR` on Unix and a backlog of 1024,
+    /// and records its local address (with the port the OS chose, for port 0) in the report and
+    /// the ready log line. The error names the address and, for a taken port, hints at the
+    /// usual cause.
     pub async fn bind_tcp<A>(&self, addr: A) -> Result<TcpListener, BindError>
     where
         A: ToSocketAddrs + fmt::Display,
     {
         let shown = addr.to_string();
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| BindError::new(shown.clone(), e))?;
+        let listener = listen::bind_addr(addr, SocketOptions::default()).await?;
         let local = listener
             .local_addr()
             .map_err(|e| BindError::new(shown, e))?;
@@ -199,7 +266,26 @@ impl StartContext {
 
     /// Records an address the service listens on, for a service that binds by itself.
     pub fn listening_on(&self, addr: impl fmt::Display) {
-        self.addresses.push(addr.to_string());
+        self.addresses.push(Listening {
+            address: addr.to_string(),
+            origin: Origin::Bound,
+        });
+    }
+
+    /// The listeners of a server configured with `listen`, recorded for the report.
+    pub(crate) async fn listen(
+        &self,
+        listen: Listen,
+        options: SocketOptions,
+    ) -> Result<Vec<TcpListener>, ListenError> {
+        let all = listen::listeners(&self.name, &self.inherited, listen, options).await?;
+        Ok(all
+            .into_iter()
+            .map(|(listener, listening)| {
+                self.addresses.push(listening);
+                listener
+            })
+            .collect())
     }
 
     /// The service's drain, to move into the serve step.

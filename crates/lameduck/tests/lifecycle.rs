@@ -232,7 +232,10 @@ async fn taken_port_fails_the_start_with_address_and_hint_and_releases_the_other
     assert!(error.contains(&taken_addr.to_string()), "{error}");
     assert!(error.contains("another instance"), "{error}");
     let first = free_port.lock().unwrap().unwrap();
-    assert_eq!(report.services[0].addresses, [first.to_string()]);
+    let listening = &report.services[0].addresses;
+    assert_eq!(listening.len(), 1, "{listening:?}");
+    assert_eq!(listening[0].address, first.to_string());
+    assert_eq!(listening[0].origin, lameduck::Origin::Bound);
     // The listener of the service that did start was released with the failed start.
     std::net::TcpListener::bind(first).expect("port of `first` released");
 }

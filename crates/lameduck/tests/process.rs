@@ -12,11 +12,10 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lameduck::{BoxError, Drain, Lifecycle, Phase, StartContext};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use lameduck::{Lifecycle, Phase, StartContext};
 
 mod support;
-use support::{Proc, WAIT};
+use support::{Proc, WAIT, accept_lines};
 
 #[test]
 #[ignore = "entry point of the child process, run by the other tests"]
@@ -40,17 +39,7 @@ fn child() {
                 *record.lock().unwrap() = Some(addr);
                 println!("LISTENING {addr}");
                 let drain = ctx.drain();
-                Ok(async move {
-                    loop {
-                        tokio::select! {
-                            _ = drain.draining() => return Ok(()),
-                            conn = listener.accept() => {
-                                let (stream, _) = conn?;
-                                drain.spawn(serve_lines(stream, drain.clone()));
-                            }
-                        }
-                    }
-                })
+                Ok(accept_lines(listener, drain))
             })
             .hook(Phase::FLUSH, "flush", move || async move {
                 println!("HOOK flush start");
@@ -88,28 +77,6 @@ fn child() {
     }
     println!("REPORT {}", serde_json::to_string(&report).unwrap());
     report.exit();
-}
-
-/// `SLEEP <ms>` lines, each answered `DONE` after that long. Like HTTP keep-alive, an idle
-/// connection is closed at the drain; a request in progress is finished first.
-async fn serve_lines(stream: tokio::net::TcpStream, drain: Drain) -> Result<(), BoxError> {
-    let (read, mut write) = stream.into_split();
-    let mut lines = tokio::io::BufReader::new(read).lines();
-    loop {
-        let line = tokio::select! {
-            biased;
-            () = drain.draining() => return Ok(()),
-            line = lines.next_line() => line?,
-        };
-        let Some(line) = line else { return Ok(()) };
-        let ms: u64 = line
-            .strip_prefix("SLEEP ")
-            .ok_or("expected SLEEP")?
-            .parse()?;
-        println!("REQUEST {ms}");
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        write.write_all(b"DONE\n").await?;
-    }
 }
 
 /// Sends `SLEEP <ms>` and returns the connection, the request in flight.

@@ -12,6 +12,7 @@
 //! - `lameduck-grpc`: a `Lifecycle` with a `GrpcServer`.
 //!
 //! Prints `READY <addr>` once it accepts, and exits when its shutdown is done.
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 

@@ -2,8 +2,8 @@
 //! `Service` over HTTP/1.1 and cleartext HTTP/2 (hyper 1, hyper-util's auto builder) as a
 //! lifecycle service, with [`Health`] endpoints.
 //!
-//! The pieces, in the order a connection meets them: `bind` (the listener),
-//! `connection` (the socket, tracked and closed at the deadline; how the connection ends at the
+//! The pieces, in the order a connection meets them: the listener (bound, or passed to the
+//! process: the crate's `listen` module), `server` (the accept loop), `connection` (the socket, tracked and closed at the deadline; how the connection ends at the
 //! drain), `request` (health answers, request counting, the deadline for requests that wait),
 //! and `extract`: with axum, a handler takes `lameduck::Drain` to learn of the drain (a
 //! server-sent-event stream ends itself, say).
@@ -27,7 +27,6 @@
 //! # drop(app);
 //! ```
 
-mod bind;
 mod connection;
 mod extract;
 mod health;

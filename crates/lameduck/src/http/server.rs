@@ -20,9 +20,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::drain::Drain;
 use crate::error::BoxError;
-use crate::http::bind::{self, Listen, SocketOptions};
 use crate::http::connection::{self, ConnExecutor};
 use crate::http::health::Health;
+use crate::listen::{Listen, SocketOptions};
 use crate::ready::LifecycleHandle;
 use crate::service::{Service, StartContext};
 
@@ -33,9 +33,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// An HTTP/1.1 and cleartext HTTP/2 server for any tower `Service` (an axum `Router` goes in
 /// as it is; so do tonic's routes), to add to a [`Lifecycle`](crate::Lifecycle) as a service.
 ///
-/// - **Start**: binds (with `SO_REUSEADDR` on Unix and a backlog of 1024, both configurable),
-///   records the address, and fails the lifecycle's start with the address and cause if it
-///   cannot.
+/// - **Start**: takes the sockets passed to the process under the service's name (systemd
+///   socket activation: `FileDescriptorName=`, `--fdname`), all of them, or else binds its
+///   address (with `SO_REUSEADDR` on Unix and a backlog of 1024, both configurable); records
+///   each address and where it came from, and fails the lifecycle's start naming the address
+///   or descriptor and the cause if it cannot.
 /// - **Serve**: every connection and request is counted (atomics on the service's own
 ///   [`Drain`], no lock), for the report. A handler can learn of the drain: with
 ///   axum, take `lameduck::Drain` as an argument. `/livez` and `/readyz` are answered before
@@ -82,7 +84,9 @@ pub struct HttpServer<S> {
 
 impl<S> HttpServer<S> {
     /// Serves `app` on `addr` (`"127.0.0.1:8080"`, `"[::]:8080"`, `"localhost:0"`; a name is
-    /// resolved and the first address that binds is used).
+    /// resolved and the first address that binds is used), or on the sockets passed to the
+    /// process under the service's name, if there are any (socket activation: `addr` is then
+    /// not bound).
     pub fn bind(addr: impl fmt::Display, app: S) -> Self {
         Self::new(Listen::Addr(addr.to_string()), app)
     }
@@ -234,7 +238,7 @@ where
     type Serve = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
 
     async fn start(self, ctx: StartContext) -> Result<Self::Serve, BoxError> {
-        let listener = bind::bind(&ctx, self.listen, self.socket).await?;
+        let mut listeners = ctx.listen(self.listen, self.socket).await?;
         let shared = Arc::new(Shared {
             drain: ctx.drain(),
             handle: ctx.handle(),
@@ -243,13 +247,25 @@ where
             grpc: self.grpc,
         });
         let name: Arc<str> = ctx.name().into();
-        Ok(Box::pin(accept(
-            listener,
-            self.app,
-            shared,
-            self.nodelay,
-            name,
-        )))
+        let (app, nodelay) = (self.app, self.nodelay);
+        // One accept loop per listener: one, unless the process was passed several under the
+        // service's name. Done when all are closed.
+        Ok(Box::pin(async move {
+            if let [_] = listeners.as_slice() {
+                let listener = listeners.remove(0);
+                return accept(listener, app, shared, nodelay, name).await;
+            }
+            let mut loops = tokio::task::JoinSet::new();
+            for listener in listeners {
+                let (app, shared, name) = (app.clone(), Arc::clone(&shared), Arc::clone(&name));
+                // Aborted with the set when the serve step is dropped (the deadline's abort).
+                loops.spawn(accept(listener, app, shared, nodelay, name));
+            }
+            while let Some(ended) = loops.join_next().await {
+                ended??;
+            }
+            Ok(())
+        }))
     }
 }
 

@@ -12,6 +12,11 @@ use std::sync::mpsc::{Receiver, channel};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use lameduck::{BoxError, Drain};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+pub mod tools;
+
 /// Generous: the machines are shared and noisy. Speed is measured in benchmarks.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -25,21 +30,20 @@ pub struct Proc {
 impl Proc {
     /// Runs this test binary's ignored test `entry` as the child, with `env`.
     pub fn spawn(entry: &str, env: &[(&str, &str)]) -> Proc {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args([
-            entry,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        let args = child_args(entry);
+        let mut cmd = Command::new(&args[0]);
+        cmd.args(&args[1..]).env("RUST_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Proc::spawn_command(cmd)
+    }
+
+    /// Runs `cmd` (a launcher of the child, say), reading its stdout.
+    pub fn spawn_command(mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = channel();
@@ -59,17 +63,20 @@ impl Proc {
 
     /// Waits for a line with `prefix`; returns the rest of it.
     pub fn expect(&mut self, prefix: &str) -> String {
-        let until = Instant::now() + WAIT;
+        self.try_expect(prefix, WAIT)
+            .unwrap_or_else(|()| panic!("no `{prefix}` line; saw {:?}", self.seen))
+    }
+
+    /// As [`expect`](Self::expect), waiting at most `within`: `Err` when no such line came.
+    pub fn try_expect(&mut self, prefix: &str, within: Duration) -> Result<String, ()> {
+        let until = Instant::now() + within;
         loop {
             let left = until.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no `{prefix}` line; saw {:?}", self.seen));
+            let line = self.lines.recv_timeout(left).map_err(|_| ())?;
             self.seen.push(line.clone());
             // libtest's own "test child ... " may precede the first line on the same line.
             if let Some(at) = line.find(prefix) {
-                return line[at + prefix.len()..].trim().to_owned();
+                return Ok(line[at + prefix.len()..].trim().to_owned());
             }
         }
     }
@@ -101,6 +108,22 @@ impl Proc {
             lines,
         )
     }
+}
+
+/// The command line that runs this test binary's ignored test `entry` as a child: the binary,
+/// then its arguments.
+pub fn child_args(entry: &str) -> Vec<String> {
+    let exe = std::env::current_exe().unwrap();
+    [
+        exe.to_str().unwrap(),
+        entry,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 impl Drop for Proc {
@@ -136,4 +159,39 @@ pub async fn wait_refused(addr: SocketAddr) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     panic!("{addr} still accepts connections {WAIT:?} into the drain");
+}
+
+/// `SLEEP <ms>` lines, each answered `DONE` after that long. Like HTTP keep-alive, an idle
+/// connection is closed at the drain; a request in progress is finished first.
+pub async fn serve_lines(stream: tokio::net::TcpStream, drain: Drain) -> Result<(), BoxError> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = tokio::io::BufReader::new(read).lines();
+    loop {
+        let line = tokio::select! {
+            biased;
+            () = drain.draining() => return Ok(()),
+            line = lines.next_line() => line?,
+        };
+        let Some(line) = line else { return Ok(()) };
+        let ms: u64 = line
+            .strip_prefix("SLEEP ")
+            .ok_or("expected SLEEP")?
+            .parse()?;
+        println!("REQUEST {ms}");
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        write.write_all(b"DONE\n").await?;
+    }
+}
+
+/// Accepts until the drain, serving each connection with [`serve_lines`] as tracked work.
+pub async fn accept_lines(listener: tokio::net::TcpListener, drain: Drain) -> Result<(), BoxError> {
+    loop {
+        tokio::select! {
+            _ = drain.draining() => return Ok(()),
+            conn = listener.accept() => {
+                let (stream, _) = conn?;
+                drain.spawn(serve_lines(stream, drain.clone()));
+            }
+        }
+    }
 }

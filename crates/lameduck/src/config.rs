@@ -1,0 +1,36 @@
+//! What a run is configured with, below both the builder that sets it and the run that reads it.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::error::BoxError;
+use crate::service::BoxFuture;
+
+/// A background task: gets a token cancelled at the drain, returns when it has wound down.
+pub(crate) type TaskFn =
+    Box<dyn FnOnce(CancellationToken) -> BoxFuture<Result<(), BoxError>> + Send>;
+
+/// Timings and switches, with the defaults a service wants.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) drain_deadline: Duration,
+    pub(crate) lame_duck_delay: Duration,
+    pub(crate) hook_timeout: Duration,
+    pub(crate) force_on_second_signal: bool,
+    pub(crate) handle_signals: bool,
+    pub(crate) sd_notify: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            drain_deadline: Duration::from_secs(30),
+            lame_duck_delay: Duration::ZERO,
+            hook_timeout: Duration::from_secs(5),
+            force_on_second_signal: true,
+            handle_signals: true,
+            sd_notify: true,
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! Inherited: listening sockets passed to this process by whoever started it, under the systemd
+//! protocol (`sd_listen_fds_with_names(3)`): `LISTEN_PID` is this process's ID, `LISTEN_FDS`
+//! counts the descriptors from 3, `LISTEN_FDNAMES` names them, colon-separated
+//! (`FileDescriptorName=` in a socket unit, `--fdname` of `systemd-socket-activate`).
+//!
+//! The variables are read once per process, at its first run, and removed from the environment
+//! so that a child does not take them for its own; every descriptor must be open, and is marked
+//! close-on-exec at once. A service claims the descriptors of its name, all of them (a socket
+//! unit may listen on several addresses under one name), each checked to be a listening TCP
+//! socket before it is owned; whatever no service has claimed when the start ends is logged and
+//! closed. Linux only: elsewhere nothing is ever inherited.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::error::InheritError;
+
+/// The first descriptor of the protocol (`SD_LISTEN_FDS_START`).
+const FIRST_FD: i32 = 3;
+
+/// More descriptors than any socket unit passes: a bigger count is a corrupt variable.
+const MAX_FDS: u32 = 4096;
+
+/// The socket-activation variables are unusable: the lifecycle does not start.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{problem} (hint: LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES are set by systemd or \
+     systemd-socket-activate; check whatever else set them)"
+)]
+pub struct ListenFdsError {
+    problem: String,
+}
+
+impl ListenFdsError {
+    fn new(problem: impl Into<String>) -> Self {
+        ListenFdsError {
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The descriptors passed to this process, and which service took each.
+#[derive(Debug, Default)]
+pub(crate) struct Inherited {
+    slots: Mutex<Vec<Slot>>,
+}
+
+/// A passed descriptor. It is owned (and so closed when dropped) only once it is known to be
+/// what it should be: a descriptor number that the variables got wrong may belong to something
+/// else in the process (the runtime's own epoll, say), which must not be closed.
+#[derive(Debug)]
+struct Slot {
+    fd: i32,
+    name: String,
+    state: SlotState,
+}
+
+#[derive(Debug)]
+enum SlotState {
+    Unclaimed,
+    Claimed(Arc<str>),
+    Closed,
+}
+
+/// A descriptor a service took.
+#[derive(Debug)]
+pub(crate) struct Claimed {
+    pub(crate) listener: std::net::TcpListener,
+    pub(crate) fd: i32,
+    pub(crate) name: String,
+}
+
+impl Inherited {
+    /// The descriptors passed to this process, read (and removed) from the environment at the
+    /// first call in the process; later calls find none. Each must be open; each is marked
+    /// close-on-exec.
+    pub(crate) fn from_env() -> Result<Inherited, ListenFdsError> {
+        let Some(vars) = sys::take_env() else {
+            return Ok(Inherited::default());
+        };
+        let passed = parse(&vars, std::process::id())?;
+        if passed.is_empty() && vars.pid.is_some() {
+            tracing::debug!(
+                target: "lameduck", listen_pid = ?vars.pid,
+                "LISTEN_FDS is not for this process: ignored"
+            );
+        }
+        for (fd, name) in &passed {
+            sys::open_cloexec(*fd).map_err(|e| {
+                ListenFdsError::new(format!(
+                    "LISTEN_FDS={} passes fd {fd} (`{name}`), but it is not open: {e}",
+                    vars.fds.as_deref().unwrap_or_default()
+                ))
+            })?;
+        }
+        if !passed.is_empty() {
+            let names: Vec<String> = passed.iter().map(|(fd, n)| format!("{n}={fd}")).collect();
+            tracing::info!(target: "lameduck", passed = %names.join(" "), "inherited sockets");
+        }
+        let slots = passed
+            .into_iter()
+            .map(|(fd, name)| Slot {
+                fd,
+                name,
+                state: SlotState::Unclaimed,
+            })
+            .collect();
+        Ok(Inherited {
+            slots: Mutex::new(slots),
+        })
+    }
+
+    /// Takes every descriptor named `service`, each checked to be a listening TCP socket and
+    /// set non-blocking. None is taken unless all are good. Empty when none has that name.
+    pub(crate) fn claim(&self, service: &Arc<str>) -> Result<Vec<Claimed>, InheritError> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine: Vec<&mut Slot> = slots.iter_mut().filter(|s| *s.name == **service).collect();
+        for slot in &mine {
+            let problem = match &slot.state {
+                SlotState::Unclaimed => sys::check_listening_tcp(slot.fd).err(),
+                SlotState::Claimed(owner) => Some(format!(
+                    "was already taken by service `{owner}` (hint: a passed socket serves one \
+                     service; give each its own FileDescriptorName=)"
+                )),
+                SlotState::Closed => Some("was closed already".to_owned()),
+            };
+            if let Some(problem) = problem {
+                return Err(InheritError::new(slot.fd, &slot.name, problem));
+            }
+        }
+        let mut claimed = Vec::with_capacity(mine.len());
+        for slot in mine {
+            slot.state = SlotState::Claimed(Arc::clone(service));
+            let listener = sys::take_listener(slot.fd).map_err(|e| {
+                InheritError::new(slot.fd, &slot.name, format!("cannot be used: {e}"))
+            })?;
+            claimed.push(Claimed {
+                listener,
+                fd: slot.fd,
+                name: slot.name.clone(),
+            });
+        }
+        Ok(claimed)
+    }
+
+    /// Closes the sockets no service claimed, saying so: a socket unit passes one that nothing
+    /// in this process serves, or a name does not match its service's. A descriptor that is
+    /// not a socket is left alone: it may not be the launcher's at all.
+    pub(crate) fn close_unclaimed(&self) {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        for slot in slots.iter_mut() {
+            if !matches!(slot.state, SlotState::Unclaimed) {
+                continue;
+            }
+            slot.state = SlotState::Closed;
+            if sys::close_if_socket(slot.fd) {
+                tracing::warn!(
+                    target: "lameduck", fd = slot.fd, name = %slot.name,
+                    "inherited socket claimed by no service: closed (hint: a service takes the \
+                     sockets passed under its own name; rename the service or the socket \
+                     (FileDescriptorName=, --fdname), or stop passing it)"
+                );
+            } else {
+                tracing::warn!(
+                    target: "lameduck", fd = slot.fd, name = %slot.name,
+                    "inherited descriptor claimed by no service is not a socket: left open"
+                );
+            }
+        }
+    }
+}
+
+/// The socket-activation variables as they were found.
+#[derive(Debug, Default)]
+struct Vars {
+    pid: Option<String>,
+    fds: Option<String>,
+    names: Option<String>,
+}
+
+/// The descriptors and names the variables pass to the process `our_pid`: none when they are
+/// for another process (or absent), an error when they do not parse.
+fn parse(vars: &Vars, our_pid: u32) -> Result<Vec<(i32, String)>, ListenFdsError> {
+    let Some(pid) = vars.pid.as_deref() else {
+        return Ok(Vec::new());
+    };
+    let pid: u32 = pid
+        .trim()
+        .parse()
+        .map_err(|_| ListenFdsError::new(format!("LISTEN_PID=`{pid}` is not a process ID")))?;
+    if pid != our_pid {
+        return Ok(Vec::new());
+    }
+    let Some(fds) = vars.fds.as_deref() else {
+        return Ok(Vec::new());
+    };
+    let count: u32 = fds.trim().parse().map_err(|_| {
+        ListenFdsError::new(format!(
+            "LISTEN_FDS=`{fds}` is not a number of file descriptors"
+        ))
+    })?;
+    if count > MAX_FDS {
+        return Err(ListenFdsError::new(format!(
+            "LISTEN_FDS={count} is more descriptors than a process is passed (at most {MAX_FDS})"
+        )));
+    }
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let names: Vec<String> = match vars.names.as_deref() {
+        Some(names) => names.split(':').map(str::to_owned).collect(),
+        // As sd_listen_fds_with_names does when no names are passed.
+        None => vec!["unknown".to_owned(); count as usize],
+    };
+    if names.len() != count as usize {
+        return Err(ListenFdsError::new(format!(
+            "LISTEN_FDNAMES=`{}` names {} descriptors, but LISTEN_FDS={count}",
+            vars.names.as_deref().unwrap_or_default(),
+            names.len()
+        )));
+    }
+    // `count` is at most MAX_FDS, so the descriptor numbers fit.
+    Ok((FIRST_FD..).zip(names).collect())
+}
+
+#[cfg(target_os = "linux")]
+mod sys {
+    //! What no safe API offers: looking at a descriptor by its number, taking ownership of it,
+    //! and removing the variables from the environment.
+
+    use std::io;
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+
+    use socket2::{Domain, SockRef, Type};
+
+    use super::Vars;
+
+    /// The variables, removed from the environment; `None` when none is set, or when they were
+    /// read already (the descriptors are taken once per process).
+    pub(super) fn take_env() -> Option<Vars> {
+        static READ: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let var = |name: &str| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
+        let vars = Vars {
+            pid: var("LISTEN_PID"),
+            fds: var("LISTEN_FDS"),
+            names: var("LISTEN_FDNAMES"),
+        };
+        if vars.pid.is_none() && vars.fds.is_none() && vars.names.is_none() {
+            return None;
+        }
+        if READ.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return None;
+        }
+        for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+            // SAFETY: `remove_var` is unsafe because another thread may read the environment
+            // at the same time through libc (getaddrinfo, localtime), which Rust's lock does
+            // not cover. On the C libraries Linux programs use (glibc, musl), `unsetenv` only
+            // shifts the later entries of `environ` down within the same array: it frees and
+            // reallocates nothing, so a concurrent `getenv` sees the variable or does not, and
+            // never reads freed memory. Rust's own readers take std's environment lock. This
+            // runs once per process.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::env::remove_var(name);
+            }
+        }
+        Some(vars)
+    }
+
+    /// Checks that `fd` is open, and marks it close-on-exec.
+    pub(super) fn open_cloexec(fd: i32) -> io::Result<()> {
+        // SAFETY: `fcntl(F_GETFD)` and `fcntl(F_SETFD)` read and set the flags of any
+        // descriptor number, failing with EBADF for one that is not open; they touch no memory
+        // of ours.
+        #[allow(unsafe_code)]
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        #[allow(unsafe_code)]
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on `fd`, borrowed, if it is open.
+    fn with_borrowed<T>(fd: i32, f: impl FnOnce(BorrowedFd<'_>) -> T) -> io::Result<T> {
+        open_cloexec(fd)?;
+        // SAFETY: the descriptor is open (just checked), and stays open while borrowed: the
+        // borrow ends with this call, and the lifecycle closes inherited descriptors only
+        // through the slot it holds locked meanwhile.
+        #[allow(unsafe_code)]
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        Ok(f(borrowed))
+    }
+
+    /// `Ok` for a listening TCP socket (IPv4 or IPv6); otherwise what it is instead.
+    pub(super) fn check_listening_tcp(fd: i32) -> Result<(), String> {
+        let checked = with_borrowed(fd, |fd| {
+            let socket = SockRef::from(&fd);
+            let inspect = |e: io::Error| {
+                if e.raw_os_error() == Some(libc::ENOTSOCK) {
+                    "is not a socket (hint: pass sockets only: ListenStream= in a socket unit)"
+                        .to_owned()
+                } else {
+                    format!("cannot be inspected: {e}")
+                }
+            };
+            let domain = socket.domain().map_err(inspect)?;
+            let kind = socket.r#type().map_err(inspect)?;
+            if domain == Domain::UNIX {
+                return Err("is a Unix-domain socket, not a TCP one".to_owned());
+            }
+            if domain != Domain::IPV4 && domain != Domain::IPV6 {
+                return Err("is not an IP socket".to_owned());
+            }
+            if kind == Type::DGRAM {
+                return Err(
+                    "is a UDP socket, not a TCP one (hint: ListenStream=, not ListenDatagram=)"
+                        .to_owned(),
+                );
+            }
+            if kind != Type::STREAM {
+                return Err("is not a stream socket".to_owned());
+            }
+            if !socket.is_listener().map_err(inspect)? {
+                return Err(
+                    "is a TCP socket that is not listening (hint: with Accept=yes a socket \
+                     unit passes connections, not listeners; use Accept=no)"
+                        .to_owned(),
+                );
+            }
+            Ok(())
+        });
+        checked.unwrap_or_else(|e| Err(format!("is not open: {e}")))
+    }
+
+    /// Takes ownership of `fd`, a listening TCP socket (checked), set non-blocking.
+    pub(super) fn take_listener(fd: i32) -> io::Result<std::net::TcpListener> {
+        open_cloexec(fd)?;
+        // SAFETY: the descriptor is open (just checked) and was passed to this process by the
+        // socket-activation protocol (LISTEN_PID is ours). Nothing else in the process owns
+        // it: the variables are read once per process (`take_env`), its slot is claimed once,
+        // and it was checked to be a listening socket, which nothing else would have left
+        // at a passed number.
+        #[allow(unsafe_code)]
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let listener = std::net::TcpListener::from(owned);
+        listener.set_nonblocking(true)?;
+        Ok(listener)
+    }
+
+    /// Closes `fd` if it is a socket; `false` (and left open) otherwise.
+    pub(super) fn close_if_socket(fd: i32) -> bool {
+        let is_socket = with_borrowed(fd, |fd| SockRef::from(&fd).r#type().is_ok());
+        if !matches!(is_socket, Ok(true)) {
+            return false;
+        }
+        // SAFETY: as in `take_listener`: open, passed to us, a socket, its slot closed once.
+        #[allow(unsafe_code)]
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        true
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod sys {
+    //! Nothing is inherited on this platform.
+
+    use std::io;
+
+    use super::Vars;
+
+    pub(super) fn take_env() -> Option<Vars> {
+        None
+    }
+
+    pub(super) fn open_cloexec(_fd: i32) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+
+    pub(super) fn check_listening_tcp(_fd: i32) -> Result<(), String> {
+        Err("cannot be inherited on this platform".to_owned())
+    }
+
+    pub(super) fn take_listener(_fd: i32) -> io::Result<std::net::TcpListener> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+
+    pub(super) fn close_if_socket(_fd: i32) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pid: Option<&str>, fds: Option<&str>, names: Option<&str>) -> Vars {
+        Vars {
+            pid: pid.map(str::to_owned),
+            fds: fds.map(str::to_owned),
+            names: names.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn names_and_numbers_from_three() {
+        let passed = parse(&vars(Some("42"), Some("3"), Some("http:grpc-a:grpc-b")), 42).unwrap();
+        assert_eq!(
+            passed,
+            [
+                (3, "http".to_owned()),
+                (4, "grpc-a".to_owned()),
+                (5, "grpc-b".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn without_names_every_fd_is_unknown() {
+        let passed = parse(&vars(Some("42"), Some("2"), None), 42).unwrap();
+        assert_eq!(
+            passed,
+            [(3, "unknown".to_owned()), (4, "unknown".to_owned())]
+        );
+    }
+
+    #[test]
+    fn for_another_process_or_absent_nothing_is_passed() {
+        assert!(
+            parse(&vars(Some("41"), Some("3"), Some("a:b:c")), 42)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(parse(&vars(None, Some("3"), None), 42).unwrap().is_empty());
+        assert!(parse(&vars(Some("42"), None, None), 42).unwrap().is_empty());
+        assert!(
+            parse(&vars(Some("42"), Some("0"), None), 42)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn bad_variables_are_errors_that_say_which() {
+        let err = |v| parse(&v, 42).unwrap_err().to_string();
+        assert!(err(vars(Some("x"), Some("1"), None)).contains("LISTEN_PID=`x`"));
+        assert!(err(vars(Some("42"), Some("abc"), None)).contains("LISTEN_FDS=`abc`"));
+        assert!(err(vars(Some("42"), Some("-1"), None)).contains("LISTEN_FDS=`-1`"));
+        assert!(err(vars(Some("42"), Some("99999"), None)).contains("at most"));
+        let names = err(vars(Some("42"), Some("3"), Some("a:b")));
+        assert!(
+            names.contains("names 2 descriptors, but LISTEN_FDS=3"),
+            "{names}"
+        );
+    }
+}
