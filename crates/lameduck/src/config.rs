@@ -20,6 +20,7 @@ pub(crate) struct Config {
     pub(crate) force_on_second_signal: bool,
     pub(crate) handle_signals: bool,
     pub(crate) sd_notify: bool,
+    pub(crate) inherit_listeners: bool,
 }
 
 impl Default for Config {
@@ -31,6 +32,7 @@ impl Default for Config {
             force_on_second_signal: true,
             handle_signals: true,
             sd_notify: true,
+            inherit_listeners: true,
         }
     }
 }

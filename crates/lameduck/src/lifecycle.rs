@@ -179,6 +179,15 @@ impl Lifecycle {
         self
     }
 
+    /// Whether services take the listening sockets passed to the process (systemd socket
+    /// activation: `LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES`) under their names, instead of
+    /// binding. Default on; it does nothing when no sockets are passed. Off, the variables are
+    /// left alone (for code of the process's own that reads them), and every service binds.
+    pub fn inherit_listeners(mut self, on: bool) -> Self {
+        self.config.inherit_listeners = on;
+        self
+    }
+
     /// A handle to watch readiness and request a shutdown, from anywhere.
     pub fn handle(&self) -> LifecycleHandle {
         self.control.handle.clone()

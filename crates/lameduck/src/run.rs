@@ -17,7 +17,7 @@ use crate::drain::{Drain, WorkCounts};
 use crate::error::{BoxError, Failure, StartError, chain, errno_of, panic_message};
 use crate::hooks::Hook;
 use crate::hooks::{Hooks, ms};
-use crate::listen::Inherited;
+use crate::listen::{Inherited, ListenFdsError};
 use crate::notify::Notifier;
 use crate::ready::{Control, State};
 use crate::report::{ExitCode, Outcome, Report, Trigger, UnitReport};
@@ -269,8 +269,14 @@ impl Run {
 
     pub(crate) async fn execute(mut self) -> Report {
         self.began = Instant::now();
+        // Passed descriptors first, before anything of ours opens one at a number they use.
+        let inherited = if self.config.inherit_listeners {
+            Inherited::from_env()
+        } else {
+            Ok(Inherited::default())
+        };
         self.notify = Notifier::from_env(self.config.sd_notify);
-        let trigger = self.through().await;
+        let trigger = self.through(inherited).await;
         let report = self.finish(trigger);
         match &report.trigger {
             Trigger::StartFailed { error, .. } => {
@@ -287,46 +293,44 @@ impl Run {
     }
 
     /// From the start to the end of the shutdown; returns the trigger, for the report.
-    async fn through(&mut self) -> Trigger {
-        match Inherited::from_env() {
-            Ok(inherited) => self.inherited = Arc::new(inherited),
-            Err(e) => {
-                let error = chain(&e);
-                tracing::error!(target: "lameduck", error = %error, "start failed");
-                self.control.set_start_error(error.clone());
-                return Trigger::StartFailed {
-                    service: "socket activation".into(),
-                    error,
-                };
-            }
-        }
-        let signals = if self.config.handle_signals {
-            match Signals::install() {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    let error = format!("cannot install signal handlers: {e}");
-                    self.control.set_start_error(error.clone());
-                    self.start_errno = Some(e.raw_os_error());
-                    return Trigger::StartFailed {
-                        service: "signal handler".into(),
-                        error,
-                    };
-                }
-            }
-        } else {
-            None
-        };
+    async fn through(&mut self, inherited: Result<Inherited, ListenFdsError>) -> Trigger {
         let mut triggers = Triggers {
-            signals,
+            signals: None,
             shutdown: self.control.shutdown_requested().clone(),
             force: self.control.force_requested().clone(),
             force_on_second_signal: self.config.force_on_second_signal,
             signals_seen: 0,
         };
-
-        let trigger = match self.start(&mut triggers).await {
-            Ok(()) => self.serve(&mut triggers).await,
-            Err(trigger) => trigger,
+        let prepared = inherited
+            .map_err(|e| ("socket activation", chain(&e), None))
+            .and_then(|inherited| {
+                self.inherited = Arc::new(inherited);
+                if !self.config.handle_signals {
+                    return Ok(());
+                }
+                let signals = Signals::install().map_err(|e| {
+                    let error = format!("cannot install signal handlers: {e}");
+                    ("signal handler", error, e.raw_os_error())
+                })?;
+                triggers.signals = Some(signals);
+                Ok(())
+            });
+        let trigger = match prepared {
+            // Nothing started: the hooks still run (a failed start), then the report.
+            Err((culprit, error, errno)) => {
+                tracing::error!(target: "lameduck", error = %error, "start failed");
+                self.control.set_start_error(error.clone());
+                self.start_errno = Some(errno);
+                self.triggered_at = Some(Instant::now());
+                Trigger::StartFailed {
+                    service: culprit.into(),
+                    error,
+                }
+            }
+            Ok(()) => match self.start(&mut triggers).await {
+                Ok(()) => self.serve(&mut triggers).await,
+                Err(trigger) => trigger,
+            },
         };
         if trigger == Trigger::Forced {
             self.forced = true;
@@ -403,6 +407,12 @@ impl Run {
         }
         self.inherited.close_unclaimed();
 
+        // Ready before the serve steps run, so that a request the kernel queued meanwhile (the
+        // one that started a socket-activated process) finds `/readyz` ready.
+        let took = self.began.elapsed();
+        self.ready_after = Some(took);
+        self.control.set(State::Ready);
+        self.notify.ready(&self.ready_status(took));
         for (i, serve) in serves.into_iter().enumerate() {
             if let Some(serve) = serve {
                 let handle = self.running.spawn(serve);
@@ -416,10 +426,6 @@ impl Run {
             self.ids.insert(handle.id(), first_task + j);
             self.units[first_task + j].live = true;
         }
-        let took = self.began.elapsed();
-        self.ready_after = Some(took);
-        self.control.set(State::Ready);
-        self.notify.ready(&self.ready_status(took));
         tracing::info!(
             target: "lameduck",
             services = first_task, tasks = self.units.len() - first_task,

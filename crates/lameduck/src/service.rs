@@ -211,28 +211,23 @@ impl StartContext {
     /// }));
     /// ```
     pub async fn listen_tcp(&self, addr: impl fmt::Display) -> Result<TcpListener, ListenError> {
-        let mut all = self
-            .listen(Listen::Addr(addr.to_string()), SocketOptions::default())
-            .await?;
-        match all.len() {
-            1 => Ok(all.remove(0)),
-            count => {
-                let fds: Vec<String> = self
-                    .addresses
-                    .get()
-                    .iter()
-                    .filter_map(|l| match &l.origin {
-                        Origin::Inherited { fd, .. } => Some(fd.to_string()),
-                        _ => None,
-                    })
-                    .collect();
-                Err(ListenError::Several {
-                    name: self.name.to_string(),
-                    count,
-                    fds: fds.join(", "),
-                })
-            }
+        let passed = self.inherited.unclaimed(&self.name);
+        if passed.len() > 1 {
+            let fds: Vec<String> = passed.iter().map(ToString::to_string).collect();
+            return Err(ListenError::Several {
+                name: self.name.to_string(),
+                count: passed.len(),
+                fds: fds.join(", "),
+            });
         }
+        let shown = addr.to_string();
+        let all = self
+            .listen(Listen::Addr(shown.clone()), SocketOptions::default())
+            .await?;
+        all.into_iter().next().ok_or_else(|| {
+            let none = std::io::Error::other("no listener came of it");
+            ListenError::Bind(BindError::new(shown, none))
+        })
     }
 
     /// Every socket passed to the process under the service's name, or `addr` bound when none

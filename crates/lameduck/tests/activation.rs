@@ -33,11 +33,16 @@ fn activated() {
     let twice = env("CHILD_TWICE").is_some();
     let web = env("CHILD_WEB");
     let slow_ms: Option<u64> = env("CHILD_SLOW_START_MS").map(|v| v.parse().unwrap());
+    let lame_duck_ms: u64 = env("CHILD_LAME_DUCK_MS").map_or(0, |v| v.parse().unwrap());
+    let inherit = env("CHILD_NO_INHERIT").is_none();
 
+    println!("STARTING");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let report = runtime.block_on(async move {
         let mut lifecycle = Lifecycle::new()
             .drain_deadline(Duration::from_secs(5))
+            .lame_duck_delay(Duration::from_millis(lame_duck_ms))
+            .inherit_listeners(inherit)
             .service(
                 "lines",
                 service_fn(move |ctx| async move {
@@ -263,6 +268,7 @@ fn socket_activation_serves_the_first_connection_on_named_sockets_and_speaks_sd_
         format!("CHILD_BIND={held}"),
         format!("CHILD_WEB={held}"),
         "CHILD_SLOW_START_MS=300".to_owned(),
+        "CHILD_LAME_DUCK_MS=1000".to_owned(),
         format!("NOTIFY_SOCKET={}", notify.address),
         "WATCHDOG_USEC=300000".to_owned(),
         "RUST_LOG=info".to_owned(),
@@ -310,10 +316,24 @@ fn socket_activation_serves_the_first_connection_on_named_sockets_and_speaks_sd_
     std::thread::sleep(Duration::from_millis(1200));
     proc.signal("TERM");
     let (stopping_at, _, stopping) = notify.expect("STOPPING=1");
-    assert!(stopping_at > ready_at);
-    assert!(
-        value(&stopping, "EXTEND_TIMEOUT_USEC").is_some(),
+    // At the shutdown's first moment, not after the lame-duck delay: the port still serves.
+    let mut during = TcpStream::connect(addr(0)).expect("serving through the lame-duck delay");
+    during.set_read_timeout(Some(WAIT)).unwrap();
+    during.write_all(b"SLEEP 1\n").unwrap();
+    let mut answer = String::new();
+    BufReader::new(&during).read_line(&mut answer).unwrap();
+    assert_eq!(answer, "DONE\n");
+    // The lame-duck delay (1 s) and the drain's bound (5 s + 0.1 s + 1 s), plus 2 s.
+    assert_eq!(
+        value(&stopping, "EXTEND_TIMEOUT_USEC"),
+        Some("9100000"),
         "{stopping}"
+    );
+    let (_, _, draining) = notify.expect("STATUS=draining");
+    assert_eq!(
+        value(&draining, "EXTEND_TIMEOUT_USEC"),
+        Some("8100000"),
+        "{draining}"
     );
     notify.expect("STATUS=stopped");
     let (code, report, _) = proc.finish();
@@ -325,6 +345,7 @@ fn socket_activation_serves_the_first_connection_on_named_sockets_and_speaks_sd_
         .filter(|at| *at >= ready_at && *at <= stopping_at)
         .collect();
     assert!(pings.len() >= 4, "{} pings in 1.2 s", pings.len());
+    drop(during);
     let mut gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
     gaps.sort();
     let median = gaps[gaps.len() / 2];
@@ -377,16 +398,13 @@ fn run_under_shell(script: &str, env: &[(&str, &str)]) -> (i32, serde_json::Valu
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut proc = Proc::spawn_command(cmd);
-    let report = proc.expect("REPORT");
-    let code = support::wait_exit(&mut proc.child, WAIT).code().unwrap();
-    (code, serde_json::from_str(&report).unwrap(), Vec::new())
+    Proc::spawn_command(cmd).finish()
 }
 
-/// The start failed: exit code 3, the trigger names `service` and says `needle`, and the
-/// service never got a listener.
+/// The start failed: exit code 3, the trigger names `service` and says each of `needles`, and
+/// the service never got a listener (it prints `LISTENING` once it has one).
 fn assert_start_failed(
-    (code, report, _): &(i32, serde_json::Value, Vec<String>),
+    (code, report, lines): &(i32, serde_json::Value, Vec<String>),
     service: &str,
     needles: &[&str],
 ) {
@@ -399,10 +417,14 @@ fn assert_start_failed(
         assert!(error.contains(needle), "`{needle}` missing from: {error}");
     }
     assert!(
+        !lines.iter().any(|l| l.contains("LISTENING")),
+        "nothing may listen after a failed start: {lines:?}"
+    );
+    assert!(
         report["services"][0]["addresses"]
             .as_array()
             .is_none_or(Vec::is_empty),
-        "nothing may be listening after a failed start: {report}"
+        "{report}"
     );
     assert!(report["ready_after"].is_null(), "{report}");
 }
@@ -445,6 +467,26 @@ fn bad_variables_and_descriptors_fail_the_start_naming_the_culprit() {
         ],
     );
 
+    // Turned off, the variables are left alone and the address is bound.
+    let (code, report, _) = {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("exec 3</dev/null; export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\" \"$@\"")
+            .args(child_args("activated"))
+            .env("CHILD_NO_INHERIT", "1");
+        let mut proc = Proc::spawn_command(cmd);
+        let env = proc.expect("ENV");
+        assert!(env.contains("LISTEN_FDS=Some(\"1\")"), "{env}");
+        proc.expect("READY");
+        proc.signal("TERM");
+        proc.finish()
+    };
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        report["services"][0]["addresses"][0]["origin"]["kind"],
+        "bound"
+    );
+
     // Variables for another process are not ours to use: the address is bound as usual.
     let (code, report, _) = {
         let mut cmd = Command::new("sh");
@@ -481,20 +523,20 @@ fn a_udp_socket_or_a_socket_asked_for_twice_fails_the_start_naming_the_service_a
         .args(["-E", "RUST_LOG=info", "--"])
         .args(child_args("activated"));
         let mut proc = Proc::spawn_command(cmd);
-        // A datagram is what starts a datagram socket's service.
+        // A datagram is what starts a datagram socket's service: send until it has started.
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let report = loop {
+        let began = Instant::now();
+        while proc
+            .try_expect("STARTING", Duration::from_millis(100))
+            .is_err()
+        {
+            assert!(
+                began.elapsed() < WAIT,
+                "the launcher never started the service"
+            );
             sender.send_to(b"hello", ("127.0.0.1", port)).unwrap();
-            if let Ok(line) = proc.try_expect("REPORT", Duration::from_millis(200)) {
-                break line;
-            }
-        };
-        let code = support::wait_exit(&mut proc.child, WAIT).code().unwrap();
-        (
-            code,
-            serde_json::from_str::<serde_json::Value>(&report).unwrap(),
-            Vec::<String>::new(),
-        )
+        }
+        proc.finish()
     };
     assert_start_failed(
         &udp,
@@ -511,15 +553,9 @@ fn a_udp_socket_or_a_socket_asked_for_twice_fails_the_start_naming_the_service_a
         cmd.args(["-l", &format!("127.0.0.1:{port}"), "--fdname=lines"])
             .args(["-E", "RUST_LOG=info", "-E", "CHILD_TWICE=1", "--"])
             .args(child_args("activated"));
-        let mut proc = Proc::spawn_command(cmd);
+        let proc = Proc::spawn_command(cmd);
         let _trigger = connect_when_listening(SocketAddr::from(([127, 0, 0, 1], port)));
-        let report = proc.expect("REPORT");
-        let code = support::wait_exit(&mut proc.child, WAIT).code().unwrap();
-        (
-            code,
-            serde_json::from_str::<serde_json::Value>(&report).unwrap(),
-            Vec::<String>::new(),
-        )
+        proc.finish()
     };
     assert_eq!(twice.0, 3);
     let error = twice.1["trigger"]["error"].as_str().unwrap();

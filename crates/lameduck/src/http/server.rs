@@ -261,8 +261,15 @@ where
                 // Aborted with the set when the serve step is dropped (the deadline's abort).
                 loops.spawn(accept(listener, app, shared, nodelay, name));
             }
+            // The first loop to fail fails the service (the others are aborted with the set,
+            // as one listener's queue is dropped with it when its loop fails); a panic stays
+            // a panic in the report.
             while let Some(ended) = loops.join_next().await {
-                ended??;
+                match ended {
+                    Ok(result) => result?,
+                    Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+                    Err(join) => return Err(join.into()),
+                }
             }
             Ok(())
         }))

@@ -84,13 +84,20 @@ impl Inherited {
                 "LISTEN_FDS is not for this process: ignored"
             );
         }
+        // Every one is marked, even past one that is not open, so that none leaks into a child.
+        let mut not_open = None;
         for (fd, name) in &passed {
-            sys::open_cloexec(*fd).map_err(|e| {
-                ListenFdsError::new(format!(
-                    "LISTEN_FDS={} passes fd {fd} (`{name}`), but it is not open: {e}",
-                    vars.fds.as_deref().unwrap_or_default()
-                ))
-            })?;
+            if let Err(e) = sys::open_cloexec(*fd) {
+                not_open.get_or_insert_with(|| {
+                    ListenFdsError::new(format!(
+                        "LISTEN_FDS={} passes fd {fd} (`{name}`), but it is not open: {e}",
+                        vars.fds.as_deref().unwrap_or_default()
+                    ))
+                });
+            }
+        }
+        if let Some(error) = not_open {
+            return Err(error);
         }
         if !passed.is_empty() {
             let names: Vec<String> = passed.iter().map(|(fd, n)| format!("{n}={fd}")).collect();
@@ -109,8 +116,19 @@ impl Inherited {
         })
     }
 
-    /// Takes every descriptor named `service`, each checked to be a listening TCP socket and
-    /// set non-blocking. None is taken unless all are good. Empty when none has that name.
+    /// The numbers of the descriptors passed under `name` that no one has taken yet.
+    pub(crate) fn unclaimed(&self, name: &str) -> Vec<i32> {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots
+            .iter()
+            .filter(|s| s.name == name && matches!(s.state, SlotState::Unclaimed))
+            .map(|s| s.fd)
+            .collect()
+    }
+
+    /// Takes every descriptor named `service`, each set non-blocking. All are checked to be
+    /// listening TCP sockets first, and none is taken unless all pass. Empty when none has
+    /// that name.
     pub(crate) fn claim(&self, service: &Arc<str>) -> Result<Vec<Claimed>, InheritError> {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         let mine: Vec<&mut Slot> = slots.iter_mut().filter(|s| *s.name == **service).collect();
@@ -129,9 +147,14 @@ impl Inherited {
         }
         let mut claimed = Vec::with_capacity(mine.len());
         for slot in mine {
+            // Owned from here: claimed even if the next step fails (it is then closed).
             slot.state = SlotState::Claimed(Arc::clone(service));
             let listener = sys::take_listener(slot.fd).map_err(|e| {
-                InheritError::new(slot.fd, &slot.name, format!("cannot be used: {e}"))
+                InheritError::new(
+                    slot.fd,
+                    &slot.name,
+                    format!("cannot be made non-blocking: {e}"),
+                )
             })?;
             claimed.push(Claimed {
                 listener,
@@ -143,8 +166,10 @@ impl Inherited {
     }
 
     /// Closes the sockets no service claimed, saying so: a socket unit passes one that nothing
-    /// in this process serves, or a name does not match its service's. A descriptor that is
-    /// not a socket is left alone: it may not be the launcher's at all.
+    /// in this process serves, or a name does not match its service's. Only what a socket unit
+    /// passes is closed (a listening socket, or an IP one); anything else is left alone: under a
+    /// miscounted `LISTEN_FDS` it may be the process's own (the runtime's epoll, eventfd and
+    /// signal socketpair, a log socket).
     pub(crate) fn close_unclaimed(&self) {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         for slot in slots.iter_mut() {
@@ -152,17 +177,24 @@ impl Inherited {
                 continue;
             }
             slot.state = SlotState::Closed;
-            if sys::close_if_socket(slot.fd) {
+            if !sys::close_if_passed_socket(slot.fd) {
+                tracing::warn!(
+                    target: "lameduck", fd = slot.fd, name = %slot.name,
+                    "inherited descriptor claimed by no service is neither a listening nor an IP \
+                     socket: left open (is LISTEN_FDS right?)"
+                );
+            } else if slot.name == "connection" {
+                tracing::warn!(
+                    target: "lameduck", fd = slot.fd,
+                    "inherited connection closed: a socket unit with Accept=yes passes one \
+                     connection per process; lameduck serves listeners (hint: Accept=no)"
+                );
+            } else {
                 tracing::warn!(
                     target: "lameduck", fd = slot.fd, name = %slot.name,
                     "inherited socket claimed by no service: closed (hint: a service takes the \
                      sockets passed under its own name; rename the service or the socket \
                      (FileDescriptorName=, --fdname), or stop passing it)"
-                );
-            } else {
-                tracing::warn!(
-                    target: "lameduck", fd = slot.fd, name = %slot.name,
-                    "inherited descriptor claimed by no service is not a socket: left open"
                 );
             }
         }
@@ -230,7 +262,7 @@ mod sys {
     use std::io;
     use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 
-    use socket2::{Domain, SockRef, Type};
+    use socket2::{Domain, Protocol, SockRef, Type};
 
     use super::Vars;
 
@@ -253,11 +285,13 @@ mod sys {
         for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
             // SAFETY: `remove_var` is unsafe because another thread may read the environment
             // at the same time through libc (getaddrinfo, localtime), which Rust's lock does
-            // not cover. On the C libraries Linux programs use (glibc, musl), `unsetenv` only
-            // shifts the later entries of `environ` down within the same array: it frees and
-            // reallocates nothing, so a concurrent `getenv` sees the variable or does not, and
-            // never reads freed memory. Rust's own readers take std's environment lock. This
-            // runs once per process.
+            // not cover; Rust's own readers take std's environment lock. `unsetenv` shifts the
+            // later entries of `environ` down within the same array, reallocating nothing, and
+            // frees no string that came with the process's environment at exec (glibc frees
+            // none at all; musl only strings its own `setenv` made), which these variables do:
+            // a launcher sets them, and setting them in-process is not supported. A concurrent
+            // `getenv` may then miss a variable for the moment of the shift, but never reads
+            // freed memory. This runs once per process, at the first run's start.
             #[allow(unsafe_code)]
             unsafe {
                 std::env::remove_var(name);
@@ -320,6 +354,15 @@ mod sys {
             if kind != Type::STREAM {
                 return Err("is not a stream socket".to_owned());
             }
+            match socket.protocol().map_err(inspect)? {
+                Some(p) if p == Protocol::TCP || p == Protocol::MPTCP => {}
+                _ => {
+                    return Err(
+                        "is a stream socket of another protocol than TCP (SocketProtocol=?)"
+                            .to_owned(),
+                    );
+                }
+            }
             if !socket.is_listener().map_err(inspect)? {
                 return Err(
                     "is a TCP socket that is not listening (hint: with Accept=yes a socket \
@@ -335,11 +378,11 @@ mod sys {
     /// Takes ownership of `fd`, a listening TCP socket (checked), set non-blocking.
     pub(super) fn take_listener(fd: i32) -> io::Result<std::net::TcpListener> {
         open_cloexec(fd)?;
-        // SAFETY: the descriptor is open (just checked) and was passed to this process by the
-        // socket-activation protocol (LISTEN_PID is ours). Nothing else in the process owns
-        // it: the variables are read once per process (`take_env`), its slot is claimed once,
-        // and it was checked to be a listening socket, which nothing else would have left
-        // at a passed number.
+        // SAFETY: the descriptor is open (just checked), was passed to this process by the
+        // socket-activation protocol (LISTEN_PID is ours), and was checked to be a listening
+        // TCP socket, as passed sockets are. Nothing else in the process owns it: the
+        // protocol has one consumer per process, the variables are read once per process
+        // (`take_env`) and removed, and its slot is claimed once.
         #[allow(unsafe_code)]
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         let listener = std::net::TcpListener::from(owned);
@@ -347,13 +390,21 @@ mod sys {
         Ok(listener)
     }
 
-    /// Closes `fd` if it is a socket; `false` (and left open) otherwise.
-    pub(super) fn close_if_socket(fd: i32) -> bool {
-        let is_socket = with_borrowed(fd, |fd| SockRef::from(&fd).r#type().is_ok());
-        if !matches!(is_socket, Ok(true)) {
+    /// Closes `fd` if it is what a socket unit passes: a listening socket, or an IP socket (a
+    /// datagram socket, an `Accept=yes` connection). `false`, and left open, otherwise.
+    pub(super) fn close_if_passed_socket(fd: i32) -> bool {
+        let passed = with_borrowed(fd, |fd| {
+            let socket = SockRef::from(&fd);
+            let listening = socket.is_listener().unwrap_or(false);
+            let ip = matches!(socket.domain(), Ok(d) if d == Domain::IPV4 || d == Domain::IPV6);
+            listening || ip
+        });
+        if !matches!(passed, Ok(true)) {
             return false;
         }
-        // SAFETY: as in `take_listener`: open, passed to us, a socket, its slot closed once.
+        // SAFETY: open (just checked), passed to this process (LISTEN_PID is ours), of a kind
+        // the process makes for itself only through a listener or connection of its own,
+        // which would sit above the passed numbers; its slot is closed once.
         #[allow(unsafe_code)]
         drop(unsafe { OwnedFd::from_raw_fd(fd) });
         true
@@ -384,7 +435,7 @@ mod sys {
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
 
-    pub(super) fn close_if_socket(_fd: i32) -> bool {
+    pub(super) fn close_if_passed_socket(_fd: i32) -> bool {
         false
     }
 }

@@ -3,20 +3,25 @@
 
 use std::path::PathBuf;
 
-/// systemd's socket-activation tool (Debian package `systemd`). CI installs it (`.ci/run`) and
-/// a missing one fails there; elsewhere a missing one skips the test, loudly.
+/// systemd's socket-activation tool; see [`tool`].
 pub fn socket_activate() -> Option<PathBuf> {
+    tool("systemd-socket-activate", "systemd")
+}
+
+/// The program `name` on `PATH`, from the Debian package `package`. CI installs it
+/// (`.ci/run`), and a missing one fails there; elsewhere a missing one skips the test, loudly.
+pub fn tool(name: &str, package: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
-            .map(|dir| dir.join("systemd-socket-activate"))
+            .map(|dir| dir.join(name))
             .find(|path| path.is_file())
     });
     if found.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
-            "systemd-socket-activate is missing (Debian package `systemd`; .ci/run installs it)"
+            "{name} is missing (Debian package `{package}`; .ci/run installs it)"
         );
-        eprintln!("SKIPPED: systemd-socket-activate is not installed (apt-get install systemd)");
+        eprintln!("SKIPPED: {name} is not installed (apt-get install {package})");
     }
     found
 }
