@@ -35,6 +35,10 @@ pub struct Config {
     /// in the database before it is acknowledged).
     #[arg(long, env = "LAMEDUCK_FLUSH_INTERVAL", default_value = "1s", value_parser = duration)]
     pub flush_interval: Duration,
+    /// A file naming the serving process: written once ready, taken over by the new process of
+    /// an upgrade (SIGHUP), removed at exit if it still names this one.
+    #[arg(long, env = "LAMEDUCK_PID_FILE")]
+    pub pid_file: Option<PathBuf>,
     /// Write the shutdown report (JSON) to this file.
     #[arg(long, env = "LAMEDUCK_REPORT_JSON")]
     pub report_json: Option<PathBuf>,

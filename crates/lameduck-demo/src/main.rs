@@ -68,6 +68,9 @@ async fn main() {
                 .add_service(StoreServer::new(store_service))
                 .file_descriptor_set(proto::FILE_DESCRIPTOR_SET),
         );
+    if let Some(path) = &config.pid_file {
+        lifecycle = lifecycle.pid_file(path);
+    }
     if !write_through {
         let flushing = store.clone();
         let interval = config.flush_interval;

@@ -1,11 +1,13 @@
 //! What a run is configured with, below both the builder that sets it and the run that reads it.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::error::BoxError;
 use crate::service::BoxFuture;
+use crate::upgrade::UpgradeSignal;
 
 /// A background task: gets a token cancelled at the drain, returns when it has wound down.
 pub(crate) type TaskFn =
@@ -21,6 +23,9 @@ pub(crate) struct Config {
     pub(crate) handle_signals: bool,
     pub(crate) sd_notify: bool,
     pub(crate) inherit_listeners: bool,
+    pub(crate) upgrade_signal: Option<UpgradeSignal>,
+    pub(crate) upgrade_timeout: Duration,
+    pub(crate) pid_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -33,6 +38,9 @@ impl Default for Config {
             handle_signals: true,
             sd_notify: true,
             inherit_listeners: true,
+            upgrade_signal: Some(UpgradeSignal::Hup),
+            upgrade_timeout: Duration::from_secs(60),
+            pid_file: None,
         }
     }
 }

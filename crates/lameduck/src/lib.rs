@@ -57,11 +57,13 @@ mod lifecycle;
 mod listen;
 mod notify;
 mod phase;
+mod pid_file;
 mod ready;
 mod report;
 mod run;
 mod service;
 mod signal;
+mod upgrade;
 
 pub use drain::{Drain, WorkGuard};
 pub use error::{BindError, BoxError, InheritError, ListenError, NotReady, StartError};
@@ -75,6 +77,7 @@ pub use report::{
 };
 pub use service::{Service, ServiceFn, StartContext, service_fn};
 pub use signal::Signal;
+pub use upgrade::{UpgradeError, UpgradeSignal};
 
 /// The README's examples, compiled as doctests so they cannot drift from the API.
 #[cfg(doctest)]

@@ -14,6 +14,7 @@ use crate::ready::{Control, LifecycleHandle};
 use crate::report::Report;
 use crate::run::Run;
 use crate::service::{self, Service, StartFn};
+use crate::upgrade::UpgradeSignal;
 
 /// A process's services, background tasks and shutdown hooks, and the rules for starting and
 /// stopping them.
@@ -185,6 +186,28 @@ impl Lifecycle {
     /// left alone (for code of the process's own that reads them), and every service binds.
     pub fn inherit_listeners(mut self, on: bool) -> Self {
         self.config.inherit_listeners = on;
+        self
+    }
+
+    /// The signal that starts an upgrade in place (see [`LifecycleHandle::upgrade`]): default
+    /// SIGHUP; `None` for none (the handle can still ask). Installed only when the run handles
+    /// signals ([`handle_signals`](Self::handle_signals)).
+    pub fn upgrade_signal(mut self, signal: Option<UpgradeSignal>) -> Self {
+        self.config.upgrade_signal = signal;
+        self
+    }
+
+    /// How long an upgrade's new process has to become ready before it is stopped and this one
+    /// serves on. Default 60 s.
+    pub fn upgrade_timeout(mut self, timeout: Duration) -> Self {
+        self.config.upgrade_timeout = timeout;
+        self
+    }
+
+    /// A file naming the process that serves: written (atomically) once ready, rewritten by an
+    /// upgrade's new process, removed at the end only if it still names this one.
+    pub fn pid_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.pid_file = Some(path.into());
         self
     }
 

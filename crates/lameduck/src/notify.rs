@@ -7,6 +7,12 @@
 //! `STATUS=` with the error and `ERRNO=` after a failed start; and, with `WATCHDOG_USEC=` set
 //! (and `WATCHDOG_PID=` ours, or unset), `WATCHDOG=1` every half of it.
 //!
+//! A process started by a lameduck upgrade also says `READY=1` (or why its start failed) to the
+//! old process, on the socket it was given (`LAMEDUCK_UPGRADE_NOTIFY`): the same code path as
+//! under systemd. And once an upgrade has handed over, the old process tells systemd the new
+//! main PID (`MAINPID=`) and says nothing more, so that its own shutdown is not taken for the
+//! service's.
+//!
 //! The run only queues messages: one task on the runtime sends them, in order, on a
 //! non-blocking socket, each bounded by a second, and pings the watchdog from a timer on
 //! the same runtime, so a wedged runtime stops the pings and systemd restarts the service. A
@@ -33,29 +39,48 @@ pub(crate) struct Notifier {
 
 #[derive(Debug)]
 struct Inner {
-    queue: mpsc::UnboundedSender<String>,
+    queue: mpsc::UnboundedSender<Message>,
     task: JoinHandle<()>,
+}
+
+/// A message, and who gets it.
+#[derive(Debug)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+enum Message {
+    /// The service manager.
+    Manager(String),
+    /// The service manager and the upgrading parent, if any.
+    Everyone(String),
+    /// The service manager, and after it nothing more to anyone (the watchdog stops too).
+    Last(String),
 }
 
 impl Notifier {
     /// A notifier for `NOTIFY_SOCKET`, or one that does nothing when it is unset (or `enabled`
     /// is false, or the platform is not Linux).
-    pub(crate) fn from_env(enabled: bool) -> Notifier {
-        if !enabled {
+    /// With `parent`, the socket of the lameduck process that started this one as its upgrade,
+    /// which hears READY=1 (or the failed start) whether or not `enabled`.
+    pub(crate) fn from_env(enabled: bool, parent: Option<&str>) -> Notifier {
+        let manager = sys::socket_from_env().filter(|_| enabled);
+        if manager.is_none() && parent.is_none() {
             return Notifier::default();
         }
-        let Some(socket) = sys::socket_from_env() else {
-            return Notifier::default();
-        };
-        let watchdog = watchdog_from_env(std::process::id());
+        let watchdog = manager
+            .as_ref()
+            .and_then(|_| watchdog_from_env(std::process::id()));
         let (queue, messages) = mpsc::unbounded_channel();
-        let task = tokio::spawn(sys::deliver(socket, watchdog, messages));
+        let parent = parent.map(str::to_owned);
+        let task = tokio::spawn(sys::deliver(manager, parent, watchdog, messages));
         Notifier {
             inner: Some(Inner { queue, task }),
         }
     }
 
     fn send(&self, lines: &[(&str, &str)]) {
+        self.queue(lines, Message::Manager);
+    }
+
+    fn queue(&self, lines: &[(&str, &str)], to: fn(String) -> Message) {
         let Some(inner) = &self.inner else { return };
         let mut message = String::new();
         for (key, value) in lines {
@@ -66,12 +91,22 @@ impl Notifier {
             message.push('\n');
         }
         // The task ends only after the queue is closed, and the queue only by `flush`.
-        let _ = inner.queue.send(message);
+        let _ = inner.queue.send(to(message));
     }
 
     /// The readiness barrier passed.
     pub(crate) fn ready(&self, status: &str) {
-        self.send(&[("READY", "1"), ("STATUS", status)]);
+        self.queue(&[("READY", "1"), ("STATUS", status)], Message::Everyone);
+    }
+
+    /// An upgrade handed over to the process `pid`: it is the service's main process from
+    /// now on, and this one says nothing more.
+    pub(crate) fn handed_over(&self, pid: u32) {
+        let status = format!("upgraded: serving from PID {pid}");
+        self.queue(
+            &[("MAINPID", &pid.to_string()), ("STATUS", &status)],
+            Message::Last,
+        );
     }
 
     /// The shutdown's first moment: readiness is off; the first step may take `bound`.
@@ -95,8 +130,11 @@ impl Notifier {
     pub(crate) fn start_failed(&self, error: &str, errno: Option<i32>) {
         let status = format!("failed to start: {error}");
         match errno {
-            Some(code) => self.send(&[("STATUS", &status), ("ERRNO", &code.to_string())]),
-            None => self.send(&[("STATUS", &status)]),
+            Some(code) => self.queue(
+                &[("STATUS", &status), ("ERRNO", &code.to_string())],
+                Message::Everyone,
+            ),
+            None => self.queue(&[("STATUS", &status)], Message::Everyone),
         }
     }
 
@@ -164,6 +202,8 @@ mod sys {
     use tokio::sync::mpsc;
     use tokio::time::MissedTickBehavior;
 
+    use super::Message;
+
     /// How long one message may take to send before it is dropped (with a warning).
     const SEND_LIMIT: Duration = Duration::from_secs(1);
 
@@ -189,19 +229,54 @@ mod sys {
         UnixDatagram::from_std(socket)
     }
 
+    /// One destination: its address for the log, its socket if it could be reached, and how
+    /// many sends failed (the first few are logged, not a flood of pings).
+    struct Target {
+        address: String,
+        socket: Option<UnixDatagram>,
+        failures: u32,
+    }
+
+    impl Target {
+        fn new(address: String) -> Target {
+            let socket = match connect(&address) {
+                Ok(socket) => Some(socket),
+                Err(error) => {
+                    tracing::warn!(target: "lameduck", notify_socket = %address, "sd_notify: cannot reach it, nothing will be sent there: {error}");
+                    None
+                }
+            };
+            Target {
+                address,
+                socket,
+                failures: 0,
+            }
+        }
+
+        async fn send(&mut self, message: &str) {
+            let Some(socket) = &self.socket else { return };
+            let sent = match tokio::time::timeout(SEND_LIMIT, socket.send(message.as_bytes())).await
+            {
+                Ok(Ok(_)) => return,
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => format!("not sent within {SEND_LIMIT:?}"),
+            };
+            self.failures += 1;
+            if self.failures <= 3 {
+                tracing::warn!(target: "lameduck", notify_socket = %self.address, message = message.trim_end(), "sd_notify: send failed: {sent}");
+            }
+        }
+    }
+
     /// Sends the queued messages in order, and the watchdog's pings, until the queue closes.
     pub(super) async fn deliver(
-        target: String,
+        manager: Option<String>,
+        parent: Option<String>,
         watchdog: Option<Duration>,
-        mut messages: mpsc::UnboundedReceiver<String>,
+        mut messages: mpsc::UnboundedReceiver<Message>,
     ) {
-        let socket = match connect(&target) {
-            Ok(socket) => Some(socket),
-            Err(error) => {
-                tracing::warn!(target: "lameduck", notify_socket = %target, "sd_notify: cannot reach the service manager, nothing will be sent: {error}");
-                None
-            }
-        };
+        let mut manager = manager.map(Target::new);
+        let mut parent = parent.map(Target::new);
         let mut pings = watchdog.map(|period| {
             tracing::info!(target: "lameduck", period_ms = period.as_millis() as u64, "sd_notify: watchdog pings");
             let mut pings = tokio::time::interval(period);
@@ -209,7 +284,6 @@ mod sys {
             pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
             pings
         });
-        let mut failures = 0u32;
         loop {
             let message = tokio::select! {
                 biased;
@@ -217,20 +291,27 @@ mod sys {
                     Some(message) => message,
                     None => return,
                 },
-                _ = tick(&mut pings) => "WATCHDOG=1\n".to_owned(),
+                _ = tick(&mut pings) => Message::Manager("WATCHDOG=1\n".to_owned()),
             };
-            let Some(socket) = &socket else { continue };
-            let sent = match tokio::time::timeout(SEND_LIMIT, socket.send(message.as_bytes())).await
-            {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(error)) => Err(error.to_string()),
-                Err(_) => Err(format!("not sent within {SEND_LIMIT:?}")),
-            };
-            if let Err(error) = sent {
-                failures += 1;
-                // The first failures in full; a dead socket must not flood the log with pings.
-                if failures <= 3 {
-                    tracing::warn!(target: "lameduck", notify_socket = %target, message = message.trim_end(), "sd_notify: send failed: {error}");
+            match message {
+                Message::Manager(text) => {
+                    if let Some(manager) = &mut manager {
+                        manager.send(&text).await;
+                    }
+                }
+                Message::Everyone(text) => {
+                    if let Some(parent) = &mut parent {
+                        parent.send(&text).await;
+                    }
+                    if let Some(manager) = &mut manager {
+                        manager.send(&text).await;
+                    }
+                }
+                Message::Last(text) => {
+                    if let Some(manager) = &mut manager {
+                        manager.send(&text).await;
+                    }
+                    (manager, parent, pings) = (None, None, None);
                 }
             }
         }
@@ -257,9 +338,10 @@ mod sys {
     }
 
     pub(super) async fn deliver(
-        _target: String,
+        _manager: Option<String>,
+        _parent: Option<String>,
         _watchdog: Option<Duration>,
-        _messages: mpsc::UnboundedReceiver<String>,
+        _messages: mpsc::UnboundedReceiver<super::Message>,
     ) {
     }
 }

@@ -47,6 +47,7 @@ pub struct LifecycleHandle {
     state: watch::Receiver<State>,
     shutdown: CancellationToken,
     force: CancellationToken,
+    upgrade: Arc<tokio::sync::Notify>,
     start_error: Arc<OnceLock<String>>,
     /// Set before the state turns `Ready`: the watch keeps only the latest state, and a waiter
     /// that looks late must still learn that readiness was reached.
@@ -74,6 +75,7 @@ impl Control {
                 state: rx,
                 shutdown: CancellationToken::new(),
                 force: CancellationToken::new(),
+                upgrade: Arc::default(),
                 start_error: Arc::new(OnceLock::new()),
                 became_ready: Arc::new(AtomicBool::new(false)),
                 addresses: Arc::default(),
@@ -107,6 +109,10 @@ impl Control {
 
     pub(crate) fn force_requested(&self) -> &CancellationToken {
         &self.handle.force
+    }
+
+    pub(crate) fn upgrade_requested(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.handle.upgrade)
     }
 }
 
@@ -189,6 +195,19 @@ impl LifecycleHandle {
     /// Starts a graceful shutdown, as a signal would. Idempotent.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
+    }
+
+    /// Starts an upgrade in place, as the upgrade signal (SIGHUP) would: the binary at this
+    /// process's path is started with every listener, and once it is ready this process shuts
+    /// down (the report's trigger is [`Trigger::Upgraded`](crate::Trigger::Upgraded)); if it
+    /// fails or is not ready in time, it is stopped and this one serves on, as the log says.
+    /// Only while ready; a request during an upgrade is ignored. Linux only.
+    pub fn upgrade(&self) {
+        if self.is_ready() {
+            self.upgrade.notify_one();
+        } else {
+            tracing::warn!(target: "lameduck", state = ?self.state(), "upgrade asked for while not ready: ignored");
+        }
     }
 
     /// Abandons the shutdown, as a second signal would: the run returns at once with

@@ -91,6 +91,12 @@ pub enum Trigger {
     },
     /// There were no services, and every background task finished on its own.
     Completed,
+    /// An upgrade handed the listeners to a new process, which is ready and serving: this one
+    /// drained and exited.
+    Upgraded {
+        /// The new process's PID.
+        new_pid: u32,
+    },
 }
 
 impl fmt::Display for Trigger {
@@ -103,6 +109,7 @@ impl fmt::Display for Trigger {
             Trigger::ServiceFailed { service, error } => write!(f, "service `{service}` {error}"),
             Trigger::TaskFailed { task, error } => write!(f, "task `{task}` {error}"),
             Trigger::Completed => f.write_str("all tasks completed"),
+            Trigger::Upgraded { new_pid } => write!(f, "upgraded: PID {new_pid} serves now"),
         }
     }
 }

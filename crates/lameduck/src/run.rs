@@ -17,12 +17,14 @@ use crate::drain::{Drain, WorkCounts};
 use crate::error::{BoxError, Failure, StartError, chain, errno_of, panic_message};
 use crate::hooks::Hook;
 use crate::hooks::{Hooks, ms};
-use crate::listen::{Inherited, ListenFdsError};
+use crate::listen::{Handover, Inherited, ListenFdsError};
 use crate::notify::Notifier;
+use crate::pid_file::PidFile;
 use crate::ready::{Control, State};
 use crate::report::{ExitCode, Outcome, Report, Trigger, UnitReport};
 use crate::service::{Addresses, ServeFuture, StartContext, StartFn};
 use crate::signal::{Signal, Signals};
+use crate::upgrade::{Attempt, Upgrader};
 
 /// A service or background task, as the run sees it.
 struct Unit {
@@ -203,6 +205,11 @@ pub(crate) struct Run {
     /// The OS error code behind the first failed start, if one was (for `ERRNO=`); `Some` once
     /// a start failed.
     start_errno: Option<Option<i32>>,
+    /// Every listener, for an upgrade to hand over; closed when the shutdown begins.
+    handover: Arc<Handover>,
+    /// What starts an upgrade, once the run is prepared.
+    upgrader: Option<Upgrader>,
+    pid_file: Option<PidFile>,
 }
 
 impl Run {
@@ -264,6 +271,9 @@ impl Run {
             inherited: Arc::default(),
             notify: Notifier::default(),
             start_errno: None,
+            handover: Arc::default(),
+            upgrader: None,
+            pid_file: None,
         }
     }
 
@@ -275,9 +285,14 @@ impl Run {
         } else {
             Ok(Inherited::default())
         };
-        self.notify = Notifier::from_env(self.config.sd_notify);
+        let parent = inherited.as_ref().ok().and_then(Inherited::upgrade_notify);
+        self.notify = Notifier::from_env(self.config.sd_notify, parent);
+        self.pid_file = self.config.pid_file.clone().map(PidFile::new);
         let trigger = self.through(inherited).await;
         let report = self.finish(trigger);
+        if let Some(pid_file) = &self.pid_file {
+            pid_file.remove_if_ours();
+        }
         match &report.trigger {
             Trigger::StartFailed { error, .. } => {
                 self.notify.start_failed(error, self.start_errno.flatten());
@@ -305,7 +320,16 @@ impl Run {
             .map_err(|e| ("socket activation", chain(&e), None))
             .and_then(|inherited| {
                 self.inherited = Arc::new(inherited);
-                if !self.config.handle_signals {
+                let handled = self.config.handle_signals;
+                let signal = self.config.upgrade_signal.filter(|_| handled);
+                let requested = self.control.upgrade_requested();
+                let upgrader = Upgrader::new(signal, requested, self.config.upgrade_timeout)
+                    .map_err(|e| {
+                        let error = format!("cannot install the upgrade signal's handler: {e}");
+                        ("signal handler", error, e.raw_os_error())
+                    })?;
+                self.upgrader = Some(upgrader);
+                if !handled {
                     return Ok(());
                 }
                 let signals = Signals::install().map_err(|e| {
@@ -332,6 +356,8 @@ impl Run {
                 Err(trigger) => trigger,
             },
         };
+        // From here on nothing is handed over: the listeners close when their servers drop them.
+        self.handover.close();
         if trigger == Trigger::Forced {
             self.forced = true;
         }
@@ -340,7 +366,10 @@ impl Run {
         }
         self.control.set(State::Draining);
         tracing::info!(target: "lameduck", %trigger, "shutting down: readiness off");
-        if !matches!(trigger, Trigger::StartFailed { .. }) {
+        if !matches!(
+            trigger,
+            Trigger::StartFailed { .. } | Trigger::Upgraded { .. }
+        ) {
             let bound = self.config.lame_duck_delay + drain_bound(self.config.drain_deadline);
             self.notify
                 .stopping(&format!("shutting down ({trigger}): readiness off"), bound);
@@ -371,6 +400,7 @@ impl Run {
                 drain,
                 self.control.handle.clone(),
                 Arc::clone(&self.inherited),
+                Arc::clone(&self.handover),
             );
             let handle = starting.spawn(async move {
                 let began = Instant::now();
@@ -411,6 +441,11 @@ impl Run {
         // one that started a socket-activated process) finds `/readyz` ready.
         let took = self.began.elapsed();
         self.ready_after = Some(took);
+        // Before anyone hears of readiness (READY=1 to an upgrading parent, a waiter on the
+        // handle): they may read the file then.
+        if let Some(pid_file) = &self.pid_file {
+            pid_file.write();
+        }
         self.control.set(State::Ready);
         self.notify.ready(&self.ready_status(took));
         for (i, serve) in serves.into_iter().enumerate() {
@@ -553,12 +588,65 @@ impl Run {
 
     /// Ready: waits for a trigger, or a service or task ending on its own.
     async fn serve(&mut self, triggers: &mut Triggers) -> Trigger {
+        let mut attempt = None;
+        let trigger = self.serve_until(triggers, &mut attempt).await;
+        if let Some(attempt) = attempt {
+            tracing::warn!(
+                target: "lameduck", pid = attempt.pid(),
+                "upgrade abandoned: this process shuts down first; stopping the new one"
+            );
+            attempt.stop().await;
+        }
+        trigger
+    }
+
+    /// Serves until a trigger; an upgrade under way is in `attempt`.
+    async fn serve_until(
+        &mut self,
+        triggers: &mut Triggers,
+        attempt: &mut Option<Attempt>,
+    ) -> Trigger {
+        if let Some(upgrader) = &mut self.upgrader {
+            upgrader.forget_earlier();
+        }
         loop {
             let next = tokio::select! {
                 biased;
                 trigger = triggers.first() => {
                     self.triggered_at = Some(Instant::now());
                     return trigger;
+                }
+                ready = attempt_ready(attempt) => {
+                    let done = attempt.take();
+                    match ready {
+                        Ok(new_pid) => {
+                            self.triggered_at = Some(Instant::now());
+                            self.notify.handed_over(new_pid);
+                            tracing::info!(target: "lameduck", new_pid, "upgrade: the new process is ready");
+                            return Trigger::Upgraded { new_pid };
+                        }
+                        Err(error) => {
+                            tracing::error!(target: "lameduck", "upgrade failed, serving on: {error}");
+                            if let Some(done) = done {
+                                done.stop().await;
+                            }
+                        }
+                    }
+                    continue;
+                }
+                () = upgrade_requested(&mut self.upgrader) => {
+                    match (&*attempt, &self.upgrader) {
+                        (Some(under_way), _) => tracing::warn!(
+                            target: "lameduck", pid = under_way.pid(),
+                            "upgrade already under way: ignored"
+                        ),
+                        (None, Some(upgrader)) => match upgrader.begin(&self.handover) {
+                            Ok(started) => *attempt = Some(started),
+                            Err(error) => tracing::error!(target: "lameduck", "upgrade failed, serving on: {error}"),
+                        },
+                        (None, None) => {}
+                    }
+                    continue;
                 }
                 next = self.running.join_next_with_id() => next,
             };
@@ -847,6 +935,22 @@ async fn within_grace(triggers: &mut Triggers, what: &str, work: impl Future<Out
             }
             false
         }
+    }
+}
+
+/// The upgrade under way becoming ready or failing; never, with none.
+async fn attempt_ready(attempt: &mut Option<Attempt>) -> Result<u32, crate::UpgradeError> {
+    match attempt {
+        Some(attempt) => attempt.ready().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next request for an upgrade; never, without an upgrader.
+async fn upgrade_requested(upgrader: &mut Option<Upgrader>) {
+    match upgrader {
+        Some(upgrader) => upgrader.requested().await,
+        None => std::future::pending().await,
     }
 }
 

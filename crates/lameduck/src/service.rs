@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 
 use crate::drain::Drain;
 use crate::error::{BindError, BoxError, ListenError};
-use crate::listen::{self, Inherited, Listen, SocketOptions};
+use crate::listen::{self, Handover, Inherited, Listen, SocketOptions};
 use crate::ready::LifecycleHandle;
 use crate::report::{Listening, Origin};
 
@@ -142,6 +142,7 @@ pub struct StartContext {
     drain: Drain,
     handle: LifecycleHandle,
     inherited: Arc<Inherited>,
+    handover: Arc<Handover>,
 }
 
 /// The addresses a service listens on, shared between its start step and the report.
@@ -171,6 +172,7 @@ impl StartContext {
         drain: Drain,
         handle: LifecycleHandle,
         inherited: Arc<Inherited>,
+        handover: Arc<Handover>,
     ) -> Self {
         StartContext {
             name,
@@ -178,6 +180,7 @@ impl StartContext {
             drain,
             handle,
             inherited,
+            handover,
         }
     }
 
@@ -256,6 +259,7 @@ impl StartContext {
             .local_addr()
             .map_err(|e| BindError::new(shown, e))?;
         self.listening_on(local);
+        self.handover.record(&self.name, &listener);
         Ok(listener)
     }
 
@@ -278,6 +282,7 @@ impl StartContext {
             .into_iter()
             .map(|(listener, listening)| {
                 self.addresses.push(listening);
+                self.handover.record(&self.name, &listener);
                 listener
             })
             .collect())

@@ -42,6 +42,8 @@ impl ListenFdsError {
 #[derive(Debug, Default)]
 pub(crate) struct Inherited {
     slots: Mutex<Vec<Slot>>,
+    /// When this process is a lameduck upgrade's new process: the old one's readiness socket.
+    upgrade_notify: Option<String>,
 }
 
 /// A passed descriptor. It is owned (and so closed when dropped) only once it is known to be
@@ -77,7 +79,11 @@ impl Inherited {
         let Some(vars) = sys::take_env() else {
             return Ok(Inherited::default());
         };
-        let passed = parse(&vars, std::process::id())?;
+        let passed = parse(&vars, std::process::id(), sys::parent_id())?;
+        let upgrade_notify = match for_us(&vars, std::process::id(), sys::parent_id()) {
+            Ok(true) if vars.pid.is_none() => vars.upgrade_notify.clone(),
+            _ => None,
+        };
         if passed.is_empty() && vars.pid.is_some() {
             tracing::debug!(
                 target: "lameduck", listen_pid = ?vars.pid,
@@ -113,7 +119,14 @@ impl Inherited {
             .collect();
         Ok(Inherited {
             slots: Mutex::new(slots),
+            upgrade_notify,
         })
+    }
+
+    /// When this process was started by a lameduck upgrade: where the old process waits for
+    /// READY=1.
+    pub(crate) fn upgrade_notify(&self) -> Option<&str> {
+        self.upgrade_notify.as_deref()
     }
 
     /// The numbers of the descriptors passed under `name` that no one has taken yet.
@@ -207,19 +220,41 @@ struct Vars {
     pid: Option<String>,
     fds: Option<String>,
     names: Option<String>,
+    /// Set by a lameduck process that starts its upgrade (this one): its PID, which stands in
+    /// for `LISTEN_PID` (the child's PID is not known before it is started) when it is our
+    /// parent's.
+    parent: Option<String>,
+    /// With `parent`: where to say READY=1 to that parent.
+    upgrade_notify: Option<String>,
+}
+
+/// The variables an upgrading lameduck process sets for its new process, beside the systemd ones.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) const UPGRADE_PARENT: &str = "LAMEDUCK_UPGRADE_PARENT";
+/// See [`UPGRADE_PARENT`].
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) const UPGRADE_NOTIFY: &str = "LAMEDUCK_UPGRADE_NOTIFY";
+
+/// Whether the variables are for this process: `LISTEN_PID` is ours, or (an upgrade) there is
+/// none and `LAMEDUCK_UPGRADE_PARENT` is our parent's.
+fn for_us(vars: &Vars, our_pid: u32, our_parent: u32) -> Result<bool, ListenFdsError> {
+    let pid = |name: &str, value: &str| {
+        value
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| ListenFdsError::new(format!("{name}=`{value}` is not a process ID")))
+    };
+    match (vars.pid.as_deref(), vars.parent.as_deref()) {
+        (Some(listen_pid), _) => Ok(pid("LISTEN_PID", listen_pid)? == our_pid),
+        (None, Some(parent)) => Ok(pid(UPGRADE_PARENT, parent)? == our_parent),
+        (None, None) => Ok(false),
+    }
 }
 
 /// The descriptors and names the variables pass to the process `our_pid`: none when they are
 /// for another process (or absent), an error when they do not parse.
-fn parse(vars: &Vars, our_pid: u32) -> Result<Vec<(i32, String)>, ListenFdsError> {
-    let Some(pid) = vars.pid.as_deref() else {
-        return Ok(Vec::new());
-    };
-    let pid: u32 = pid
-        .trim()
-        .parse()
-        .map_err(|_| ListenFdsError::new(format!("LISTEN_PID=`{pid}` is not a process ID")))?;
-    if pid != our_pid {
+fn parse(vars: &Vars, our_pid: u32, our_parent: u32) -> Result<Vec<(i32, String)>, ListenFdsError> {
+    if !for_us(vars, our_pid, our_parent)? {
         return Ok(Vec::new());
     }
     let Some(fds) = vars.fds.as_deref() else {
@@ -264,25 +299,40 @@ mod sys {
 
     use socket2::{Domain, Protocol, SockRef, Type};
 
-    use super::Vars;
+    use super::{UPGRADE_NOTIFY, UPGRADE_PARENT, Vars};
+
+    pub(super) fn parent_id() -> u32 {
+        std::os::unix::process::parent_id()
+    }
 
     /// The variables, removed from the environment; `None` when none is set, or when they were
     /// read already (the descriptors are taken once per process).
     pub(super) fn take_env() -> Option<Vars> {
         static READ: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         let var = |name: &str| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
+        let names = [
+            "LISTEN_PID",
+            "LISTEN_FDS",
+            "LISTEN_FDNAMES",
+            UPGRADE_PARENT,
+            UPGRADE_NOTIFY,
+        ];
+        let [pid, fds, fdnames, parent, upgrade_notify] = names.map(var);
         let vars = Vars {
-            pid: var("LISTEN_PID"),
-            fds: var("LISTEN_FDS"),
-            names: var("LISTEN_FDNAMES"),
+            pid,
+            fds,
+            names: fdnames,
+            parent,
+            upgrade_notify,
         };
-        if vars.pid.is_none() && vars.fds.is_none() && vars.names.is_none() {
+        if vars.pid.is_none() && vars.fds.is_none() && vars.names.is_none() && vars.parent.is_none()
+        {
             return None;
         }
         if READ.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return None;
         }
-        for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        for name in names {
             // SAFETY: `remove_var` is unsafe because another thread may read the environment
             // at the same time through libc (getaddrinfo, localtime), which Rust's lock does
             // not cover; Rust's own readers take std's environment lock. `unsetenv` shifts the
@@ -423,6 +473,10 @@ mod sys {
         None
     }
 
+    pub(super) fn parent_id() -> u32 {
+        0
+    }
+
     pub(super) fn open_cloexec(_fd: i32) -> io::Result<()> {
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
@@ -449,12 +503,35 @@ mod tests {
             pid: pid.map(str::to_owned),
             fds: fds.map(str::to_owned),
             names: names.map(str::to_owned),
+            parent: None,
+            upgrade_notify: None,
         }
     }
 
     #[test]
+    fn an_upgrade_passes_them_to_its_child_by_the_parent_pid() {
+        let mut v = vars(None, Some("1"), Some("http"));
+        v.parent = Some("7".to_owned());
+        assert_eq!(parse(&v, 42, 7).unwrap(), [(3, "http".to_owned())]);
+        assert!(
+            parse(&v, 42, 8).unwrap().is_empty(),
+            "another process's child"
+        );
+        v.pid = Some("41".to_owned());
+        assert!(
+            parse(&v, 42, 7).unwrap().is_empty(),
+            "LISTEN_PID decides when set"
+        );
+    }
+
+    #[test]
     fn names_and_numbers_from_three() {
-        let passed = parse(&vars(Some("42"), Some("3"), Some("http:grpc-a:grpc-b")), 42).unwrap();
+        let passed = parse(
+            &vars(Some("42"), Some("3"), Some("http:grpc-a:grpc-b")),
+            42,
+            1,
+        )
+        .unwrap();
         assert_eq!(
             passed,
             [
@@ -467,7 +544,7 @@ mod tests {
 
     #[test]
     fn without_names_every_fd_is_unknown() {
-        let passed = parse(&vars(Some("42"), Some("2"), None), 42).unwrap();
+        let passed = parse(&vars(Some("42"), Some("2"), None), 42, 1).unwrap();
         assert_eq!(
             passed,
             [(3, "unknown".to_owned()), (4, "unknown".to_owned())]
@@ -477,14 +554,22 @@ mod tests {
     #[test]
     fn for_another_process_or_absent_nothing_is_passed() {
         assert!(
-            parse(&vars(Some("41"), Some("3"), Some("a:b:c")), 42)
+            parse(&vars(Some("41"), Some("3"), Some("a:b:c")), 42, 1)
                 .unwrap()
                 .is_empty()
         );
-        assert!(parse(&vars(None, Some("3"), None), 42).unwrap().is_empty());
-        assert!(parse(&vars(Some("42"), None, None), 42).unwrap().is_empty());
         assert!(
-            parse(&vars(Some("42"), Some("0"), None), 42)
+            parse(&vars(None, Some("3"), None), 42, 1)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            parse(&vars(Some("42"), None, None), 42, 1)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            parse(&vars(Some("42"), Some("0"), None), 42, 1)
                 .unwrap()
                 .is_empty()
         );
@@ -492,7 +577,7 @@ mod tests {
 
     #[test]
     fn bad_variables_are_errors_that_say_which() {
-        let err = |v| parse(&v, 42).unwrap_err().to_string();
+        let err = |v| parse(&v, 42, 1).unwrap_err().to_string();
         assert!(err(vars(Some("x"), Some("1"), None)).contains("LISTEN_PID=`x`"));
         assert!(err(vars(Some("42"), Some("abc"), None)).contains("LISTEN_FDS=`abc`"));
         assert!(err(vars(Some("42"), Some("-1"), None)).contains("LISTEN_FDS=`-1`"));

@@ -6,7 +6,7 @@
 mod bind;
 mod inherited;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::net::TcpListener;
 
@@ -16,6 +16,8 @@ use crate::report::{Listening, Origin};
 pub(crate) use bind::{SocketOptions, bind_addr};
 pub(crate) use inherited::Inherited;
 pub use inherited::ListenFdsError;
+#[cfg(target_os = "linux")]
+pub(crate) use inherited::{UPGRADE_NOTIFY, UPGRADE_PARENT};
 
 /// Where a server listens, as it was configured. (The core's own services only ever pass an
 /// address; the servers of the features adopt listeners too.)
@@ -100,5 +102,67 @@ fn shown_addr(listener: &std::net::TcpListener) -> String {
     match listener.local_addr() {
         Ok(addr) => addr.to_string(),
         Err(_) => "an adopted listener".to_owned(),
+    }
+}
+
+/// The run's listeners as an upgrade hands them to the new process: a duplicate of each, under
+/// its service's name. Kept from the start until the shutdown begins, then dropped, so that a
+/// listener still closes when its server drops it at the drain.
+#[derive(Debug, Default)]
+pub(crate) struct Handover {
+    /// `None` once closed.
+    listeners: Mutex<Option<Vec<Handed>>>,
+}
+
+/// A listener to hand over: its service, and a duplicate of its descriptor.
+#[cfg(unix)]
+pub(crate) type Handed = (Arc<str>, std::os::fd::OwnedFd);
+#[cfg(not(unix))]
+pub(crate) type Handed = (Arc<str>, std::convert::Infallible);
+
+impl Handover {
+    /// Keeps a duplicate of `listener` for a later upgrade.
+    pub(crate) fn record(&self, service: &Arc<str>, listener: &TcpListener) {
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsFd;
+            let mut listeners = self
+                .listeners
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match listener.as_fd().try_clone_to_owned() {
+                Ok(dup) => listeners
+                    .get_or_insert_with(Vec::new)
+                    .push((Arc::clone(service), dup)),
+                Err(error) => tracing::warn!(
+                    target: "lameduck", service = %service,
+                    "this listener cannot be handed to an upgrade: {error}"
+                ),
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (service, listener, &self.listeners);
+    }
+
+    /// Duplicates of every listener, for one upgrade attempt (a failed one leaves ours).
+    #[cfg(unix)]
+    pub(crate) fn duplicates(&self) -> std::io::Result<Vec<Handed>> {
+        let listeners = self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        listeners
+            .iter()
+            .flatten()
+            .map(|(service, fd)| Ok((Arc::clone(service), fd.try_clone()?)))
+            .collect()
+    }
+
+    /// The shutdown began (or the start failed): no upgrade from here on.
+    pub(crate) fn close(&self) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 }

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use lameduck::{BoxError, Drain};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
+#[cfg(target_os = "linux")]
+pub mod notify;
 pub mod tools;
 
 /// Generous: the machines are shared and noisy. Speed is measured in benchmarks.

@@ -1,0 +1,368 @@
+//! The upgrade in place: on SIGHUP (or [`LifecycleHandle::upgrade`](crate::LifecycleHandle::upgrade)),
+//! start the binary now at this process's path, with the same arguments, environment and
+//! working directory, and every listener passed to it under its service's name (the socket
+//! activation protocol: `LISTEN_FDS`, `LISTEN_FDNAMES`); keep serving until it says `READY=1`
+//! on a socket of ours, then shut down as usual. The listening sockets never close in between:
+//! the kernel queues connections for whichever process accepts next, so no client is refused.
+//! If the new process exits, or is not ready in time, it is stopped and this one keeps serving.
+//!
+//! Linux only; elsewhere an upgrade is refused with [`UpgradeError::Unsupported`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::listen::Handover;
+
+/// The signal that starts an upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum UpgradeSignal {
+    /// SIGHUP, as nginx and tableflip use it; `ExecReload=kill -HUP $MAINPID` under systemd.
+    Hup,
+    /// SIGUSR1.
+    Usr1,
+    /// SIGUSR2 (nginx's binary upgrade).
+    Usr2,
+}
+
+/// Why an upgrade did not happen. The process that tried keeps serving, and a later upgrade
+/// can be tried.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpgradeError {
+    /// Not on this platform.
+    #[error("upgrades in place are supported on Linux only")]
+    Unsupported,
+    /// The new process could not be started.
+    #[error("cannot start the new process {exe}: {source}")]
+    Spawn {
+        /// The binary.
+        exe: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The listeners could not be handed over.
+    #[error("cannot hand the listeners over: {0}")]
+    Handover(String),
+    /// The new process ended before it was ready.
+    #[error("the new process (PID {pid}) exited before it was ready ({status}){}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Exited {
+        /// Its PID.
+        pid: u32,
+        /// How it ended (`exit status: 1`, `signal: 9`).
+        status: String,
+        /// What it said of its failed start (its `STATUS=`), if anything.
+        reason: Option<String>,
+    },
+    /// The new process was not ready in time; it was stopped.
+    #[error("the new process (PID {pid}) was not ready within {timeout:?}")]
+    Timeout {
+        /// Its PID.
+        pid: u32,
+        /// The upgrade timeout.
+        timeout: Duration,
+    },
+}
+
+/// What starts upgrades in a run, and how they are made.
+pub(crate) struct Upgrader {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+    requested: Arc<Notify>,
+    timeout: Duration,
+    /// The path this process was started from (a deploy replaces the file there).
+    exe: Option<PathBuf>,
+}
+
+impl Upgrader {
+    /// Listens for `signal` (when given) and the handle's requests.
+    pub(crate) fn new(
+        signal: Option<UpgradeSignal>,
+        requested: Arc<Notify>,
+        timeout: Duration,
+    ) -> std::io::Result<Upgrader> {
+        #[cfg(unix)]
+        let signal = match signal {
+            Some(signal) => {
+                use tokio::signal::unix::SignalKind;
+                let kind = match signal {
+                    UpgradeSignal::Hup => SignalKind::hangup(),
+                    UpgradeSignal::Usr1 => SignalKind::user_defined1(),
+                    UpgradeSignal::Usr2 => SignalKind::user_defined2(),
+                };
+                Some(tokio::signal::unix::signal(kind)?)
+            }
+            None => None,
+        };
+        #[cfg(not(unix))]
+        let _ = signal;
+        Ok(Upgrader {
+            #[cfg(unix)]
+            signal,
+            requested,
+            timeout,
+            exe: sys::own_path(),
+        })
+    }
+
+    /// Forgets requests made before the lifecycle was ready: an upgrade is only for a process
+    /// that serves.
+    pub(crate) fn forget_earlier(&mut self) {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal {
+            while signal.poll_recv(&mut cx).is_ready() {
+                tracing::info!(target: "lameduck", "upgrade signal before ready: ignored");
+            }
+        }
+        let notified = self.requested.notified();
+        tokio::pin!(notified);
+        let _ = notified.as_mut().poll(&mut cx);
+    }
+
+    /// The next request for an upgrade.
+    pub(crate) async fn requested(&mut self) {
+        #[cfg(unix)]
+        let signal = async {
+            match &mut self.signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signal = std::future::pending::<()>();
+        tokio::select! {
+            () = signal => tracing::info!(target: "lameduck", "upgrade signal"),
+            () = self.requested.notified() => tracing::info!(target: "lameduck", "upgrade requested"),
+        }
+    }
+
+    /// Starts the new process with every listener of `handover`.
+    pub(crate) fn begin(&self, handover: &Handover) -> Result<Attempt, UpgradeError> {
+        sys::begin(self.exe.as_deref(), handover, self.timeout)
+    }
+}
+
+use std::future::Future as _;
+
+pub(crate) use sys::Attempt;
+
+#[cfg(target_os = "linux")]
+mod sys {
+    use std::os::linux::net::SocketAddrExt;
+    use std::path::{Path, PathBuf};
+    use std::process::Stdio;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use command_fds::{CommandFdExt, FdMapping};
+    use tokio::net::UnixDatagram;
+    use tokio::time::Instant;
+
+    use super::UpgradeError;
+    use crate::budget::ABORT_GRACE;
+    use crate::listen::{Handover, UPGRADE_NOTIFY, UPGRADE_PARENT};
+
+    /// The path of this process's binary, as it was started: `/proc/self/exe` names the file
+    /// (with " (deleted)" once a deploy has replaced it, which is dropped: the path is what
+    /// counts, not the old inode).
+    pub(super) fn own_path() -> Option<PathBuf> {
+        let path = std::env::current_exe().ok()?;
+        let text = path.to_str()?;
+        Some(PathBuf::from(
+            text.strip_suffix(" (deleted)").unwrap_or(text),
+        ))
+    }
+
+    /// A new process on its way to ready.
+    #[derive(Debug)]
+    pub(crate) struct Attempt {
+        child: tokio::process::Child,
+        pid: u32,
+        /// Where it says READY=1, or why it failed.
+        socket: UnixDatagram,
+        deadline: Instant,
+        timeout: Duration,
+        /// What it said of a failed start.
+        reason: Option<String>,
+    }
+
+    pub(super) fn begin(
+        exe: Option<&Path>,
+        handover: &Handover,
+        timeout: Duration,
+    ) -> Result<Attempt, UpgradeError> {
+        let exe = exe.ok_or_else(|| UpgradeError::Spawn {
+            exe: "(this process's binary)".to_owned(),
+            source: std::io::Error::other("its path is unknown"),
+        })?;
+        let listeners = handover
+            .duplicates()
+            .map_err(|e| UpgradeError::Handover(e.to_string()))?;
+        if let Some((name, _)) = listeners.iter().find(|(name, _)| name.contains(':')) {
+            return Err(UpgradeError::Handover(format!(
+                "the service name `{name}` has a `:`, which LISTEN_FDNAMES cannot carry"
+            )));
+        }
+        static ATTEMPTS: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "lameduck-upgrade-{}-{}",
+            std::process::id(),
+            ATTEMPTS.fetch_add(1, Ordering::Relaxed)
+        );
+        let socket = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .and_then(|addr| std::os::unix::net::UnixDatagram::bind_addr(&addr))
+            .and_then(|socket| {
+                socket.set_nonblocking(true)?;
+                UnixDatagram::from_std(socket)
+            })
+            .map_err(|e| UpgradeError::Handover(format!("no readiness socket: {e}")))?;
+
+        let names: Vec<&str> = listeners.iter().map(|(name, _)| &**name).collect();
+        let names = names.join(":");
+        let count = listeners.len();
+        let mappings = listeners
+            .into_iter()
+            .zip(3..)
+            .map(|((_, fd), child_fd)| FdMapping {
+                parent_fd: fd,
+                child_fd,
+            })
+            .collect();
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.args(std::env::args_os().skip(1))
+            .env_remove("LISTEN_PID")
+            // systemd's watchdog follows the main PID, which will be the new process's.
+            .env_remove("WATCHDOG_PID")
+            .env("LISTEN_FDS", count.to_string())
+            .env("LISTEN_FDNAMES", names)
+            .env(UPGRADE_PARENT, std::process::id().to_string())
+            .env(UPGRADE_NOTIFY, format!("@{name}"))
+            .stdin(Stdio::null())
+            .kill_on_drop(false);
+        cmd.fd_mappings(mappings)
+            .map_err(|e| UpgradeError::Handover(e.to_string()))?;
+        let shown = exe.display().to_string();
+        let child = cmd.spawn().map_err(|source| UpgradeError::Spawn {
+            exe: shown.clone(),
+            source,
+        })?;
+        let pid = child.id().unwrap_or_default();
+        tracing::info!(
+            target: "lameduck", pid, exe = %shown, listeners = count,
+            timeout_ms = timeout.as_millis() as u64,
+            "upgrade: new process started, serving on until it is ready"
+        );
+        Ok(Attempt {
+            child,
+            pid,
+            socket,
+            deadline: Instant::now() + timeout,
+            timeout,
+            reason: None,
+        })
+    }
+
+    impl Attempt {
+        /// Its PID.
+        pub(crate) fn pid(&self) -> u32 {
+            self.pid
+        }
+
+        /// Resolves once the new process is ready (`Ok`), or has failed: it exited, or was not
+        /// ready by the deadline. Cancel-safe.
+        pub(crate) async fn ready(&mut self) -> Result<u32, UpgradeError> {
+            let mut buf = [0u8; 4096];
+            loop {
+                tokio::select! {
+                    received = self.socket.recv(&mut buf) => {
+                        let Ok(n) = received else { continue };
+                        let text = String::from_utf8_lossy(&buf[..n]);
+                        if let Some(status) = text.lines().find_map(|l| l.strip_prefix("STATUS=")) {
+                            self.reason = Some(status.to_owned());
+                        }
+                        if text.lines().any(|l| l == "READY=1") {
+                            return Ok(self.pid);
+                        }
+                    }
+                    status = self.child.wait() => {
+                        let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                        return Err(UpgradeError::Exited {
+                            pid: self.pid,
+                            status,
+                            reason: self.reason.take(),
+                        });
+                    }
+                    () = tokio::time::sleep_until(self.deadline) => {
+                        return Err(UpgradeError::Timeout { pid: self.pid, timeout: self.timeout });
+                    }
+                }
+            }
+        }
+
+        /// Stops the new process (the upgrade failed, or this one is shutting down first):
+        /// SIGTERM, then SIGKILL if it has not exited within [`ABORT_GRACE`]; reaped either way.
+        pub(crate) async fn stop(mut self) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            if let Ok(pid) = i32::try_from(self.pid) {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            }
+            if tokio::time::timeout(ABORT_GRACE, self.child.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(target: "lameduck", pid = self.pid, "upgrade: the new process ignored SIGTERM: killed");
+                let _ = self.child.kill().await;
+            }
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod sys {
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use super::UpgradeError;
+    use crate::listen::Handover;
+
+    pub(super) fn own_path() -> Option<PathBuf> {
+        None
+    }
+
+    /// Never made on this platform.
+    #[derive(Debug)]
+    pub(crate) enum Attempt {}
+
+    pub(super) fn begin(
+        _exe: Option<&Path>,
+        _handover: &Handover,
+        _timeout: Duration,
+    ) -> Result<Attempt, UpgradeError> {
+        Err(UpgradeError::Unsupported)
+    }
+
+    impl Attempt {
+        pub(crate) fn pid(&self) -> u32 {
+            match *self {}
+        }
+
+        pub(crate) async fn ready(&mut self) -> Result<u32, UpgradeError> {
+            match *self {}
+        }
+
+        pub(crate) async fn stop(self) {
+            match self {}
+        }
+    }
+}
