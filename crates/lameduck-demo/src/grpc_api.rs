@@ -68,21 +68,16 @@ impl Echo for EchoService {
 pub struct StoreService {
     /// The write-behind store.
     pub store: Arc<Store>,
-    /// Whether writes go to the database before they are acknowledged.
-    pub write_through: bool,
 }
 
 #[tonic::async_trait]
 impl store_server::Store for StoreService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutReply>, Status> {
         let PutRequest { key, value } = request.into_inner();
-        self.store.put(key, value);
-        if self.write_through {
-            self.store
-                .flush()
-                .await
-                .map_err(|e| Status::unavailable(e.to_string()))?;
-        }
+        self.store
+            .write(key, value)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(PutReply {}))
     }
 

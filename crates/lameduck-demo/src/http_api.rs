@@ -21,8 +21,6 @@ const SLOW_MAX: Duration = Duration::from_secs(600);
 pub struct Api {
     /// The write-behind store.
     pub store: Arc<Store>,
-    /// Whether writes go to the database before they are acknowledged.
-    pub write_through: bool,
 }
 
 /// The router, with its state.
@@ -63,10 +61,7 @@ async fn slow(Query(query): Query<SlowQuery>) -> Json<Slow> {
 }
 
 async fn write(State(api): State<Api>, Path(key): Path<String>, value: String) -> Response {
-    api.store.put(key.clone(), value);
-    if api.write_through
-        && let Err(error) = api.store.flush().await
-    {
+    if let Err(error) = api.store.write(key.clone(), value).await {
         tracing::error!(%key, "write-through failed: {error}");
         return (StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response();
     }

@@ -31,13 +31,12 @@ async fn main() {
 
     let store = Store::new(&config.db);
     let write_through = config.flush_interval.is_zero();
+    store.set_write_through(write_through);
     let api = Api {
         store: store.clone(),
-        write_through,
     };
     let store_service = StoreService {
         store: store.clone(),
-        write_through,
     };
     let opening = store.clone();
     let mut lifecycle = Lifecycle::new()
@@ -104,6 +103,22 @@ async fn main() {
             tracing::info!(db = %closing.path().display(), "database closed");
             Ok(())
         });
+
+    // An upgrade: for a moment two processes serve, each with its own cache. From the moment
+    // the new one starts, this one writes through (after flushing what it holds), so that the
+    // new one reads every write this one acknowledged, and this one's final flush cannot write
+    // an older value over a newer one the new process stored.
+    let upgrading = lifecycle.handle();
+    let handing = store.clone();
+    tokio::spawn(async move {
+        while let Some(pid) = upgrading.upgrade_started().await {
+            handing.set_write_through(true);
+            match handing.flush().await {
+                Ok(flushed) => tracing::info!(new_pid = pid, flushed, "upgrade: writing through"),
+                Err(error) => tracing::error!(new_pid = pid, "upgrade: flush failed: {error}"),
+            }
+        }
+    });
 
     let handle = lifecycle.handle();
     tokio::spawn(async move {

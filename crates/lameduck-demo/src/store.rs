@@ -8,9 +8,15 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
+
+/// How long a write waits for another connection's transaction (the other process of an
+/// upgrade) before it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a database operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +48,8 @@ pub struct Store {
     cache: Mutex<Cache>,
     /// One flush at a time: the periodic one and the final one may meet.
     flushing: tokio::sync::Mutex<()>,
+    /// Whether a write is in the database before it is acknowledged.
+    write_through: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +68,7 @@ impl Store {
             db: Mutex::new(None),
             cache: Mutex::new(Cache::default()),
             flushing: tokio::sync::Mutex::new(()),
+            write_through: AtomicBool::new(false),
         })
     }
 
@@ -75,6 +84,9 @@ impl Store {
             let conn = Connection::open(&this.path).map_err(|e| this.db_error(e))?;
             conn.pragma_update(None, "journal_mode", "WAL")
                 .and_then(|()| conn.pragma_update(None, "synchronous", "NORMAL"))
+                // Two processes share the file for the moment of an upgrade: a writer waits
+                // for the other's transaction instead of failing.
+                .and_then(|()| conn.busy_timeout(BUSY_TIMEOUT))
                 .and_then(|()| {
                     conn.execute_batch(
                         "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -90,6 +102,22 @@ impl Store {
     /// Acknowledges a write: it is in the cache, and reads see it from now on.
     pub fn put(&self, key: String, value: String) {
         self.cache().pending.insert(key, value);
+    }
+
+    /// A write to acknowledge once this returns `Ok`: in the cache, and also in the database
+    /// when the store writes through.
+    pub async fn write(self: &Arc<Self>, key: String, value: String) -> Result<(), StoreError> {
+        self.put(key, value);
+        if self.write_through.load(Ordering::Acquire) {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// From now on every write is in the database before it is acknowledged (`true`), or
+    /// acknowledged from the cache and flushed later (`false`, the default).
+    pub fn set_write_through(&self, on: bool) {
+        self.write_through.store(on, Ordering::Release);
     }
 
     /// Writes acknowledged but not yet in the database.

@@ -7,6 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, channel};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -329,12 +331,22 @@ async fn a_bad_value_is_a_usage_error_and_starts_nothing() {
 
 /// Writes `key -> value` pairs over one keep-alive HTTP connection until the service stops
 /// taking them; returns those acknowledged (200).
-async fn http_writer(addr: SocketAddr, writer: usize) -> Vec<(String, String)> {
+/// PUTs `http-<writer>-<i>` = `v<i>` on a keep-alive connection, reconnecting when the server
+/// closes it, until 5000 are done, a connection is refused, or `stop`; returns what was
+/// acknowledged (200).
+async fn http_writer(
+    addr: SocketAddr,
+    writer: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<(String, String)> {
     let mut acked = Vec::new();
     let Ok(mut send) = http(addr).await else {
         return acked;
     };
     for i in 0..5000 {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         let (key, value) = (format!("http-{writer}-{i}"), format!("v{i}"));
         match request(&mut send, "PUT", &format!("/kv/{key}"), &value).await {
             Ok((200, _)) => acked.push((key, value)),
@@ -373,7 +385,7 @@ async fn every_acknowledged_write_survives_sigterm_under_load_and_a_restart_serv
     let addrs = demo.ready();
     let mut writers = Vec::new();
     for w in 0..4 {
-        writers.push(tokio::spawn(http_writer(addrs.http, w)));
+        writers.push(tokio::spawn(http_writer(addrs.http, w, Arc::default())));
         writers.push(tokio::spawn(grpc_writer(addrs.grpc_b, w)));
     }
     // Mid-load: once writes have been acknowledged on both APIs.
@@ -662,4 +674,104 @@ fn the_systemd_units_in_deploy_verify() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_acknowledged_across_an_upgrade_is_stored_and_served_by_the_new_process() {
+    let db = temp_db("upgrade");
+    let pid_file = db.with_extension("pid");
+    // A long flush interval: without the switch to writing through, the new process could not
+    // read what the old one acknowledged until the old one's final flush.
+    let mut demo = Demo::start(
+        &db,
+        &[
+            "--flush-interval",
+            "10s",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ],
+    );
+    let addrs = demo.ready();
+    let old_pid = demo.child.id();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| tokio::spawn(http_writer(addrs.http, w, Arc::clone(&stop))))
+        .collect();
+    // Holds the old process's drain open, and so its final flush off, for 3 s.
+    let mut slow_conn = http(addrs.http).await.unwrap();
+    let slow = tokio::spawn(async move {
+        request(&mut slow_conn, "GET", "/slow?ms=3000", "")
+            .await
+            .map(|(status, _)| status)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    demo.signal("HUP");
+    let began = Instant::now();
+    let read_pid = || {
+        std::fs::read_to_string(&pid_file)
+            .ok()?
+            .trim()
+            .parse::<u32>()
+            .ok()
+    };
+    while read_pid() == Some(old_pid) && began.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let new_pid = read_pid().unwrap();
+    assert_ne!(new_pid, old_pid);
+    // Let the old process close its listener (its drain's first step), and the writers reach
+    // the new one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = BTreeMap::new();
+    for writer in writers {
+        acked.extend(writer.await.unwrap());
+    }
+    assert!(acked.len() > 40, "only {} writes acknowledged", acked.len());
+    assert!(
+        demo.child.try_wait().unwrap().is_none(),
+        "the old process is still draining (its final flush still to come)"
+    );
+
+    // While both run, the new process serves every write either acknowledged.
+    let mut send = http(addrs.http).await.unwrap();
+    for (key, value) in &acked {
+        let (status, body) = request(&mut send, "GET", &format!("/kv/{key}"), "")
+            .await
+            .unwrap();
+        assert_eq!((status, body.as_str()), (200, value.as_str()), "{key}");
+    }
+    drop(send);
+    assert_eq!(
+        slow.await.unwrap().unwrap(),
+        200,
+        "the old process finished its request"
+    );
+    let began = Instant::now();
+    let status = loop {
+        if let Some(status) = demo.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(began.elapsed() < WAIT, "the old process did not exit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    let _ = Command::new("kill")
+        .args(["-TERM", &new_pid.to_string()])
+        .status();
+    let began = Instant::now();
+    while Path::new(&format!("/proc/{new_pid}")).exists() && began.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, log) = demo.wait();
+    assert!(log.contains("upgrade: writing through"), "{log}");
+
+    // And once both have exited, all of it is in the database.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut query = conn.prepare("SELECT value FROM kv WHERE key = ?1").unwrap();
+    for (key, value) in &acked {
+        let stored: String = query.query_row([key], |row| row.get(0)).unwrap();
+        assert_eq!(&stored, value, "{key}");
+    }
 }

@@ -48,6 +48,8 @@ pub struct LifecycleHandle {
     shutdown: CancellationToken,
     force: CancellationToken,
     upgrade: Arc<tokio::sync::Notify>,
+    /// The PID of the last upgrade's new process (0: none yet).
+    upgrade_started: watch::Receiver<u32>,
     start_error: Arc<OnceLock<String>>,
     /// Set before the state turns `Ready`: the watch keeps only the latest state, and a waiter
     /// that looks late must still learn that readiness was reached.
@@ -63,19 +65,23 @@ type Published = Arc<Mutex<Vec<(Arc<str>, Addresses)>>>;
 #[derive(Debug)]
 pub(crate) struct Control {
     state: watch::Sender<State>,
+    upgrade_started: watch::Sender<u32>,
     pub(crate) handle: LifecycleHandle,
 }
 
 impl Control {
     pub(crate) fn new() -> Self {
         let (tx, rx) = watch::channel(State::Starting);
+        let (upgrade_tx, upgrade_rx) = watch::channel(0);
         Control {
             state: tx,
+            upgrade_started: upgrade_tx,
             handle: LifecycleHandle {
                 state: rx,
                 shutdown: CancellationToken::new(),
                 force: CancellationToken::new(),
                 upgrade: Arc::default(),
+                upgrade_started: upgrade_rx,
                 start_error: Arc::new(OnceLock::new()),
                 became_ready: Arc::new(AtomicBool::new(false)),
                 addresses: Arc::default(),
@@ -109,6 +115,10 @@ impl Control {
 
     pub(crate) fn force_requested(&self) -> &CancellationToken {
         &self.handle.force
+    }
+
+    pub(crate) fn upgrade_started(&self, pid: u32) {
+        self.upgrade_started.send_replace(pid);
     }
 
     pub(crate) fn upgrade_requested(&self) -> Arc<tokio::sync::Notify> {
@@ -208,6 +218,31 @@ impl LifecycleHandle {
         } else {
             tracing::warn!(target: "lameduck", state = ?self.state(), "upgrade asked for while not ready: ignored");
         }
+    }
+
+    /// Waits until the next upgrade starts its new process, and returns its PID; `None` once
+    /// the run is over. From that moment two processes serve: the moment for state this one
+    /// keeps to itself (a write-behind cache, say) to become readable by the next one.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let lifecycle = lameduck::Lifecycle::new().handle_signals(false);
+    /// let handle = lifecycle.handle();
+    /// tokio::spawn(async move {
+    ///     while let Some(pid) = handle.upgrade_started().await {
+    ///         // flush the cache, write through from now on
+    ///         # let _ = pid;
+    ///     }
+    /// });
+    /// # drop(lifecycle);
+    /// # }
+    /// ```
+    pub async fn upgrade_started(&self) -> Option<u32> {
+        let mut rx = self.upgrade_started.clone();
+        rx.mark_unchanged();
+        rx.changed().await.ok()?;
+        let pid = *rx.borrow();
+        Some(pid)
     }
 
     /// Abandons the shutdown, as a second signal would: the run returns at once with

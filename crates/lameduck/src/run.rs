@@ -641,7 +641,10 @@ impl Run {
                             "upgrade already under way: ignored"
                         ),
                         (None, Some(upgrader)) => match upgrader.begin(&self.handover) {
-                            Ok(started) => *attempt = Some(started),
+                            Ok(started) => {
+                                self.control.upgrade_started(started.pid());
+                                *attempt = Some(started);
+                            }
                             Err(error) => tracing::error!(target: "lameduck", "upgrade failed, serving on: {error}"),
                         },
                         (None, None) => {}
