@@ -68,6 +68,8 @@ struct Inner {
     deadline: CancellationToken,
     /// ... until this one, a moment later, aborts it.
     hard_stop: CancellationToken,
+    /// Cancelled when an upgrade has handed the listeners to a new process, before the drain.
+    handed_over: CancellationToken,
     tracker: TaskTracker,
     /// Units of work: connections, for a server.
     work: Counter,
@@ -103,17 +105,26 @@ enum Kind {
 }
 
 impl Drain {
+    /// Whether an upgrade handed the listeners to a new process: they live on there, so
+    /// connections still queued in the kernel are the new process's to accept, not this one's.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn listeners_handed_over(&self) -> bool {
+        self.inner.handed_over.is_cancelled()
+    }
+
     /// `deadline` must be cancelled whenever `hard_stop` is (a child token of it).
     pub(crate) fn new(
         draining: CancellationToken,
         deadline: CancellationToken,
         hard_stop: CancellationToken,
+        handed_over: CancellationToken,
     ) -> Self {
         Drain {
             inner: Arc::new(Inner {
                 draining,
                 deadline,
                 hard_stop,
+                handed_over,
                 tracker: TaskTracker::new(),
                 work: Counter::default(),
                 requests: Counter::default(),
@@ -353,7 +364,16 @@ mod tests {
 
     fn drain() -> (Drain, CancellationToken, CancellationToken) {
         let (d, h) = (CancellationToken::new(), CancellationToken::new());
-        (Drain::new(d.clone(), h.child_token(), h.clone()), d, h)
+        (
+            Drain::new(
+                d.clone(),
+                h.child_token(),
+                h.clone(),
+                CancellationToken::new(),
+            ),
+            d,
+            h,
+        )
     }
 
     #[tokio::test(start_paused = true)]

@@ -108,19 +108,6 @@ pub enum ListenError {
     /// An inherited socket is unusable.
     #[error(transparent)]
     Inherited(#[from] InheritError),
-    /// The service takes one listener, and the process was passed several under its name.
-    #[error(
-        "{count} sockets were passed under the name `{name}` (fds {fds}), and this service \
-         takes one (hint: `StartContext::listen_tcp_all` takes them all)"
-    )]
-    Several {
-        /// The name.
-        name: String,
-        /// How many.
-        count: usize,
-        /// Their numbers, comma-separated.
-        fds: String,
-    },
 }
 
 /// A service's start step failed: the lifecycle never became ready.

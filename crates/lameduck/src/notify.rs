@@ -277,6 +277,10 @@ mod sys {
     ) {
         let mut manager = manager.map(Target::new);
         let mut parent = parent.map(Target::new);
+        // Started by an upgrade, this process is not the service's main process until the old
+        // one hands over at its READY=1: until then the manager hears nothing from it (not a
+        // failed start's STOPPING=1, not watchdog pings that would hide a wedged old process).
+        let mut manager_hears = parent.is_none();
         let mut pings = watchdog.map(|period| {
             tracing::info!(target: "lameduck", period_ms = period.as_millis() as u64, "sd_notify: watchdog pings");
             let mut pings = tokio::time::interval(period);
@@ -291,11 +295,11 @@ mod sys {
                     Some(message) => message,
                     None => return,
                 },
-                _ = tick(&mut pings) => Message::Manager("WATCHDOG=1\n".to_owned()),
+                _ = tick(&mut pings), if manager_hears => Message::Manager("WATCHDOG=1\n".to_owned()),
             };
             match message {
                 Message::Manager(text) => {
-                    if let Some(manager) = &mut manager {
+                    if let (true, Some(manager)) = (manager_hears, &mut manager) {
                         manager.send(&text).await;
                     }
                 }
@@ -303,8 +307,13 @@ mod sys {
                     if let Some(parent) = &mut parent {
                         parent.send(&text).await;
                     }
-                    if let Some(manager) = &mut manager {
+                    let ready = text.lines().any(|l| l == "READY=1");
+                    if let (true, Some(manager)) = (manager_hears, &mut manager) {
                         manager.send(&text).await;
+                    } else if ready {
+                        // Its parent hands over now: from here on it is the main process.
+                        manager_hears = true;
+                        parent = None;
                     }
                 }
                 Message::Last(text) => {

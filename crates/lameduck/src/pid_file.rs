@@ -25,6 +25,16 @@ impl PidFile {
         }
     }
 
+    /// After an upgrade's new process `pid` was stopped: if the file names it, this process
+    /// serves (or is the one shutting down), so it names this one again.
+    pub(crate) fn reclaim(&self, pid: u32) {
+        let theirs =
+            std::fs::read_to_string(&self.path).is_ok_and(|text| text.trim() == pid.to_string());
+        if theirs {
+            self.write();
+        }
+    }
+
     /// Removes the file if it still names this process.
     pub(crate) fn remove_if_ours(&self) {
         let ours = std::fs::read_to_string(&self.path)

@@ -209,7 +209,11 @@ pub(crate) struct Run {
     handover: Arc<Handover>,
     /// What starts an upgrade, once the run is prepared.
     upgrader: Option<Upgrader>,
-    pid_file: Option<PidFile>,
+    /// Cancelled when an upgrade has handed the listeners over (see `Drain`).
+    handed_over: CancellationToken,
+    /// New processes of failed or abandoned upgrades, being stopped.
+    stopping: JoinSet<()>,
+    pid_file: Option<Arc<PidFile>>,
 }
 
 impl Run {
@@ -233,11 +237,17 @@ impl Run {
         }
         let draining = CancellationToken::new();
         let hard_stop = CancellationToken::new();
+        let handed_over = CancellationToken::new();
         let deadline = hard_stop.child_token();
         let mut units = Vec::with_capacity(services.len() + tasks.len());
         let mut starts = Vec::with_capacity(services.len());
         for (name, start) in services {
-            let drain = Drain::new(draining.clone(), deadline.clone(), hard_stop.clone());
+            let drain = Drain::new(
+                draining.clone(),
+                deadline.clone(),
+                hard_stop.clone(),
+                handed_over.clone(),
+            );
             let unit = Unit::new(name, Some(drain));
             control.publish_addresses(Arc::clone(&unit.name), unit.addresses.clone());
             units.push(unit);
@@ -273,6 +283,8 @@ impl Run {
             start_errno: None,
             handover: Arc::default(),
             upgrader: None,
+            handed_over,
+            stopping: JoinSet::new(),
             pid_file: None,
         }
     }
@@ -287,8 +299,17 @@ impl Run {
         };
         let parent = inherited.as_ref().ok().and_then(Inherited::upgrade_notify);
         self.notify = Notifier::from_env(self.config.sd_notify, parent);
-        self.pid_file = self.config.pid_file.clone().map(PidFile::new);
+        self.pid_file = self
+            .config
+            .pid_file
+            .clone()
+            .map(|path| Arc::new(PidFile::new(path)));
         let trigger = self.through(inherited).await;
+        if self.forced {
+            // Dropping them kills the new processes at once.
+            self.stopping.abort_all();
+        }
+        while self.stopping.join_next().await.is_some() {}
         let report = self.finish(trigger);
         if let Some(pid_file) = &self.pid_file {
             pid_file.remove_if_ours();
@@ -446,6 +467,10 @@ impl Run {
         if let Some(pid_file) = &self.pid_file {
             pid_file.write();
         }
+        // Upgrades are for a process that serves: earlier requests are forgotten.
+        if let Some(upgrader) = &mut self.upgrader {
+            upgrader.forget_earlier();
+        }
         self.control.set(State::Ready);
         self.notify.ready(&self.ready_status(took));
         for (i, serve) in serves.into_iter().enumerate() {
@@ -595,9 +620,23 @@ impl Run {
                 target: "lameduck", pid = attempt.pid(),
                 "upgrade abandoned: this process shuts down first; stopping the new one"
             );
-            attempt.stop().await;
+            // It may have begun to serve (its READY=1 racing this shutdown): a whole drain.
+            let within = self.config.drain_deadline + ABORT_GRACE;
+            self.stop_in_background(attempt, within);
         }
         trigger
+    }
+
+    /// Stops an upgrade's new process without holding up the run; the run's end waits for it.
+    fn stop_in_background(&mut self, attempt: Attempt, within: Duration) {
+        let pid_file = self.pid_file.clone();
+        self.stopping.spawn(async move {
+            let pid = attempt.pid();
+            attempt.stop(within).await;
+            if let Some(pid_file) = pid_file {
+                pid_file.reclaim(pid);
+            }
+        });
     }
 
     /// Serves until a trigger; an upgrade under way is in `attempt`.
@@ -606,9 +645,6 @@ impl Run {
         triggers: &mut Triggers,
         attempt: &mut Option<Attempt>,
     ) -> Trigger {
-        if let Some(upgrader) = &mut self.upgrader {
-            upgrader.forget_earlier();
-        }
         loop {
             let next = tokio::select! {
                 biased;
@@ -621,6 +657,7 @@ impl Run {
                     match ready {
                         Ok(new_pid) => {
                             self.triggered_at = Some(Instant::now());
+                            self.handed_over.cancel();
                             self.notify.handed_over(new_pid);
                             tracing::info!(target: "lameduck", new_pid, "upgrade: the new process is ready");
                             return Trigger::Upgraded { new_pid };
@@ -628,7 +665,7 @@ impl Run {
                         Err(error) => {
                             tracing::error!(target: "lameduck", "upgrade failed, serving on: {error}");
                             if let Some(done) = done {
-                                done.stop().await;
+                                self.stop_in_background(done, ABORT_GRACE);
                             }
                         }
                     }
@@ -639,6 +676,17 @@ impl Run {
                         (Some(under_way), _) => tracing::warn!(
                             target: "lameduck", pid = under_way.pid(),
                             "upgrade already under way: ignored"
+                        ),
+                        (None, Some(_)) if !self.config.inherit_listeners => tracing::error!(
+                            target: "lameduck",
+                            "upgrade refused: with inherit_listeners(false) the new process \
+                             would not take the listeners"
+                        ),
+                        (None, Some(_)) if std::process::id() == 1 => tracing::error!(
+                            target: "lameduck",
+                            "upgrade refused: this process is PID 1 (a container's init), and \
+                             the new one would end with it (hint: run under an init that stays, \
+                             such as tini or `docker run --init`)"
                         ),
                         (None, Some(upgrader)) => match upgrader.begin(&self.handover) {
                             Ok(started) => {
@@ -789,7 +837,10 @@ impl Run {
             return;
         }
         let serving = |units: &[Unit]| units.iter().any(|u| u.live && u.drain.is_some());
-        if serving(&self.units) && !self.config.lame_duck_delay.is_zero() {
+        // After an upgrade the port serves on, from the new process: no balancer needs to
+        // notice anything, so there is no lame duck to be.
+        let handed_over = self.handed_over.is_cancelled();
+        if serving(&self.units) && !handed_over && !self.config.lame_duck_delay.is_zero() {
             tracing::info!(
                 target: "lameduck",
                 delay_ms = ms(self.config.lame_duck_delay),

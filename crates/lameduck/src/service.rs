@@ -189,15 +189,18 @@ impl StartContext {
         &self.name
     }
 
-    /// The service's TCP listener: the socket passed to the process under the service's name
-    /// (systemd socket activation: `LISTEN_FDS`, `LISTEN_FDNAMES`, `FileDescriptorName=`) if
-    /// there is one, otherwise `addr`, bound (with `SO_REUSEADDR` on Unix and a backlog of
-    /// 1024). Its local address and where it came from go into the report and the log line.
+    /// A TCP listener of the service: the next socket passed to the process under the
+    /// service's name (systemd socket activation: `LISTEN_FDS`, `LISTEN_FDNAMES`,
+    /// `FileDescriptorName=`; or an upgrade's old process) if it was passed any, otherwise
+    /// `addr`, bound (with `SO_REUSEADDR` on Unix and a backlog of 1024). Its local address and
+    /// where it came from go into the report and the log line. A service that calls it twice
+    /// gets the passed sockets in order: an upgrade passes them in the order they were made.
     ///
     /// The error names the address or the descriptor: a taken port (with a hint at the usual
-    /// cause), a passed socket that is not a listening TCP socket or that another service took,
-    /// or several sockets passed under the name (take them with
-    /// [`listen_tcp_all`](Self::listen_tcp_all)).
+    /// cause), a passed socket that is not a listening TCP socket, or a name asked for more
+    /// often than sockets were passed under it (another service took them). Passed sockets
+    /// left over at the end of the start are closed with a warning
+    /// ([`listen_tcp_all`](Self::listen_tcp_all) takes them all).
     ///
     /// ```
     /// use lameduck::{Lifecycle, service_fn};
@@ -214,18 +217,9 @@ impl StartContext {
     /// }));
     /// ```
     pub async fn listen_tcp(&self, addr: impl fmt::Display) -> Result<TcpListener, ListenError> {
-        let passed = self.inherited.unclaimed(&self.name);
-        if passed.len() > 1 {
-            let fds: Vec<String> = passed.iter().map(ToString::to_string).collect();
-            return Err(ListenError::Several {
-                name: self.name.to_string(),
-                count: passed.len(),
-                fds: fds.join(", "),
-            });
-        }
         let shown = addr.to_string();
         let all = self
-            .listen(Listen::Addr(shown.clone()), SocketOptions::default())
+            .listen_some(true, Listen::Addr(shown.clone()), SocketOptions::default())
             .await?;
         all.into_iter().next().ok_or_else(|| {
             let none = std::io::Error::other("no listener came of it");
@@ -259,7 +253,11 @@ impl StartContext {
             .local_addr()
             .map_err(|e| BindError::new(shown, e))?;
         self.listening_on(local);
-        self.handover.record(&self.name, &listener);
+        self.handover.block(format!(
+            "service `{}` binds with `bind_tcp`, which the new process would do again, and fail \
+             (hint: `listen_tcp` takes the listener handed over)",
+            self.name
+        ));
         Ok(listener)
     }
 
@@ -277,12 +275,31 @@ impl StartContext {
         listen: Listen,
         options: SocketOptions,
     ) -> Result<Vec<TcpListener>, ListenError> {
-        let all = listen::listeners(&self.name, &self.inherited, listen, options).await?;
+        self.listen_some(false, listen, options).await
+    }
+
+    /// As [`listen`](Self::listen); with `one`, the next passed socket only.
+    async fn listen_some(
+        &self,
+        one: bool,
+        listen: Listen,
+        options: SocketOptions,
+    ) -> Result<Vec<TcpListener>, ListenError> {
+        let all = listen::listeners(&self.name, &self.inherited, one, listen, options).await?;
         Ok(all
             .into_iter()
             .map(|(listener, listening)| {
+                if listening.origin == Origin::Adopted {
+                    self.handover.block(format!(
+                        "service `{}` serves a listener it was given (`from_listener`), which \
+                         the new process would bind again (hint: `HttpServer::bind` takes the \
+                         listener handed over)",
+                        self.name
+                    ));
+                } else {
+                    self.handover.record(&self.name, &listener);
+                }
                 self.addresses.push(listening);
-                self.handover.record(&self.name, &listener);
                 listener
             })
             .collect())

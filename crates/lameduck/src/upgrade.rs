@@ -156,7 +156,6 @@ pub(crate) use sys::Attempt;
 
 #[cfg(target_os = "linux")]
 mod sys {
-    use std::os::linux::net::SocketAddrExt;
     use std::path::{Path, PathBuf};
     use std::process::Stdio;
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -167,13 +166,18 @@ mod sys {
     use tokio::time::Instant;
 
     use super::UpgradeError;
-    use crate::budget::ABORT_GRACE;
     use crate::listen::{Handover, UPGRADE_NOTIFY, UPGRADE_PARENT};
 
-    /// The path of this process's binary, as it was started: `/proc/self/exe` names the file
-    /// (with " (deleted)" once a deploy has replaced it, which is dropped: the path is what
-    /// counts, not the old inode).
+    /// The path this process's binary was started by: `argv[0]` when it names a file (made
+    /// absolute against the working directory at the start, which a child inherits), so that
+    /// a symlink (`current -> releases/v2`) is followed again at the upgrade; otherwise
+    /// `/proc/self/exe`, without the " (deleted)" it gets once a deploy has replaced the file
+    /// (the path counts, not the old inode).
     pub(super) fn own_path() -> Option<PathBuf> {
+        let argv0 = std::env::args_os().next().map(PathBuf::from);
+        if let Some(argv0) = argv0.filter(|p| p.components().count() > 1) {
+            return std::env::current_dir().ok().map(|dir| dir.join(argv0));
+        }
         let path = std::env::current_exe().ok()?;
         let text = path.to_str()?;
         Some(PathBuf::from(
@@ -181,13 +185,17 @@ mod sys {
         ))
     }
 
-    /// A new process on its way to ready.
+    /// A new process on its way to ready. Dropped before it has handed over (the run itself
+    /// dropped, say), it kills the new process: nothing may serve unmanaged.
     #[derive(Debug)]
     pub(crate) struct Attempt {
         child: tokio::process::Child,
         pid: u32,
-        /// Where it says READY=1, or why it failed.
+        /// Where it says READY=1, or why it failed: a socket in a directory only this user can
+        /// enter, so that no other user's process can say it.
         socket: UnixDatagram,
+        dir: PathBuf,
+        handed_over: bool,
         deadline: Instant,
         timeout: Duration,
         /// What it said of a failed start.
@@ -203,27 +211,15 @@ mod sys {
             exe: "(this process's binary)".to_owned(),
             source: std::io::Error::other("its path is unknown"),
         })?;
-        let listeners = handover
-            .duplicates()
-            .map_err(|e| UpgradeError::Handover(e.to_string()))?;
+        let listeners = handover.duplicates().map_err(UpgradeError::Handover)?;
         if let Some((name, _)) = listeners.iter().find(|(name, _)| name.contains(':')) {
             return Err(UpgradeError::Handover(format!(
                 "the service name `{name}` has a `:`, which LISTEN_FDNAMES cannot carry"
             )));
         }
-        static ATTEMPTS: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "lameduck-upgrade-{}-{}",
-            std::process::id(),
-            ATTEMPTS.fetch_add(1, Ordering::Relaxed)
-        );
-        let socket = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-            .and_then(|addr| std::os::unix::net::UnixDatagram::bind_addr(&addr))
-            .and_then(|socket| {
-                socket.set_nonblocking(true)?;
-                UnixDatagram::from_std(socket)
-            })
+        let (dir, socket) = readiness_socket()
             .map_err(|e| UpgradeError::Handover(format!("no readiness socket: {e}")))?;
+        let path = dir.join("ready.sock");
 
         let names: Vec<&str> = listeners.iter().map(|(name, _)| &**name).collect();
         let names = names.join(":");
@@ -244,15 +240,18 @@ mod sys {
             .env("LISTEN_FDS", count.to_string())
             .env("LISTEN_FDNAMES", names)
             .env(UPGRADE_PARENT, std::process::id().to_string())
-            .env(UPGRADE_NOTIFY, format!("@{name}"))
+            .env(UPGRADE_NOTIFY, &path)
             .stdin(Stdio::null())
             .kill_on_drop(false);
         cmd.fd_mappings(mappings)
             .map_err(|e| UpgradeError::Handover(e.to_string()))?;
         let shown = exe.display().to_string();
-        let child = cmd.spawn().map_err(|source| UpgradeError::Spawn {
-            exe: shown.clone(),
-            source,
+        let child = cmd.spawn().map_err(|source| {
+            let _ = std::fs::remove_dir_all(&dir);
+            UpgradeError::Spawn {
+                exe: shown.clone(),
+                source,
+            }
         })?;
         let pid = child.id().unwrap_or_default();
         tracing::info!(
@@ -264,6 +263,8 @@ mod sys {
             child,
             pid,
             socket,
+            dir,
+            handed_over: false,
             deadline: Instant::now() + timeout,
             timeout,
             reason: None,
@@ -282,6 +283,8 @@ mod sys {
             let mut buf = [0u8; 4096];
             loop {
                 tokio::select! {
+                    // What it said first (why it failed, or READY=1), then how it ended.
+                    biased;
                     received = self.socket.recv(&mut buf) => {
                         let Ok(n) = received else { continue };
                         let text = String::from_utf8_lossy(&buf[..n]);
@@ -289,6 +292,7 @@ mod sys {
                             self.reason = Some(status.to_owned());
                         }
                         if text.lines().any(|l| l == "READY=1") {
+                            self.handed_over = true;
                             return Ok(self.pid);
                         }
                     }
@@ -308,8 +312,10 @@ mod sys {
         }
 
         /// Stops the new process (the upgrade failed, or this one is shutting down first):
-        /// SIGTERM, then SIGKILL if it has not exited within [`ABORT_GRACE`]; reaped either way.
-        pub(crate) async fn stop(mut self) {
+        /// SIGTERM, then SIGKILL if it has not exited `within` (a moment for one that never
+        /// served; its drain for one that may have, when a shutdown raced its READY=1); reaped
+        /// either way.
+        pub(crate) async fn stop(mut self, within: Duration) {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
             }
@@ -317,14 +323,48 @@ mod sys {
                 let pid = nix::unistd::Pid::from_raw(pid);
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             }
-            if tokio::time::timeout(ABORT_GRACE, self.child.wait())
+            if tokio::time::timeout(within, self.child.wait())
                 .await
                 .is_err()
             {
-                tracing::warn!(target: "lameduck", pid = self.pid, "upgrade: the new process ignored SIGTERM: killed");
+                tracing::warn!(target: "lameduck", pid = self.pid, "upgrade: the new process did not stop within {within:?}: killed");
                 let _ = self.child.kill().await;
             }
         }
+    }
+
+    impl Drop for Attempt {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            if !self.handed_over {
+                let _ = self.child.start_kill();
+            }
+        }
+    }
+
+    /// A datagram socket in a new directory that only this user can enter.
+    fn readiness_socket() -> std::io::Result<(PathBuf, UnixDatagram)> {
+        use std::os::unix::fs::DirBuilderExt;
+        static ATTEMPTS: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "lameduck-upgrade-{}-{nanos}-{}",
+            std::process::id(),
+            ATTEMPTS.fetch_add(1, Ordering::Relaxed)
+        ));
+        // Fails if it exists: nobody else's directory is used.
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let socket = std::os::unix::net::UnixDatagram::bind(dir.join("ready.sock"))
+            .and_then(|socket| {
+                socket.set_nonblocking(true)?;
+                UnixDatagram::from_std(socket)
+            })
+            .inspect_err(|_| {
+                let _ = std::fs::remove_dir_all(&dir);
+            })?;
+        Ok((dir, socket))
     }
 }
 
@@ -361,7 +401,7 @@ mod sys {
             match *self {}
         }
 
-        pub(crate) async fn stop(self) {
+        pub(crate) async fn stop(self, _within: Duration) {
             match self {}
         }
     }

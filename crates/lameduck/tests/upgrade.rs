@@ -46,6 +46,16 @@ fn upgradable() {
         if let Some(path) = env("CHILD_PID_FILE") {
             lifecycle = lifecycle.pid_file(path);
         }
+        if env("CHILD_BIND_TCP").is_some() {
+            // A listener bound outside the path an upgrade can hand over.
+            lifecycle = lifecycle.service(
+                "own",
+                lameduck::service_fn(|ctx| async move {
+                    let listener = ctx.bind_tcp("127.0.0.1:0").await?;
+                    Ok(support::accept_lines(listener, ctx.drain()))
+                }),
+            );
+        }
         let handle = lifecycle.handle();
         tokio::spawn(async move {
             if handle.wait_ready().await.is_ok() {
@@ -182,7 +192,8 @@ fn upgrade_to_a_hung_binary(old: &Proc, exe: &Path, started: &Path) {
     );
     replace_with_script(exe, &script);
     old.signal("HUP");
-    wait_until(|| started.exists());
+    // Until it has written its PID whole.
+    wait_until(|| std::fs::read_to_string(started).is_ok_and(|t| t.ends_with('\n')));
 }
 
 /// Runs the child from a copy of this test binary at `path` (which a test may replace).
@@ -285,7 +296,7 @@ fn a_broken_or_never_ready_new_binary_is_rolled_back_and_a_good_one_then_takes_o
         &exe,
         &[
             ("CHILD_PID_FILE", pid_file.to_str().unwrap()),
-            ("CHILD_UPGRADE_TIMEOUT_MS", "1000"),
+            ("CHILD_UPGRADE_TIMEOUT_MS", "2000"),
         ],
     );
     let old_pid = old.child.id();
@@ -293,21 +304,26 @@ fn a_broken_or_never_ready_new_binary_is_rolled_back_and_a_good_one_then_takes_o
     old.expect(&format!("READY {old_pid}"));
 
     // A new binary that fails at once: the old process serves on.
-    replace_with_script(&exe, "#!/bin/sh\necho broken >&2\nexit 1\n");
+    let ran = dir.join("broken-ran");
+    let broken = format!("#!/bin/sh\ntouch {}\nexit 1\n", ran.display());
+    replace_with_script(&exe, &broken);
     let load = Load::start(addr);
     old.signal("HUP");
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until(|| ran.exists());
+    assert!(ran.exists(), "the broken binary ran");
+    std::thread::sleep(Duration::from_millis(300));
     assert!(
         old.child.try_wait().unwrap().is_none(),
         "the old process serves on"
     );
     assert_eq!(get(addr, "/"), Ok(old_pid));
 
-    // One that never gets ready: stopped after the upgrade timeout (1 s).
+    // One that never gets ready: stopped after the upgrade timeout.
     upgrade_to_a_hung_binary(&old, &exe, &started);
     let hung = read_pid(&started);
     let _reap = Reap(vec![hung]);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Stopped once the upgrade timeout (2 s) has passed.
+    wait_until(|| !alive(hung));
     assert!(!alive(hung), "the never-ready process was stopped");
     assert!(
         old.child.try_wait().unwrap().is_none(),
@@ -367,7 +383,7 @@ fn a_second_sighup_during_an_upgrade_is_ignored_and_sigterm_stops_the_new_proces
     old.expect(&format!("READY {old_pid}"));
     upgrade_to_a_hung_binary(&old, &exe, &started);
     old.signal("HUP");
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(600));
     let lines = std::fs::read_to_string(&started).unwrap();
     assert_eq!(
         lines.lines().count(),
@@ -384,4 +400,31 @@ fn a_second_sighup_during_an_upgrade_is_ignored_and_sigterm_stops_the_new_proces
     assert_eq!(code, Some(0), "{report}");
     assert_eq!(report["trigger"]["kind"], "signal", "{report}");
     assert!(!alive(hung), "the new process was stopped with the old one");
+}
+
+#[test]
+fn an_upgrade_is_refused_while_a_listener_cannot_be_handed_over() {
+    let dir = temp_dir("refused");
+    let pid_file = dir.join("web.pid");
+    let mut old = Proc::spawn(
+        "upgradable",
+        &[
+            ("CHILD_PID_FILE", pid_file.to_str().unwrap()),
+            ("CHILD_BIND_TCP", "1"),
+        ],
+    );
+    let old_pid = old.child.id();
+    let addr: SocketAddr = old.expect(&format!("LISTENING {old_pid}")).parse().unwrap();
+    old.expect(&format!("READY {old_pid}"));
+    old.signal("HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(read_pid(&pid_file), old_pid, "no new process took over");
+    assert_eq!(get(addr, "/"), Ok(old_pid));
+    old.signal("TERM");
+    let report = old.expect(&format!("REPORT {old_pid}"));
+    assert_eq!(
+        support::wait_exit(&mut old.child, WAIT).code(),
+        Some(0),
+        "{report}"
+    );
 }

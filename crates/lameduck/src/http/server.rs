@@ -361,9 +361,11 @@ where
     }
     // Connections the kernel completed but nobody accepted yet would be reset with the
     // listener, requests and all: take them (without waiting for the reactor), and let them be
-    // served or closed like any other.
+    // served or closed like any other. Unless an upgrade handed the listener over: then it
+    // lives on in the new process, which accepts them.
     let mut backlog = 0usize;
-    while let Ok((socket, _)) = SockRef::from(&listener).accept() {
+    let sweep = !drain.listeners_handed_over();
+    while let Some(Ok((socket, _))) = sweep.then(|| SockRef::from(&listener).accept()) {
         let adopted = socket.set_nonblocking(true).and_then(|()| {
             let stream = TcpStream::from_std(socket.into())?;
             let peer = stream.peer_addr()?;

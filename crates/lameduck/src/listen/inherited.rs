@@ -129,37 +129,52 @@ impl Inherited {
         self.upgrade_notify.as_deref()
     }
 
-    /// The numbers of the descriptors passed under `name` that no one has taken yet.
-    pub(crate) fn unclaimed(&self, name: &str) -> Vec<i32> {
-        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        slots
-            .iter()
-            .filter(|s| s.name == name && matches!(s.state, SlotState::Unclaimed))
-            .map(|s| s.fd)
-            .collect()
-    }
-
-    /// Takes every descriptor named `service`, each set non-blocking. All are checked to be
-    /// listening TCP sockets first, and none is taken unless all pass. Empty when none has
-    /// that name.
-    pub(crate) fn claim(&self, service: &Arc<str>) -> Result<Vec<Claimed>, InheritError> {
+    /// Takes the descriptors named `service` that no one has taken yet: the next one (`one`),
+    /// as `StartContext::listen_tcp` asks, or all of them. Each is checked to be a listening
+    /// TCP socket first, and none is taken unless all pass; each is set non-blocking. Empty
+    /// when none has that name; an error when there were some, and all are taken (the name
+    /// asked for once more than it was passed).
+    pub(crate) fn claim(
+        &self,
+        service: &Arc<str>,
+        one: bool,
+    ) -> Result<Vec<Claimed>, InheritError> {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         let mine: Vec<&mut Slot> = slots.iter_mut().filter(|s| *s.name == **service).collect();
-        for slot in &mine {
-            let problem = match &slot.state {
-                SlotState::Unclaimed => sys::check_listening_tcp(slot.fd).err(),
-                SlotState::Claimed(owner) => Some(format!(
-                    "was already taken by service `{owner}` (hint: a passed socket serves one \
-                     service; give each its own FileDescriptorName=)"
-                )),
-                SlotState::Closed => Some("was closed already".to_owned()),
-            };
-            if let Some(problem) = problem {
-                return Err(InheritError::new(slot.fd, &slot.name, problem));
+        let Some(first_fd) = mine.first().map(|s| s.fd) else {
+            return Ok(Vec::new());
+        };
+        let mut free: Vec<&mut Slot> = Vec::new();
+        let mut taken_by = None;
+        for slot in mine {
+            match &slot.state {
+                SlotState::Unclaimed => free.push(slot),
+                SlotState::Claimed(owner) => {
+                    taken_by.get_or_insert_with(|| Arc::clone(owner));
+                }
+                SlotState::Closed => {}
             }
         }
-        let mut claimed = Vec::with_capacity(mine.len());
-        for slot in mine {
+        if free.is_empty() {
+            let problem = match taken_by {
+                Some(owner) => format!(
+                    "was already taken by service `{owner}` (hint: a passed socket serves one \
+                     listener of one service; pass one per listener, or give each service its \
+                     own FileDescriptorName=)"
+                ),
+                None => "was closed already".to_owned(),
+            };
+            return Err(InheritError::new(first_fd, service, problem));
+        }
+        if one {
+            free.truncate(1);
+        }
+        for slot in &free {
+            sys::check_listening_tcp(slot.fd)
+                .map_err(|problem| InheritError::new(slot.fd, &slot.name, problem))?;
+        }
+        let mut claimed = Vec::with_capacity(free.len());
+        for slot in free {
             // Owned from here: claimed even if the next step fails (it is then closed).
             slot.state = SlotState::Claimed(Arc::clone(service));
             let listener = sys::take_listener(slot.fd).map_err(|e| {

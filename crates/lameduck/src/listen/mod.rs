@@ -34,18 +34,19 @@ pub(crate) enum Listen {
 }
 
 /// A service's listeners: the sockets the process was passed under the service's name, if any
-/// (all of them: a socket unit may listen on several addresses under one name); otherwise the
-/// configured address, bound, or the caller's listener, adopted. Each comes with what the report
-/// says of it.
+/// (the next one with `one`, else all that are left: a socket unit may listen on several
+/// addresses under one name); otherwise the configured address, bound, or the caller's
+/// listener, adopted. Each comes with what the report says of it.
 pub(crate) async fn listeners(
     service: &Arc<str>,
     inherited: &Inherited,
+    one: bool,
     listen: Listen,
     options: SocketOptions,
 ) -> Result<Vec<(TcpListener, Listening)>, ListenError> {
     match listen {
         Listen::Addr(addr) => {
-            let passed = inherited.claim(service)?;
+            let passed = inherited.claim(service, one)?;
             if passed.is_empty() {
                 let listener = bind_addr(addr.as_str(), options).await?;
                 let listening = listening(&listener, &addr, Origin::Bound)?;
@@ -112,6 +113,8 @@ fn shown_addr(listener: &std::net::TcpListener) -> String {
 pub(crate) struct Handover {
     /// `None` once closed.
     listeners: Mutex<Option<Vec<Handed>>>,
+    /// Listeners the new process could not take (why, naming the service): no upgrade then.
+    blocked: Mutex<Vec<String>>,
 }
 
 /// A listener to hand over: its service, and a duplicate of its descriptor.
@@ -134,19 +137,37 @@ impl Handover {
                 Ok(dup) => listeners
                     .get_or_insert_with(Vec::new)
                     .push((Arc::clone(service), dup)),
-                Err(error) => tracing::warn!(
-                    target: "lameduck", service = %service,
-                    "this listener cannot be handed to an upgrade: {error}"
-                ),
+                Err(error) => {
+                    drop(listeners);
+                    self.block(format!(
+                        "service `{service}`: its listener cannot be duplicated: {error}"
+                    ));
+                }
             }
         }
         #[cfg(not(unix))]
         let _ = (service, listener, &self.listeners);
     }
 
-    /// Duplicates of every listener, for one upgrade attempt (a failed one leaves ours).
+    /// A listener the new process of an upgrade could not take (one bound or adopted outside
+    /// the `listen` path, which the new process would bind again, and fail): upgrades are
+    /// refused, saying `why`.
+    pub(crate) fn block(&self, why: String) {
+        self.blocked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(why);
+    }
+
+    /// Duplicates of every listener, for one upgrade attempt (a failed one leaves ours); an
+    /// error says why there can be none.
     #[cfg(unix)]
-    pub(crate) fn duplicates(&self) -> std::io::Result<Vec<Handed>> {
+    pub(crate) fn duplicates(&self) -> Result<Vec<Handed>, String> {
+        let blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
+        if !blocked.is_empty() {
+            return Err(blocked.join("; "));
+        }
+        drop(blocked);
         let listeners = self
             .listeners
             .lock()
@@ -154,7 +175,12 @@ impl Handover {
         listeners
             .iter()
             .flatten()
-            .map(|(service, fd)| Ok((Arc::clone(service), fd.try_clone()?)))
+            .map(|(service, fd)| {
+                let dup = fd
+                    .try_clone()
+                    .map_err(|e| format!("service `{service}`: {e}"))?;
+                Ok((Arc::clone(service), dup))
+            })
             .collect()
     }
 
