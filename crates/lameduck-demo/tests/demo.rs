@@ -471,51 +471,84 @@ async fn every_acknowledged_write_survives_sigterm_under_load_and_a_restart_serv
 async fn the_drill_passes_against_the_demo() {
     use clap::Parser;
 
-    for http2 in [false, true] {
-        let ports: Vec<String> = (0..3)
-            .map(|_| {
-                let l = TcpListener::bind("127.0.0.1:0").unwrap();
-                l.local_addr().unwrap().to_string()
-            })
-            .collect();
-        let db = temp_db(if http2 { "drill-h2" } else { "drill-h1" });
-        let http = &ports[0];
-        let mut args = vec![
-            "lameduck-drill".to_owned(),
-            "--quiet".into(),
-            "--ready-url".into(),
-            format!("http://{http}/readyz"),
-            "--url".into(),
-            format!("http://{http}/slow?ms=150"),
-            "--url".into(),
-            format!("http://{http}/fast"),
-            "--signal-after".into(),
-            "500ms".into(),
-            "--restart".into(),
-        ];
-        if http2 {
-            args.push("--http2".into());
+    // A stop then a restart, and (on Linux) an upgrade in place, where a refused request fails
+    // the drill too; each over HTTP/1.1 and h2c.
+    let upgrades: &[bool] = if cfg!(target_os = "linux") {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for &upgrade in upgrades {
+        for http2 in [false, true] {
+            let ports: Vec<String> = (0..3)
+                .map(|_| {
+                    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                    l.local_addr().unwrap().to_string()
+                })
+                .collect();
+            let name = format!(
+                "drill-{}-{}",
+                if upgrade { "up" } else { "stop" },
+                u8::from(http2)
+            );
+            let db = temp_db(&name);
+            let pid_file = db.with_extension("pid");
+            let http = &ports[0];
+            let mut args = vec![
+                "lameduck-drill".to_owned(),
+                "--quiet".into(),
+                "--ready-url".into(),
+                format!("http://{http}/readyz"),
+                "--url".into(),
+                format!("http://{http}/slow?ms=150"),
+                "--url".into(),
+                format!("http://{http}/fast"),
+                "--signal-after".into(),
+                "500ms".into(),
+            ];
+            if upgrade {
+                args.extend([
+                    "--upgrade".into(),
+                    "--pid-file".into(),
+                    pid_file.display().to_string(),
+                ]);
+                args.extend(["--after-upgrade".into(), "300ms".into()]);
+            } else {
+                args.push("--restart".into());
+            }
+            if http2 {
+                args.push("--http2".into());
+            }
+            args.extend([
+                "--".into(),
+                env!("CARGO_BIN_EXE_lameduck-demo").into(),
+                "--http".into(),
+                ports[0].clone(),
+                "--grpc-a".into(),
+                ports[1].clone(),
+                "--grpc-b".into(),
+                ports[2].clone(),
+                "--db".into(),
+                db.display().to_string(),
+                "--pid-file".into(),
+                pid_file.display().to_string(),
+            ]);
+            let args = lameduck_drill::DrillArgs::parse_from(args);
+            let report = lameduck_drill::drill(&args).await.unwrap();
+            let mode = format!("upgrade={upgrade} http2={http2}");
+            assert!(report.passed, "{mode}\n{report}");
+            assert!(report.in_flight_at_signal > 0, "{mode}\n{report}");
+            assert_eq!(
+                report.in_flight_at_signal, report.in_flight_at_signal_completed,
+                "{mode}"
+            );
+            if upgrade {
+                assert_eq!(report.requests.refused, 0, "{mode}\n{report}");
+                let handover = report.upgrade.as_ref().unwrap();
+                assert!(handover.new_pid.is_some(), "{mode}\n{report}");
+                assert_eq!(handover.new_exit_code, Some(0), "{mode}\n{report}");
+            }
         }
-        args.extend([
-            "--".into(),
-            env!("CARGO_BIN_EXE_lameduck-demo").into(),
-            "--http".into(),
-            ports[0].clone(),
-            "--grpc-a".into(),
-            ports[1].clone(),
-            "--grpc-b".into(),
-            ports[2].clone(),
-            "--db".into(),
-            db.display().to_string(),
-        ]);
-        let args = lameduck_drill::DrillArgs::parse_from(args);
-        let report = lameduck_drill::drill(&args).await.unwrap();
-        assert!(report.passed, "http2={http2}\n{report}");
-        assert!(report.in_flight_at_signal > 0, "{report}");
-        assert_eq!(
-            report.in_flight_at_signal,
-            report.in_flight_at_signal_completed
-        );
     }
 }
 

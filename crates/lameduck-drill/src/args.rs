@@ -51,8 +51,24 @@ pub struct DrillArgs {
     pub expect_exit_code: i32,
     /// Start the command again right after it exits, and require it to become ready (the
     /// `address already in use` check).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "upgrade")]
     pub restart: bool,
+    /// Drill an upgrade in place instead of a stop: send `--upgrade-signal`, follow
+    /// `--pid-file` to the new process, wait for the old one to exit, load the new one for
+    /// `--after-upgrade`, then stop it with `--signal`. A refused request fails the drill too:
+    /// an upgrade refuses nothing.
+    #[arg(long, requires = "pid_file", conflicts_with = "second_signal_after")]
+    pub upgrade: bool,
+    /// The signal that starts the upgrade.
+    #[arg(long, value_enum, default_value_t = SignalName::Hup)]
+    pub upgrade_signal: SignalName,
+    /// The file that names the serving process (the service's `--pid-file`): its PID changes
+    /// when the new process is ready.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+    /// How long the load goes on against the new process once the old one has exited.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub after_upgrade: Duration,
     /// How long the command may take to become ready.
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub ready_timeout: Duration,
@@ -84,6 +100,12 @@ pub enum SignalName {
     Int,
     /// SIGQUIT.
     Quit,
+    /// SIGHUP: an upgrade in place (lameduck, nginx's reload, tableflip).
+    Hup,
+    /// SIGUSR1.
+    Usr1,
+    /// SIGUSR2: nginx's binary upgrade.
+    Usr2,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -140,5 +162,30 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(error.exit_code(), 2);
+    }
+
+    #[test]
+    fn an_upgrade_needs_the_pid_file_and_excludes_a_restart() {
+        let base = [
+            "lameduck-drill",
+            "--url",
+            "http://127.0.0.1:1/",
+            "--upgrade",
+        ];
+        let without = DrillArgs::try_parse_from(base.iter().chain(&["--", "svc"]));
+        assert!(without.is_err(), "--upgrade without --pid-file");
+        let both = DrillArgs::try_parse_from(base.iter().chain(&[
+            "--pid-file",
+            "p",
+            "--restart",
+            "--",
+            "svc",
+        ]));
+        assert!(both.is_err(), "--upgrade with --restart");
+        let args = DrillArgs::try_parse_from(base.iter().chain(&["--pid-file", "p", "--", "svc"]))
+            .unwrap();
+        assert!(args.upgrade);
+        assert_eq!(args.upgrade_signal, SignalName::Hup);
+        assert_eq!(args.after_upgrade, Duration::from_secs(1));
     }
 }

@@ -52,19 +52,14 @@ impl Service {
     pub(crate) fn signal(&self, signal: SignalName) -> Result<(), String> {
         #[cfg(unix)]
         {
-            use nix::sys::signal::{Signal, kill};
+            use nix::sys::signal::kill;
             use nix::unistd::Pid;
             let pid = self
                 .child
                 .id()
                 .ok_or_else(|| "the process has already exited".to_owned())?;
             let pid = i32::try_from(pid).map_err(|e| e.to_string())?;
-            let signal = match signal {
-                SignalName::Term => Signal::SIGTERM,
-                SignalName::Int => Signal::SIGINT,
-                SignalName::Quit => Signal::SIGQUIT,
-            };
-            kill(Pid::from_raw(pid), signal).map_err(|e| format!("kill: {e}"))
+            kill(Pid::from_raw(pid), nix_signal(signal)).map_err(|e| format!("kill: {e}"))
         }
         #[cfg(not(unix))]
         {
@@ -89,5 +84,98 @@ impl Service {
     /// Kills it (SIGKILL) and reaps it.
     pub(crate) async fn kill(&mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// Its PID, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+#[cfg(unix)]
+fn nix_signal(signal: SignalName) -> nix::sys::signal::Signal {
+    use nix::sys::signal::Signal;
+    match signal {
+        SignalName::Term => Signal::SIGTERM,
+        SignalName::Int => Signal::SIGINT,
+        SignalName::Quit => Signal::SIGQUIT,
+        SignalName::Hup => Signal::SIGHUP,
+        SignalName::Usr1 => Signal::SIGUSR1,
+        SignalName::Usr2 => Signal::SIGUSR2,
+    }
+}
+
+/// Makes the drill the parent of its service's orphans (Linux: a child subreaper), so that an
+/// upgrade's new process, whose parent is the old one, becomes the drill's child when the old
+/// one exits: then its exit status can be read.
+pub(crate) fn adopt_orphans() -> Result<(), String> {
+    #[cfg(target_os = "linux")]
+    {
+        nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("prctl: {e}"))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Err("an upgrade drill needs Linux (a child subreaper)".to_owned())
+    }
+}
+
+/// A process the drill did not start: an upgrade's new process.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Adopted {
+    pub(crate) pid: u32,
+}
+
+impl Adopted {
+    /// Sends `signal`.
+    pub(crate) fn signal(&self, signal: SignalName) -> Result<(), String> {
+        #[cfg(unix)]
+        {
+            let pid = i32::try_from(self.pid).map_err(|e| e.to_string())?;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix_signal(signal))
+                .map_err(|e| format!("kill: {e}"))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = signal;
+            Err("sending signals needs a Unix system".to_owned())
+        }
+    }
+
+    /// Waits for its exit, at most `within` (it must be the drill's child by then, see
+    /// [`adopt_orphans`]); `None` if it did not exit in time.
+    pub(crate) async fn wait(&self, within: Duration) -> Option<Exit> {
+        #[cfg(unix)]
+        {
+            use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid).ok()?);
+            let until = tokio::time::Instant::now() + within;
+            loop {
+                match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(_, code)) => {
+                        return Some(Exit {
+                            code: Some(code),
+                            signal: None,
+                        });
+                    }
+                    Ok(WaitStatus::Signaled(_, signal, _)) => {
+                        return Some(Exit {
+                            code: None,
+                            signal: Some(signal as i32),
+                        });
+                    }
+                    // Not exited yet, or not our child yet (its parent still runs).
+                    Ok(_) | Err(_) => {}
+                }
+                if tokio::time::Instant::now() >= until {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = within;
+            None
+        }
     }
 }

@@ -99,6 +99,28 @@ pub struct RestartReport {
     pub error: Option<String>,
 }
 
+/// The upgrade in place, with `--upgrade`.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpgradeReport {
+    /// The signal that started it.
+    pub signal: SignalName,
+    /// The new process, as the pid file named it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_pid: Option<u32>,
+    /// From the signal until the pid file named the new process (it writes it once ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_ready_after_signal_ms: Option<f64>,
+    /// From the signal until the old process exited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_exit_after_signal_ms: Option<f64>,
+    /// The new process's exit code, once the drill stopped it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_exit_code: Option<i32>,
+    /// The signal that killed the new process, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_exit_signal: Option<i32>,
+}
+
 /// Requests that ended in one slice of the timeline, by outcome.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Bucket {
@@ -164,6 +186,12 @@ pub struct DrillReport {
     /// When the restarted process was ready, since the drill started.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_ready_at_ms: Option<f64>,
+    /// The upgrade, with `--upgrade` (`signal` is then the one that stopped the new process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeReport>,
+    /// When the upgrade's new process was ready, since the drill started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade_ready_at_ms: Option<f64>,
 }
 
 fn opt_ms(v: Option<f64>) -> String {
@@ -208,6 +236,32 @@ impl fmt::Display for DrillReport {
             ),
         ];
         let mut rows = rows;
+        if let Some(upgrade) = &self.upgrade {
+            let sig = format!("SIG{:?}", upgrade.signal).to_uppercase();
+            rows.push((
+                "upgrade",
+                match upgrade.new_pid {
+                    Some(pid) => format!("{sig} -> new PID {pid}"),
+                    None => format!("{sig} -> no new process"),
+                },
+            ));
+            rows.push((
+                "signal -> new ready",
+                opt_ms(upgrade.new_ready_after_signal_ms),
+            ));
+            rows.push((
+                "signal -> old exit",
+                opt_ms(upgrade.old_exit_after_signal_ms),
+            ));
+            rows.push((
+                "new process exit code",
+                match (upgrade.new_exit_code, upgrade.new_exit_signal) {
+                    (Some(code), _) => format!("{code} (expected {})", self.expected_exit_code),
+                    (None, Some(sig)) => format!("killed by signal {sig}"),
+                    (None, None) => "did not exit".to_owned(),
+                },
+            ));
+        }
         if let Some(restart) = &self.restart {
             rows.push((
                 "restart",

@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::args::{DrillArgs, SignalName};
-use crate::child::{Exit, Service};
+use crate::child::{self, Adopted, Exit, Service};
 use crate::load::{self, Target};
 use crate::probe::{self, PROBE_INTERVAL, Readiness};
-use crate::report::{Counts, DrillReport, FailureSample, Outcome, RequestRecord, RestartReport};
+use crate::report::{
+    Counts, DrillReport, FailureSample, Outcome, RequestRecord, RestartReport, UpgradeReport,
+};
 use crate::svg;
 
 /// Why a drill could not be carried out at all (as opposed to a service that failed it).
@@ -111,6 +113,9 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
     };
     let bar = progress(args.quiet);
 
+    if args.upgrade {
+        child::adopt_orphans().map_err(DrillError::Start)?;
+    }
     let began = Instant::now();
     bar.set_message("starting");
     let mut service = Service::start(&args.command).map_err(DrillError::Start)?;
@@ -148,6 +153,7 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
 
     let mut reasons = Vec::new();
     let mut prober = None;
+    let mut new_process = None;
     let early = tokio::time::timeout(args.signal_after, service.wait(Duration::MAX)).await;
     let (signal_at, second_signal_at, exit) = if let Ok(exit) = early {
         reasons.push(format!(
@@ -155,6 +161,14 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
             exit.map_or_else(|| "unknown status".to_owned(), describe)
         ));
         (Instant::now(), None, exit)
+    } else if let (true, Some(pid_file)) = (args.upgrade, &args.pid_file) {
+        bar.set_message("upgrading");
+        let signal_at = Instant::now();
+        let at_us = u64::try_from(signal_at.duration_since(began).as_micros()).unwrap_or(0);
+        shared.signal_at_us.store(at_us, Ordering::Release);
+        let (new, exit) = follow_upgrade(&mut service, args, pid_file, signal_at).await?;
+        new_process = Some(new);
+        (signal_at, None, exit)
     } else {
         let signal_at = Instant::now();
         let at_us = u64::try_from(signal_at.duration_since(began).as_micros()).unwrap_or(0);
@@ -165,6 +179,10 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
         (signal_at, second_signal_at, exit)
     };
     let exit_at = Instant::now();
+    if new_process.is_some() && exit.is_some() {
+        // The new process alone serves now: the load goes on against it a while.
+        tokio::time::sleep(args.after_upgrade).await;
+    }
     let listener_closed = match prober {
         // After the exit the port refuses at once, if it did not before.
         Some(prober) => match tokio::time::timeout(Duration::from_secs(1), prober).await {
@@ -183,6 +201,37 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
         }
     }
     ticker.abort();
+    // The upgrade's new process is stopped once the load is over, as any service would be.
+    let upgrade = new_process.map(|new| async move {
+        let mut report = UpgradeReport {
+            signal: args.upgrade_signal,
+            new_pid: None,
+            new_ready_after_signal_ms: None,
+            old_exit_after_signal_ms: None,
+            new_exit_code: None,
+            new_exit_signal: None,
+        };
+        let mut stopped = None;
+        if let Some((new, ready_at)) = new {
+            report.new_pid = Some(new.pid);
+            report.new_ready_after_signal_ms = Some(ms(ready_at.duration_since(signal_at)));
+            stopped = Some(match new.signal(args.signal) {
+                Ok(()) => new.wait(args.exit_timeout).await,
+                Err(_) => None,
+            });
+            if let Some(Some(exit)) = stopped {
+                report.new_exit_code = exit.code;
+                report.new_exit_signal = exit.signal;
+            } else {
+                let _ = new.signal(SignalName::Term);
+            }
+        }
+        (report, stopped)
+    });
+    let upgrade = match upgrade {
+        Some(stopping) => Some(stopping.await),
+        None => None,
+    };
     if exit.is_none() {
         reasons.push(format!(
             "the service did not exit within {:?} of the signal; it was killed",
@@ -268,6 +317,42 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
             requests.failed
         ));
     }
+    let mut upgrade_ready_at = None;
+    let upgrade = upgrade.map(|(mut report, stopped)| {
+        report.old_exit_after_signal_ms = exit.map(|_| ms(exit_at.duration_since(signal_at)));
+        upgrade_ready_at = report
+            .new_ready_after_signal_ms
+            .map(|after| signal_ms + after);
+        match (report.new_pid, stopped) {
+            (None, _) => reasons.push(format!(
+                "no new process: the pid file {} never named another one (the upgrade failed, \
+                 or was refused: the service's log says why)",
+                args.pid_file
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("-"))
+                    .display()
+            )),
+            (Some(pid), Some(None)) => reasons.push(format!(
+                "the new process (PID {pid}) did not exit within {:?} of the signal",
+                args.exit_timeout
+            )),
+            (Some(pid), _) if report.new_exit_code != Some(args.expect_exit_code) => {
+                reasons.push(format!(
+                    "the new process (PID {pid}) exited with {:?} (signal {:?}), expected exit \
+                     code {}",
+                    report.new_exit_code, report.new_exit_signal, args.expect_exit_code
+                ));
+            }
+            _ => {}
+        }
+        if requests.refused > 0 {
+            reasons.push(format!(
+                "{} request(s) refused: an upgrade in place refuses none",
+                requests.refused
+            ));
+        }
+        report
+    });
     if requests.ok == 0 {
         reasons.push("no request was answered: the load never reached the service".to_owned());
     }
@@ -291,7 +376,11 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
         second_signal_at_ms: second_signal_at.map(|t| ms(t.duration_since(began))),
         listener_closed_after_signal_ms: listener_closed.map(ms),
         exit_after_signal_ms: exit.map(|_| exit_ms - signal_ms),
-        exit_lag_ms: exit.and(last_ok).map(|last| (exit_ms - last).max(0.0)),
+        // After an upgrade the last responses come from the new process: no lag to speak of.
+        exit_lag_ms: exit
+            .and(last_ok)
+            .filter(|_| !args.upgrade)
+            .map(|last| (exit_ms - last).max(0.0)),
         exit_code: exit.and_then(|e| e.code),
         exit_signal: exit.and_then(|e| e.signal),
         expected_exit_code: args.expect_exit_code,
@@ -307,6 +396,8 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
         timeline: Vec::new(),
         exit_at_ms: exit.map(|_| exit_ms),
         restart_ready_at_ms: restart_ready_at,
+        upgrade,
+        upgrade_ready_at_ms: upgrade_ready_at,
     };
     report.timeline = svg::buckets(&records, report.ended_at_ms);
     Ok(report)
@@ -327,6 +418,40 @@ async fn wait_exit(
     service.signal(args.signal).map_err(DrillError::Signal)?;
     let left = args.exit_timeout.saturating_sub(after);
     Ok((Some(second), service.wait(left).await))
+}
+
+/// After the upgrade signal: when the pid file names a new process, and how the old one exits
+/// (each bounded by `--exit-timeout`).
+async fn follow_upgrade(
+    service: &mut Service,
+    args: &DrillArgs,
+    pid_file: &std::path::Path,
+    signal_at: Instant,
+) -> Result<(Option<(Adopted, Instant)>, Option<Exit>), DrillError> {
+    let old_pid = service.pid();
+    service
+        .signal(args.upgrade_signal)
+        .map_err(DrillError::Signal)?;
+    let until = signal_at + args.exit_timeout;
+    let (mut new, mut exit) = (None, None);
+    loop {
+        if new.is_none() {
+            let named = std::fs::read_to_string(pid_file)
+                .ok()
+                .and_then(|text| text.trim().parse::<u32>().ok());
+            if let Some(pid) = named.filter(|pid| Some(*pid) != old_pid) {
+                new = Some((Adopted { pid }, Instant::now()));
+            }
+        }
+        if exit.is_none() {
+            exit = service.exited();
+        }
+        // An old process that exits without a new one has failed the upgrade: no waiting.
+        if exit.is_some() || Instant::now() >= until {
+            return Ok((new, exit));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// When `authority` first refuses a connection: its listener has closed. Probed every

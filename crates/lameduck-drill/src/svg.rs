@@ -141,6 +141,7 @@ pub(crate) fn render(report: &DrillReport) -> String {
         ),
         (report.exit_at_ms, "exit", "#000000"),
         (report.restart_ready_at_ms, "ready again", "#1565c0"),
+        (report.upgrade_ready_at_ms, "new process ready", "#2e7d32"),
     ];
     for (i, (at, label, colour)) in marks.iter().enumerate() {
         let Some(at) = at else { continue };

@@ -227,3 +227,29 @@ fn a_service_that_never_gets_ready_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("was not ready within"), "{stderr}");
 }
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_that_brings_no_new_process_fails_and_says_why() {
+    // axum's `serve` has no upgrade: SIGHUP ends the process (the signal's default), and what
+    // the clients meet then is refused connections.
+    let port = free_port();
+    let pid_file = temp("never-written.pid");
+    let _ = std::fs::remove_file(&pid_file);
+    let pid_file = pid_file.display().to_string();
+    let extra = [
+        "--upgrade",
+        "--pid-file",
+        &pid_file,
+        "--after-upgrade",
+        "200ms",
+    ];
+    let args = DrillArgs::parse_from(args("bad_server", port, &extra));
+    let report = drill(&args).await.unwrap();
+    assert!(!report.passed, "{report}");
+    let reasons = report.reasons.join("\n");
+    assert!(reasons.contains("no new process"), "{reasons}");
+    assert_eq!(report.exit_signal, Some(1), "killed by SIGHUP: {report}");
+    let upgrade = report.upgrade.as_ref().unwrap();
+    assert_eq!(upgrade.new_pid, None);
+}
