@@ -12,11 +12,14 @@ use lameduck_demo::proto::EchoRequest;
 use lameduck_demo::proto::echo_client::EchoClient;
 use tokio::net::TcpStream;
 
-type H1 = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+/// An HTTP/1.1 client connection.
+pub type H1 = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 type H2 = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
 
 fn get(addr: SocketAddr, path: &str) -> http::Request<Empty<Bytes>> {
+    // With a Host header, which HTTP/1.1 requires (Go's server answers 400 without one).
     http::Request::get(format!("http://{addr}{path}"))
+        .header(http::header::HOST, addr.to_string())
         .body(Empty::new())
         .expect("a valid request")
 }
@@ -51,6 +54,33 @@ pub async fn fetch(send: &mut H1, addr: SocketAddr, path: &str) -> bool {
     match send.send_request(get(addr, path)).await {
         Ok(response) => response.status() == 200 && response.into_body().collect().await.is_ok(),
         Err(_) => false,
+    }
+}
+
+/// How one GET on a keep-alive connection went.
+pub enum Fetched {
+    /// A complete 200.
+    Ok,
+    /// The connection was closed before the request was taken (not sent, or closed without a
+    /// byte of response): an idempotent request is sent again on a new connection.
+    NotSent,
+    /// Anything else.
+    Failed,
+}
+
+/// One GET on `send`, classified.
+pub async fn fetch_outcome(send: &mut H1, addr: SocketAddr, path: &str) -> Fetched {
+    if send.ready().await.is_err() {
+        return Fetched::NotSent;
+    }
+    match send.try_send_request(get(addr, path)).await {
+        Ok(response) if response.status() == 200 => match response.into_body().collect().await {
+            Ok(_) => Fetched::Ok,
+            Err(_) => Fetched::Failed,
+        },
+        Ok(_) => Fetched::Failed,
+        Err(e) if e.message().is_some() || e.error().is_incomplete_message() => Fetched::NotSent,
+        Err(_) => Fetched::Failed,
     }
 }
 

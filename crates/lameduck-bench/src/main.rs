@@ -6,6 +6,7 @@
 //! builds in release mode first. The output is Markdown, for `docs/BENCHMARKS.md`.
 #![forbid(unsafe_code)]
 
+mod deploy;
 mod load;
 mod server;
 
@@ -46,7 +47,7 @@ struct Opts {
     /// The `lameduck-demo` binary (default: beside this one; skipped if missing).
     #[arg(long)]
     demo_bin: Option<PathBuf>,
-    /// Only these sections (1 to 6; 6 is measured with 3), comma-separated.
+    /// Only these sections (1 to 7; 6 is measured with 3), comma-separated.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
 }
@@ -168,6 +169,9 @@ async fn main() {
     }
     if opts.wants(5) {
         time_to_ready(&opts, &server_bin, &mut out).await;
+    }
+    if opts.wants(7) {
+        deploys(&opts, &server_bin, &mut out).await;
     }
     println!("{out}");
 }
@@ -419,6 +423,93 @@ async fn drain_at_scale(opts: &Opts, bin: &std::path::Path, out: &mut String) {
         );
     }
     let _ = writeln!(out);
+}
+
+/// 7. A deploy on one host: a restart against an upgrade in place, under the same load.
+async fn deploys(opts: &Opts, bin: &std::path::Path, out: &mut String) {
+    use deploy::Action;
+
+    let pid_file = std::env::temp_dir().join(format!("lameduck-bench-{}.pid", std::process::id()));
+    let bench = bin.display().to_string();
+    let tableflip = deploy::tableflip_server(bin);
+    // Each command line with `{addr}` where the address goes.
+    let pid = pid_file.display().to_string();
+    let line = |args: &[&str]| {
+        args.iter()
+            .map(|a| (*a).to_owned())
+            .collect::<Vec<String>>()
+    };
+    let mut rows: Vec<(&str, Action, Vec<String>)> = vec![
+        (
+            "axum (`serve` + graceful shutdown)",
+            Action::Restart,
+            line(&[&bench, "axum", "{addr}"]),
+        ),
+        (
+            "lameduck",
+            Action::Restart,
+            line(&[&bench, "lameduck", "{addr}"]),
+        ),
+        (
+            "lameduck",
+            Action::Upgrade,
+            line(&[&bench, "lameduck", "{addr}", "--pid-file", &pid]),
+        ),
+    ];
+    if let Some(tableflip) = &tableflip {
+        let exe = tableflip.display().to_string();
+        rows.push((
+            "Go net/http + cloudflare/tableflip",
+            Action::Upgrade,
+            line(&[&exe, "-addr", "{addr}", "-pid-file", &pid]),
+        ));
+    }
+    let _ = writeln!(
+        out,
+        "## 7. A deploy under load (8 fresh-connection and 8 keep-alive clients; the deploy 0.7 s in, 0.7 s more after)\n"
+    );
+    let _ = writeln!(
+        out,
+        "| server | deploy | ok | refused | failed | signal to new process serving (median) | its own time to ready (median) | refused per run |\n|---|---|---:|---:|---:|---:|---:|---|"
+    );
+    for (name, action, command) in &rows {
+        let (mut ok, mut refused, mut failed) = (0, 0, 0);
+        let (mut handover, mut own) = (Samples::default(), Samples::default());
+        let mut per_run = Vec::new();
+        for _ in 0..opts.runs {
+            let addr = free_addr();
+            let command: Vec<String> = command
+                .iter()
+                .map(|a| a.replace("{addr}", &addr.to_string()))
+                .collect();
+            let outcome = deploy::once(&command, addr, *action, &pid_file).await;
+            ok += outcome.ok;
+            refused += outcome.refused;
+            failed += outcome.failed;
+            per_run.push(outcome.refused.to_string());
+            handover.push(outcome.handover_ms);
+            own.push(outcome.own_ready_ms);
+        }
+        let deploy = match action {
+            Action::Restart => "restart (SIGTERM, exit, start)",
+            Action::Upgrade => "upgrade in place (SIGHUP)",
+        };
+        let _ = writeln!(
+            out,
+            "| {name} | {deploy} | {ok} | {refused} | {failed} | {} | {} | {} |",
+            show(handover.median(), "ms", "30 s"),
+            show(own.median(), "ms", "30 s"),
+            per_run.join(", ")
+        );
+    }
+    if tableflip.is_none() {
+        let _ = writeln!(
+            out,
+            "\n(tableflip skipped: no `tableflip-server` beside `bench-server`; `scripts/bench.sh` builds it when Go and the Debian package `golang-github-cloudflare-tableflip-dev` are installed)"
+        );
+    }
+    let _ = writeln!(out);
+    let _ = std::fs::remove_file(&pid_file);
 }
 
 fn free_addr() -> SocketAddr {

@@ -5,7 +5,8 @@
 //! - `hyper`: a bare hyper-util accept loop (auto builder), drained with hyper-util's
 //!   `GracefulShutdown` on SIGTERM: the baseline;
 //! - `axum`: `axum::serve(..).with_graceful_shutdown(SIGTERM)`;
-//! - `lameduck`: a `Lifecycle` with an `HttpServer`.
+//! - `lameduck`: a `Lifecycle` with an `HttpServer` (`--pid-file PATH` after the address: for
+//!   the upgrade in place of the deploy benchmark, on SIGHUP).
 //!
 //! gRPC kinds serve the demo's `demo.v1.Echo`:
 //! - `tonic`: `tonic::transport::Server`, shut down on SIGTERM;
@@ -79,7 +80,14 @@ async fn main() {
                 .expect("serve");
         }
         "lameduck" => {
-            lameduck(Lifecycle::new().service("web", HttpServer::bind(&addr, app()))).await
+            let mut lifecycle = Lifecycle::new().service("web", HttpServer::bind(&addr, app()));
+            // `--pid-file PATH`: for the deploy benchmark's upgrade (SIGHUP).
+            if let (Some(flag), Some(path)) = (args.next(), args.next())
+                && flag == "--pid-file"
+            {
+                lifecycle = lifecycle.pid_file(path);
+            }
+            lameduck(lifecycle).await
         }
         "tonic" => {
             let listener = TcpListener::bind(&addr).await.expect("bind");
