@@ -808,3 +808,104 @@ async fn every_write_acknowledged_across_an_upgrade_is_stored_and_served_by_the_
         assert_eq!(&stored, value, "{key}");
     }
 }
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_across_an_upgrade_all_succeed_and_the_new_process_serves_their_writes() {
+    let db = temp_db("upgrade-grpc");
+    let pid_file = db.with_extension("pid");
+    let mut demo = Demo::start(&db, &["--pid-file", pid_file.to_str().unwrap()]);
+    let addrs = demo.ready();
+    let old_pid = demo.child.id();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Each writer on its own channel, as a client process would be; a call the channel could
+    // not send (its connection went away under GOAWAY) is sent again once, as gRPC clients do
+    // with UNAVAILABLE before the call reached a server.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut client = grpc_store(addrs.grpc_b).await;
+                let (mut acked, mut failed, mut retried) = (Vec::new(), Vec::new(), 0);
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) && i < 20_000 {
+                    let (key, value) = (format!("grpc-up-{w}-{i}"), format!("v{i}"));
+                    let put = || PutRequest {
+                        key: key.clone(),
+                        value: value.clone(),
+                    };
+                    let outcome = match client.put(put()).await {
+                        Ok(_) => Ok(()),
+                        Err(status) if status.code() == tonic::Code::Unavailable => {
+                            retried += 1;
+                            client.put(put()).await.map(|_| ())
+                        }
+                        Err(status) => Err(status),
+                    };
+                    match outcome {
+                        Ok(()) => acked.push((key, value)),
+                        Err(status) => failed.push(format!("{key}: {status}")),
+                    }
+                    i += 1;
+                }
+                (acked, failed, retried)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    demo.signal("HUP");
+    let began = Instant::now();
+    let status = loop {
+        if let Some(status) = demo.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(began.elapsed() < WAIT, "the old process did not exit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    let new_pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(new_pid, old_pid);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = BTreeMap::new();
+    let mut failed = Vec::new();
+    let mut retried = 0;
+    for writer in writers {
+        let (a, f, r) = writer.await.unwrap();
+        acked.extend(a);
+        failed.extend(f);
+        retried += r;
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failed ({retried} retried): {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(acked.len() > 40, "only {} calls acknowledged", acked.len());
+
+    // The new process answers gRPC, and has every write.
+    let mut client = grpc_store(addrs.grpc_b).await;
+    for (key, value) in acked.iter().step_by(7) {
+        let got = client
+            .get(GetRequest { key: key.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(&got.value, value, "{key}");
+    }
+    drop(client);
+    let _ = Command::new("kill")
+        .args(["-TERM", &new_pid.to_string()])
+        .status();
+    let began = Instant::now();
+    while Path::new(&format!("/proc/{new_pid}")).exists() && began.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, log) = demo.wait();
+    assert!(log.contains("upgraded: PID"), "{log}");
+}
