@@ -57,10 +57,20 @@ fn upgradable() {
             );
         }
         let handle = lifecycle.handle();
+        let trigger = env("CHILD_UPGRADE_TRIGGER");
         tokio::spawn(async move {
             if handle.wait_ready().await.is_ok() {
                 println!("LISTENING {pid} {}", handle.addresses("web")[0]);
                 println!("READY {pid}");
+            }
+            // An upgrade through the handle, when the test creates this file (whichever
+            // process removes it first takes it).
+            let Some(trigger) = trigger else { return };
+            loop {
+                if std::fs::remove_file(&trigger).is_ok() {
+                    handle.upgrade();
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         });
         lifecycle.run().await
@@ -427,4 +437,36 @@ fn an_upgrade_is_refused_while_a_listener_cannot_be_handed_over() {
         Some(0),
         "{report}"
     );
+}
+
+#[test]
+fn the_handle_upgrades_as_the_signal_does() {
+    let dir = temp_dir("handle");
+    let pid_file = dir.join("web.pid");
+    let trigger = dir.join("upgrade-now");
+    let mut old = Proc::spawn(
+        "upgradable",
+        &[
+            ("CHILD_PID_FILE", pid_file.to_str().unwrap()),
+            ("CHILD_UPGRADE_TRIGGER", trigger.to_str().unwrap()),
+        ],
+    );
+    let old_pid = old.child.id();
+    let addr: SocketAddr = old.expect(&format!("LISTENING {old_pid}")).parse().unwrap();
+    old.expect(&format!("READY {old_pid}"));
+    std::fs::write(&trigger, "").unwrap();
+    let report = old.expect(&format!("REPORT {old_pid}"));
+    assert_eq!(
+        support::wait_exit(&mut old.child, WAIT).code(),
+        Some(0),
+        "{report}"
+    );
+    let new_pid = read_pid(&pid_file);
+    let _reap = Reap(vec![new_pid]);
+    assert!(
+        report.contains(&format!("\"new_pid\":{new_pid}")),
+        "{report}"
+    );
+    assert_eq!(get(addr, "/"), Ok(new_pid));
+    terminate(new_pid);
 }
