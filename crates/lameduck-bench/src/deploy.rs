@@ -94,6 +94,16 @@ fn signal_pid(pid: Option<u32>, signal: nix::sys::signal::Signal) {
     }
 }
 
+/// Whether `pid` still runs: a zombie (dead, not yet reaped by its parent) does not.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().next())
+            != Some("Z")
+    })
+}
+
 fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
@@ -165,9 +175,8 @@ pub async fn once(
         }
         (None, Some(pid)) => {
             signal_pid(Some(pid), Signal::SIGTERM);
-            let gone = Path::new("/proc").join(pid.to_string());
             let until = Instant::now() + Duration::from_secs(30);
-            while gone.exists() && Instant::now() < until {
+            while alive(pid) && Instant::now() < until {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }

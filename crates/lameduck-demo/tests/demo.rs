@@ -22,7 +22,7 @@ use serde_json::Value;
 
 #[path = "../../lameduck/tests/support/tools.rs"]
 mod tools;
-use tools::{socket_activate, tool};
+use tools::{alive, socket_activate, tool};
 
 /// Generous: the machines are shared and noisy.
 const WAIT: Duration = Duration::from_secs(30);
@@ -794,7 +794,7 @@ async fn every_write_acknowledged_across_an_upgrade_is_stored_and_served_by_the_
         .args(["-TERM", &new_pid.to_string()])
         .status();
     let began = Instant::now();
-    while Path::new(&format!("/proc/{new_pid}")).exists() && began.elapsed() < WAIT {
+    while alive(new_pid) && began.elapsed() < WAIT {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let (_, log) = demo.wait();
@@ -903,7 +903,7 @@ async fn grpc_calls_across_an_upgrade_all_succeed_and_the_new_process_serves_the
         .args(["-TERM", &new_pid.to_string()])
         .status();
     let began = Instant::now();
-    while Path::new(&format!("/proc/{new_pid}")).exists() && began.elapsed() < WAIT {
+    while alive(new_pid) && began.elapsed() < WAIT {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let (_, log) = demo.wait();

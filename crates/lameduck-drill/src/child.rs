@@ -108,13 +108,14 @@ fn nix_signal(signal: SignalName) -> nix::sys::signal::Signal {
 /// Makes the drill the parent of its service's orphans (Linux: a child subreaper), so that an
 /// upgrade's new process, whose parent is the old one, becomes the drill's child when the old
 /// one exits: then its exit status can be read.
-pub(crate) fn adopt_orphans() -> Result<(), String> {
+pub(crate) fn adopt_orphans(on: bool) -> Result<(), String> {
     #[cfg(target_os = "linux")]
     {
-        nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("prctl: {e}"))
+        nix::sys::prctl::set_child_subreaper(on).map_err(|e| format!("prctl: {e}"))
     }
     #[cfg(not(target_os = "linux"))]
     {
+        let _ = on;
         Err("an upgrade drill needs Linux (a child subreaper)".to_owned())
     }
 }
@@ -139,6 +140,16 @@ impl Adopted {
             let _ = signal;
             Err("sending signals needs a Unix system".to_owned())
         }
+    }
+
+    /// SIGKILL, and the wait for it (bounded).
+    pub(crate) async fn kill(&self) {
+        #[cfg(unix)]
+        if let Ok(pid) = i32::try_from(self.pid) {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = self.wait(Duration::from_secs(5)).await;
     }
 
     /// Waits for its exit, at most `within` (it must be the drill's child by then, see

@@ -114,7 +114,7 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
     let bar = progress(args.quiet);
 
     if args.upgrade {
-        child::adopt_orphans().map_err(DrillError::Start)?;
+        child::adopt_orphans(true).map_err(DrillError::Start)?;
     }
     let began = Instant::now();
     bar.set_message("starting");
@@ -201,7 +201,15 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
         }
     }
     ticker.abort();
-    // The upgrade's new process is stopped once the load is over, as any service would be.
+    if exit.is_none() {
+        reasons.push(format!(
+            "the service did not exit within {:?} of the signal; it was killed",
+            args.exit_timeout
+        ));
+        service.kill().await;
+    }
+    // The upgrade's new process is stopped once the load is over, as any service would be
+    // (and once the old one is gone, so that it is the drill's child: its exit can be read).
     let upgrade = new_process.map(|new| async move {
         let mut report = UpgradeReport {
             signal: args.upgrade_signal,
@@ -223,7 +231,8 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
                 report.new_exit_code = exit.code;
                 report.new_exit_signal = exit.signal;
             } else {
-                let _ = new.signal(SignalName::Term);
+                // Nothing may outlive the drill.
+                new.kill().await;
             }
         }
         (report, stopped)
@@ -232,13 +241,6 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
         Some(stopping) => Some(stopping.await),
         None => None,
     };
-    if exit.is_none() {
-        reasons.push(format!(
-            "the service did not exit within {:?} of the signal; it was killed",
-            args.exit_timeout
-        ));
-        service.kill().await;
-    }
 
     let mut restart_ready_at = None;
     let restart = if args.restart {
@@ -400,6 +402,11 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
         upgrade_ready_at_ms: upgrade_ready_at,
     };
     report.timeline = svg::buckets(&records, report.ended_at_ms);
+    if args.upgrade {
+        // The process is a subreaper only for the drill (a library caller's other children
+        // are none of its business).
+        let _ = child::adopt_orphans(false);
+    }
     Ok(report)
 }
 
@@ -429,6 +436,13 @@ async fn follow_upgrade(
     signal_at: Instant,
 ) -> Result<(Option<(Adopted, Instant)>, Option<Exit>), DrillError> {
     let old_pid = service.pid();
+    let named = || {
+        std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok())
+    };
+    // What the file says before the signal (the old process, or a stale PID) is not the new one.
+    let before = named();
     service
         .signal(args.upgrade_signal)
         .map_err(DrillError::Signal)?;
@@ -436,10 +450,8 @@ async fn follow_upgrade(
     let (mut new, mut exit) = (None, None);
     loop {
         if new.is_none() {
-            let named = std::fs::read_to_string(pid_file)
-                .ok()
-                .and_then(|text| text.trim().parse::<u32>().ok());
-            if let Some(pid) = named.filter(|pid| Some(*pid) != old_pid) {
+            let fresh = named().filter(|pid| Some(*pid) != old_pid && Some(*pid) != before);
+            if let Some(pid) = fresh {
                 new = Some((Adopted { pid }, Instant::now()));
             }
         }

@@ -117,6 +117,21 @@ impl Hooks {
     }
 
     /// Reports for every hook: run ones in the order run, then any never reached.
+    /// The longest the hooks can take, phase after phase.
+    pub(crate) fn bound(&self) -> Duration {
+        self.phases
+            .values()
+            .map(|hooks| {
+                let longest = hooks
+                    .iter()
+                    .map(|h| h.timeout.unwrap_or(self.default_timeout))
+                    .max()
+                    .unwrap_or_default();
+                phase_bound(longest)
+            })
+            .sum()
+    }
+
     pub(crate) fn take_reports(&mut self) -> Vec<HookReport> {
         for (phase, hooks) in std::mem::take(&mut self.phases) {
             self.reports.extend(hooks.into_iter().map(|h| HookReport {

@@ -401,6 +401,16 @@ impl Run {
             () = triggers.forced() => true,
             () = self.shut_down() => false,
         };
+        // New processes of upgrades still being stopped: waited for, but a second signal still
+        // forces (they are then killed at once).
+        if !self.forced && !self.stopping.is_empty() {
+            let stopping = &mut self.stopping;
+            self.forced = tokio::select! {
+                biased;
+                () = triggers.forced() => true,
+                () = async { while stopping.join_next().await.is_some() {} } => false,
+            };
+        }
         trigger
     }
 
@@ -615,14 +625,24 @@ impl Run {
     async fn serve(&mut self, triggers: &mut Triggers) -> Trigger {
         let mut attempt = None;
         let trigger = self.serve_until(triggers, &mut attempt).await;
-        if let Some(attempt) = attempt {
+        if let Some(mut attempt) = attempt {
             tracing::warn!(
                 target: "lameduck", pid = attempt.pid(),
                 "upgrade abandoned: this process shuts down first; stopping the new one"
             );
-            // It may have begun to serve (its READY=1 racing this shutdown): a whole drain.
-            let within = self.config.drain_deadline + ABORT_GRACE;
-            self.stop_in_background(attempt, within);
+            if attempt.said_ready() {
+                // Its READY=1 raced this shutdown: it serves, and gets a whole shutdown of its
+                // own (it has not handed over, so a lame-duck delay too).
+                let within = self.config.lame_duck_delay
+                    + drain_bound(self.config.drain_deadline)
+                    + self.hooks.bound();
+                self.stop_in_background(attempt, within);
+            } else {
+                // It never served: killed at once, so that its copies of the listeners close
+                // now and the drain below closes the ports as it always does.
+                attempt.kill_now();
+                self.stop_in_background(attempt, ABORT_GRACE);
+            }
         }
         trigger
     }

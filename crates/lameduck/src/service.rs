@@ -193,8 +193,9 @@ impl StartContext {
     /// service's name (systemd socket activation: `LISTEN_FDS`, `LISTEN_FDNAMES`,
     /// `FileDescriptorName=`; or an upgrade's old process) if it was passed any, otherwise
     /// `addr`, bound (with `SO_REUSEADDR` on Unix and a backlog of 1024). Its local address and
-    /// where it came from go into the report and the log line. A service that calls it twice
-    /// gets the passed sockets in order: an upgrade passes them in the order they were made.
+    /// where it came from go into the report and the log line. With several passed under the
+    /// name, a socket unit's (in no fixed order) must include one listening on `addr`, which is
+    /// taken; an upgrade's come in the order the old process made them, and are taken in turn.
     ///
     /// The error names the address or the descriptor: a taken port (with a hint at the usual
     /// cause), a passed socket that is not a listening TCP socket, or a name asked for more

@@ -156,6 +156,7 @@ pub(crate) use sys::Attempt;
 
 #[cfg(target_os = "linux")]
 mod sys {
+    use std::os::linux::net::SocketAddrExt;
     use std::path::{Path, PathBuf};
     use std::process::Stdio;
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -194,7 +195,8 @@ mod sys {
         /// Where it says READY=1, or why it failed: a socket in a directory only this user can
         /// enter, so that no other user's process can say it.
         socket: UnixDatagram,
-        dir: PathBuf,
+        /// The socket's directory, to remove with it (none for an abstract socket).
+        dir: Option<PathBuf>,
         handed_over: bool,
         deadline: Instant,
         timeout: Duration,
@@ -217,9 +219,8 @@ mod sys {
                 "the service name `{name}` has a `:`, which LISTEN_FDNAMES cannot carry"
             )));
         }
-        let (dir, socket) = readiness_socket()
+        let (dir, address, socket) = readiness_socket()
             .map_err(|e| UpgradeError::Handover(format!("no readiness socket: {e}")))?;
-        let path = dir.join("ready.sock");
 
         let names: Vec<&str> = listeners.iter().map(|(name, _)| &**name).collect();
         let names = names.join(":");
@@ -240,14 +241,16 @@ mod sys {
             .env("LISTEN_FDS", count.to_string())
             .env("LISTEN_FDNAMES", names)
             .env(UPGRADE_PARENT, std::process::id().to_string())
-            .env(UPGRADE_NOTIFY, &path)
+            .env(UPGRADE_NOTIFY, &address)
             .stdin(Stdio::null())
             .kill_on_drop(false);
         cmd.fd_mappings(mappings)
             .map_err(|e| UpgradeError::Handover(e.to_string()))?;
         let shown = exe.display().to_string();
         let child = cmd.spawn().map_err(|source| {
-            let _ = std::fs::remove_dir_all(&dir);
+            if let Some(dir) = &dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
             UpgradeError::Spawn {
                 exe: shown.clone(),
                 source,
@@ -311,6 +314,25 @@ mod sys {
             }
         }
 
+        /// Whether it has said READY=1 already (without waiting).
+        pub(crate) fn said_ready(&mut self) -> bool {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = self.socket.try_recv(&mut buf) {
+                if String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "READY=1")
+                {
+                    return true;
+                }
+            }
+            false
+        }
+
+        /// SIGKILL, now (reaped by [`stop`](Self::stop)).
+        pub(crate) fn kill_now(&mut self) {
+            let _ = self.child.start_kill();
+        }
+
         /// Stops the new process (the upgrade failed, or this one is shutting down first):
         /// SIGTERM, then SIGKILL if it has not exited `within` (a moment for one that never
         /// served; its drain for one that may have, when a shutdown raced its READY=1); reaped
@@ -335,36 +357,70 @@ mod sys {
 
     impl Drop for Attempt {
         fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            if let Some(dir) = &self.dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
             if !self.handed_over {
                 let _ = self.child.start_kill();
             }
         }
     }
 
-    /// A datagram socket in a new directory that only this user can enter.
-    fn readiness_socket() -> std::io::Result<(PathBuf, UnixDatagram)> {
-        use std::os::unix::fs::DirBuilderExt;
+    /// A datagram socket in a new directory that only this user can enter; where that cannot be
+    /// (a read-only or too long temporary directory), one in the abstract namespace under a name
+    /// nobody can guess. Returns its directory, its address for `LAMEDUCK_UPGRADE_NOTIFY`, and
+    /// the socket.
+    fn readiness_socket() -> std::io::Result<(Option<PathBuf>, String, UnixDatagram)> {
         static ATTEMPTS: AtomicU32 = AtomicU32::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let dir = std::env::temp_dir().join(format!(
+        let unique = format!(
             "lameduck-upgrade-{}-{nanos}-{}",
             std::process::id(),
             ATTEMPTS.fetch_add(1, Ordering::Relaxed)
-        ));
+        );
+        match private_socket(&unique) {
+            Ok((dir, path, socket)) => Ok((Some(dir), path, socket)),
+            Err(error) => {
+                tracing::debug!(target: "lameduck", "upgrade: no socket in the temporary directory ({error}): an abstract one");
+                use std::hash::{BuildHasher, Hasher};
+                let mut secret = std::collections::hash_map::RandomState::new().build_hasher();
+                secret.write_u32(nanos);
+                let name = format!("{unique}-{:016x}", secret.finish());
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+                let socket = std::os::unix::net::UnixDatagram::bind_addr(&addr)?;
+                socket.set_nonblocking(true)?;
+                Ok((None, format!("@{name}"), UnixDatagram::from_std(socket)?))
+            }
+        }
+    }
+
+    fn private_socket(unique: &str) -> std::io::Result<(PathBuf, String, UnixDatagram)> {
+        use std::os::unix::fs::DirBuilderExt;
+        let temp = std::env::temp_dir();
+        let temp = if temp.is_absolute() {
+            temp
+        } else {
+            std::env::current_dir()?.join(temp)
+        };
+        let dir = temp.join(unique);
         // Fails if it exists: nobody else's directory is used.
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        let socket = std::os::unix::net::UnixDatagram::bind(dir.join("ready.sock"))
-            .and_then(|socket| {
-                socket.set_nonblocking(true)?;
-                UnixDatagram::from_std(socket)
-            })
-            .inspect_err(|_| {
+        let path = dir.join("ready.sock");
+        let bound = std::os::unix::net::UnixDatagram::bind(&path).and_then(|socket| {
+            socket.set_nonblocking(true)?;
+            UnixDatagram::from_std(socket)
+        });
+        match (bound, path.to_str()) {
+            (Ok(socket), Some(text)) => Ok((dir.clone(), text.to_owned(), socket)),
+            (result, _) => {
                 let _ = std::fs::remove_dir_all(&dir);
-            })?;
-        Ok((dir, socket))
+                Err(result
+                    .err()
+                    .unwrap_or_else(|| std::io::Error::other("not a UTF-8 path")))
+            }
+        }
     }
 }
 
@@ -403,6 +459,14 @@ mod sys {
 
         pub(crate) async fn stop(self, _within: Duration) {
             match self {}
+        }
+
+        pub(crate) fn said_ready(&mut self) -> bool {
+            match *self {}
+        }
+
+        pub(crate) fn kill_now(&mut self) {
+            match *self {}
         }
     }
 }

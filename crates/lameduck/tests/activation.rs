@@ -475,3 +475,35 @@ fn a_failed_start_tells_the_service_manager_why_with_the_errno() {
         "{report}"
     );
 }
+
+#[test]
+fn of_several_sockets_under_one_name_listen_tcp_takes_the_one_on_its_address() {
+    let Some(activate) = socket_activate() else {
+        return;
+    };
+    let [first, second] = free_ports();
+    let wanted = format!("127.0.0.1:{second}");
+    let mut cmd = Command::new(&activate);
+    cmd.args(["-l", &format!("127.0.0.1:{first}"), "-l", &wanted])
+        .arg("--fdname=lines:lines")
+        .args([
+            "-E",
+            "RUST_LOG=info",
+            "-E",
+            &format!("CHILD_BIND={wanted}"),
+            "--",
+        ])
+        .args(child_args("activated"));
+    let mut proc = Proc::spawn_command(cmd);
+    let _trigger = connect_when_listening(SocketAddr::from(([127, 0, 0, 1], first)));
+    assert_eq!(
+        proc.expect("LISTENING"),
+        wanted,
+        "the socket on the address asked for"
+    );
+    proc.expect("READY");
+    proc.signal("TERM");
+    let (code, report, _) = proc.finish();
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["services"][0]["addresses"][0]["origin"]["fd"], 4);
+}

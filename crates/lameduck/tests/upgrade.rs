@@ -18,6 +18,7 @@ use lameduck::http::HttpServer;
 
 mod support;
 use support::notify::{Notify, value};
+use support::tools::alive;
 use support::{Proc, WAIT, child_args};
 
 #[test]
@@ -129,13 +130,6 @@ impl Load {
     }
 }
 
-/// A process the test did not start (an upgrade's new one, our grandchild): alive or not.
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|stat| stat.split(' ').nth(2) == Some("Z"))
-}
-
 /// Stops a process the test did not start, and waits (bounded) until it is gone.
 fn terminate(pid: u32) {
     let _ = Command::new("kill")
@@ -161,11 +155,27 @@ impl Drop for Reap {
     }
 }
 
-fn temp_dir(name: &str) -> PathBuf {
+/// A directory of the test's, removed with it.
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(name: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!("lameduck-upgrade-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
 }
 
 fn read_pid(path: &Path) -> u32 {

@@ -134,11 +134,17 @@ impl Inherited {
     /// TCP socket first, and none is taken unless all pass; each is set non-blocking. Empty
     /// when none has that name; an error when there were some, and all are taken (the name
     /// asked for once more than it was passed).
+    ///
+    /// With `one` and several left, from a socket unit (whose order of sockets is not fixed):
+    /// the one listening on `wanted`, or an error if none does. From an upgrade, the next one:
+    /// the old process passes them in the order its service made them.
     pub(crate) fn claim(
         &self,
         service: &Arc<str>,
         one: bool,
+        wanted: Option<std::net::SocketAddr>,
     ) -> Result<Vec<Claimed>, InheritError> {
+        let from_upgrade = self.upgrade_notify.is_some();
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         let mine: Vec<&mut Slot> = slots.iter_mut().filter(|s| *s.name == **service).collect();
         let Some(first_fd) = mine.first().map(|s| s.fd) else {
@@ -166,7 +172,28 @@ impl Inherited {
             };
             return Err(InheritError::new(first_fd, service, problem));
         }
-        if one {
+        if one && free.len() > 1 && !from_upgrade {
+            let matching = free
+                .iter()
+                .position(|slot| wanted.is_some() && sys::local_addr(slot.fd) == wanted);
+            let Some(at) = matching else {
+                let fds: Vec<String> = free.iter().map(|s| s.fd.to_string()).collect();
+                let asked =
+                    wanted.map_or_else(|| "the address asked for".to_owned(), |a| a.to_string());
+                return Err(InheritError::new(
+                    free[0].fd,
+                    service,
+                    format!(
+                        "is one of {} sockets passed under this name (fds {}), and none listens \
+                         on {asked} (hint: `listen_tcp_all` takes them all; or give each its \
+                         own FileDescriptorName=)",
+                        free.len(),
+                        fds.join(", ")
+                    ),
+                ));
+            };
+            free = vec![free.swap_remove(at)];
+        } else if one {
             free.truncate(1);
         }
         for slot in &free {
@@ -440,6 +467,13 @@ mod sys {
         checked.unwrap_or_else(|e| Err(format!("is not open: {e}")))
     }
 
+    /// The local address of socket `fd`, if it is an IP socket.
+    pub(super) fn local_addr(fd: i32) -> Option<std::net::SocketAddr> {
+        with_borrowed(fd, |fd| SockRef::from(&fd).local_addr().ok()?.as_socket())
+            .ok()
+            .flatten()
+    }
+
     /// Takes ownership of `fd`, a listening TCP socket (checked), set non-blocking.
     pub(super) fn take_listener(fd: i32) -> io::Result<std::net::TcpListener> {
         open_cloexec(fd)?;
@@ -502,6 +536,10 @@ mod sys {
 
     pub(super) fn take_listener(_fd: i32) -> io::Result<std::net::TcpListener> {
         Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+
+    pub(super) fn local_addr(_fd: i32) -> Option<std::net::SocketAddr> {
+        None
     }
 
     pub(super) fn close_if_passed_socket(_fd: i32) -> bool {

@@ -46,7 +46,7 @@ pub(crate) async fn listeners(
 ) -> Result<Vec<(TcpListener, Listening)>, ListenError> {
     match listen {
         Listen::Addr(addr) => {
-            let passed = inherited.claim(service, one)?;
+            let passed = inherited.claim(service, one, addr.parse().ok())?;
             if passed.is_empty() {
                 let listener = bind_addr(addr.as_str(), options).await?;
                 let listening = listening(&listener, &addr, Origin::Bound)?;

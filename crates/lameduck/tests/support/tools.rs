@@ -25,3 +25,15 @@ pub fn tool(name: &str, package: &str) -> Option<PathBuf> {
     }
     found
 }
+
+/// Whether process `pid` (one the test did not start, so cannot wait for) still runs: a zombie
+/// (dead, its parent yet to reap it) does not. The state follows the command name, which is in
+/// parentheses and may hold spaces.
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().next())
+            != Some("Z")
+    })
+}
