@@ -134,6 +134,33 @@ impl Demo {
     }
 }
 
+impl Demo {
+    /// Waits (bounded) for the demo's exit, leaving its log to read: an upgrade's new process
+    /// still holds the pipe.
+    async fn exited(&mut self) -> std::process::ExitStatus {
+        let began = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(began.elapsed() < WAIT, "the demo did not exit");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Stops an upgrade's new process (not the test's child, so not waited for), bounded.
+async fn terminate(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let began = Instant::now();
+    while alive(pid) && began.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!alive(pid), "PID {pid} still runs");
+}
+
 impl Drop for Demo {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -781,22 +808,8 @@ async fn every_write_acknowledged_across_an_upgrade_is_stored_and_served_by_the_
         200,
         "the old process finished its request"
     );
-    let began = Instant::now();
-    let status = loop {
-        if let Some(status) = demo.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(began.elapsed() < WAIT, "the old process did not exit");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    assert_eq!(status.code(), Some(0));
-    let _ = Command::new("kill")
-        .args(["-TERM", &new_pid.to_string()])
-        .status();
-    let began = Instant::now();
-    while alive(new_pid) && began.elapsed() < WAIT {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert_eq!(demo.exited().await.code(), Some(0), "the old process");
+    terminate(new_pid).await;
     let (_, log) = demo.wait();
     assert!(log.contains("upgrade: writing through"), "{log}");
 
@@ -819,8 +832,8 @@ async fn grpc_calls_across_an_upgrade_all_succeed_and_the_new_process_serves_the
     let old_pid = demo.child.id();
     let stop = Arc::new(AtomicBool::new(false));
     // Each writer on its own channel, as a client process would be; a call the channel could
-    // not send (its connection went away under GOAWAY) is sent again once, as gRPC clients do
-    // with UNAVAILABLE before the call reached a server.
+    // not send (its connection went away under the old process's GOAWAY) is sent again once,
+    // as gRPC clients retry a call that never reached a server.
     let writers: Vec<_> = (0..4)
         .map(|w| {
             let stop = Arc::clone(&stop);
@@ -836,7 +849,15 @@ async fn grpc_calls_across_an_upgrade_all_succeed_and_the_new_process_serves_the
                     };
                     let outcome = match client.put(put()).await {
                         Ok(_) => Ok(()),
-                        Err(status) if status.code() == tonic::Code::Unavailable => {
+                        // Not sent: the channel's connection went away under GOAWAY first
+                        // (UNAVAILABLE), or was closed before the call was written (hyper's
+                        // "connection closed", a client-side CANCELLED: a status the server
+                        // sent has no transport error behind it).
+                        Err(status)
+                            if status.code() == tonic::Code::Unavailable
+                                || (status.code() == tonic::Code::Cancelled
+                                    && std::error::Error::source(&status).is_some()) =>
+                        {
                             retried += 1;
                             client.put(put()).await.map(|_| ())
                         }
@@ -854,15 +875,7 @@ async fn grpc_calls_across_an_upgrade_all_succeed_and_the_new_process_serves_the
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     demo.signal("HUP");
-    let began = Instant::now();
-    let status = loop {
-        if let Some(status) = demo.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(began.elapsed() < WAIT, "the old process did not exit");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(demo.exited().await.code(), Some(0), "the old process");
     let new_pid: u32 = std::fs::read_to_string(&pid_file)
         .unwrap()
         .trim()
@@ -899,13 +912,7 @@ async fn grpc_calls_across_an_upgrade_all_succeed_and_the_new_process_serves_the
         assert_eq!(&got.value, value, "{key}");
     }
     drop(client);
-    let _ = Command::new("kill")
-        .args(["-TERM", &new_pid.to_string()])
-        .status();
-    let began = Instant::now();
-    while alive(new_pid) && began.elapsed() < WAIT {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    terminate(new_pid).await;
     let (_, log) = demo.wait();
     assert!(log.contains("upgraded: PID"), "{log}");
 }

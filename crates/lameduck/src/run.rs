@@ -647,6 +647,27 @@ impl Run {
         trigger
     }
 
+    /// An upgrade was asked for: starts its new process, unless one is under way already.
+    fn begin_upgrade(&mut self, attempt: &mut Option<Attempt>) {
+        if let Some(under_way) = attempt {
+            let pid = under_way.pid();
+            tracing::warn!(target: "lameduck", pid, "upgrade already under way: ignored");
+            return;
+        }
+        let Some(upgrader) = &self.upgrader else {
+            return;
+        };
+        match upgrader.begin(&self.handover, self.config.inherit_listeners) {
+            Ok(started) => {
+                self.control.upgrade_started(started.pid());
+                *attempt = Some(started);
+            }
+            Err(error) => {
+                tracing::error!(target: "lameduck", "upgrade failed, serving on: {error}")
+            }
+        }
+    }
+
     /// Stops an upgrade's new process without holding up the run; the run's end waits for it.
     fn stop_in_background(&mut self, attempt: Attempt, within: Duration) {
         let pid_file = self.pid_file.clone();
@@ -692,31 +713,7 @@ impl Run {
                     continue;
                 }
                 () = upgrade_requested(&mut self.upgrader) => {
-                    match (&*attempt, &self.upgrader) {
-                        (Some(under_way), _) => tracing::warn!(
-                            target: "lameduck", pid = under_way.pid(),
-                            "upgrade already under way: ignored"
-                        ),
-                        (None, Some(_)) if !self.config.inherit_listeners => tracing::error!(
-                            target: "lameduck",
-                            "upgrade refused: with inherit_listeners(false) the new process \
-                             would not take the listeners"
-                        ),
-                        (None, Some(_)) if std::process::id() == 1 => tracing::error!(
-                            target: "lameduck",
-                            "upgrade refused: this process is PID 1 (a container's init), and \
-                             the new one would end with it (hint: run under an init that stays, \
-                             such as tini or `docker run --init`)"
-                        ),
-                        (None, Some(upgrader)) => match upgrader.begin(&self.handover) {
-                            Ok(started) => {
-                                self.control.upgrade_started(started.pid());
-                                *attempt = Some(started);
-                            }
-                            Err(error) => tracing::error!(target: "lameduck", "upgrade failed, serving on: {error}"),
-                        },
-                        (None, None) => {}
-                    }
+                    self.begin_upgrade(attempt);
                     continue;
                 }
                 next = self.running.join_next_with_id() => next,

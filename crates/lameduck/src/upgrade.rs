@@ -49,6 +49,9 @@ pub enum UpgradeError {
     /// The listeners could not be handed over.
     #[error("cannot hand the listeners over: {0}")]
     Handover(String),
+    /// This process cannot be upgraded as it runs (the reason says why, with a hint).
+    #[error("upgrade refused: {0}")]
+    Refused(&'static str),
     /// The new process ended before it was ready.
     #[error("the new process (PID {pid}) exited before it was ready ({status}){}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
     Exited {
@@ -145,7 +148,25 @@ impl Upgrader {
     }
 
     /// Starts the new process with every listener of `handover`.
-    pub(crate) fn begin(&self, handover: &Handover) -> Result<Attempt, UpgradeError> {
+    ///
+    /// Refused when the new process could not take the listeners (`inherit_listeners(false)`,
+    /// which it shares), or would end with this one (PID 1, a container's init).
+    pub(crate) fn begin(
+        &self,
+        handover: &Handover,
+        inherit_listeners: bool,
+    ) -> Result<Attempt, UpgradeError> {
+        if !inherit_listeners {
+            return Err(UpgradeError::Refused(
+                "with inherit_listeners(false) the new process would not take the listeners",
+            ));
+        }
+        if std::process::id() == 1 {
+            return Err(UpgradeError::Refused(
+                "this process is PID 1 (a container's init), and the new one would end with it \
+                 (hint: run under an init that stays, such as tini or `docker run --init`)",
+            ));
+        }
         sys::begin(self.exe.as_deref(), handover, self.timeout)
     }
 }

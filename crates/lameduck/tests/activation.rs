@@ -271,9 +271,9 @@ fn without_passed_sockets_the_address_is_bound_and_the_report_says_so() {
     );
 }
 
-/// Runs the child under `sh -c script` (which sets the variables and `exec`s it, keeping the
-/// PID); returns its exit code, report and stdout.
-fn run_under_shell(script: &str, env: &[(&str, &str)]) -> (i32, serde_json::Value, Vec<String>) {
+/// Starts the child under `sh -c script` (which sets the variables and `exec`s it, keeping
+/// the PID).
+fn under_shell(script: &str, env: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(format!("{script}; exec \"$0\" \"$@\""))
@@ -282,7 +282,23 @@ fn run_under_shell(script: &str, env: &[(&str, &str)]) -> (i32, serde_json::Valu
     for (k, v) in env {
         cmd.env(k, v);
     }
-    Proc::spawn_command(cmd).finish()
+    Proc::spawn_command(cmd)
+}
+
+/// As [`under_shell`], to the exit: its exit code, report and stdout.
+fn run_under_shell(script: &str, env: &[(&str, &str)]) -> (i32, serde_json::Value, Vec<String>) {
+    under_shell(script, env).finish()
+}
+
+/// As [`under_shell`], for a child that starts: its `ENV` line, then (after SIGTERM) its exit
+/// code and report.
+fn serve_under_shell(script: &str, env: &[(&str, &str)]) -> (String, i32, serde_json::Value) {
+    let mut proc = under_shell(script, env);
+    let vars = proc.expect("ENV");
+    proc.expect("READY");
+    proc.signal("TERM");
+    let (code, report, _) = proc.finish();
+    (vars, code, report)
 }
 
 /// The start failed: exit code 3, the trigger names `service` and says each of `needles`, and
@@ -352,42 +368,22 @@ fn bad_variables_and_descriptors_fail_the_start_naming_the_culprit() {
     );
 
     // Turned off, the variables are left alone and the address is bound.
-    let (code, report, _) = {
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg("exec 3</dev/null; export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\" \"$@\"")
-            .args(child_args("activated"))
-            .env("CHILD_NO_INHERIT", "1");
-        let mut proc = Proc::spawn_command(cmd);
-        let env = proc.expect("ENV");
-        assert!(env.contains("LISTEN_FDS=Some(\"1\")"), "{env}");
-        proc.expect("READY");
-        proc.signal("TERM");
-        proc.finish()
-    };
-    assert_eq!(code, 0, "{report}");
-    assert_eq!(
-        report["services"][0]["addresses"][0]["origin"]["kind"],
-        "bound"
+    let (vars, code, report) = serve_under_shell(
+        "exec 3</dev/null; export LISTEN_PID=$$ LISTEN_FDS=1",
+        &[("CHILD_NO_INHERIT", "1")],
     );
+    assert!(vars.contains("LISTEN_FDS=Some(\"1\")"), "{vars}");
+    assert_eq!(code, 0, "{report}");
+    let origin = &report["services"][0]["addresses"][0]["origin"];
+    assert_eq!(origin["kind"], "bound", "{report}");
 
     // Variables for another process are not ours to use: the address is bound as usual.
-    let (code, report, _) = {
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg("exec 3</dev/null; export LISTEN_PID=1 LISTEN_FDS=1; exec \"$0\" \"$@\"")
-            .args(child_args("activated"));
-        let mut proc = Proc::spawn_command(cmd);
-        let env = proc.expect("ENV");
-        assert_eq!(env, "LISTEN_PID=None LISTEN_FDS=None LISTEN_FDNAMES=None");
-        proc.signal("TERM");
-        proc.finish()
-    };
+    let (vars, code, report) =
+        serve_under_shell("exec 3</dev/null; export LISTEN_PID=1 LISTEN_FDS=1", &[]);
+    assert_eq!(vars, "LISTEN_PID=None LISTEN_FDS=None LISTEN_FDNAMES=None");
     assert_eq!(code, 0, "{report}");
-    assert_eq!(
-        report["services"][0]["addresses"][0]["origin"]["kind"],
-        "bound"
-    );
+    let origin = &report["services"][0]["addresses"][0]["origin"];
+    assert_eq!(origin["kind"], "bound", "{report}");
 }
 
 #[test]
