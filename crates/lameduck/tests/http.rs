@@ -210,6 +210,19 @@ async fn fetch_h2(send: &mut H2, path: &str) -> Result<(StatusCode, String), hyp
     Ok((status, String::from_utf8_lossy(&body).into()))
 }
 
+/// A keep-alive connection that has had one `GET /fast` answered: idle now.
+async fn answered_once(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    stream
+}
+
 /// Whether the peer closes `stream` within `within` (EOF or reset), reading and discarding.
 async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     let mut buf = [0u8; 1024];
@@ -371,14 +384,7 @@ async fn http2_gets_goaway_and_finishes_its_open_stream() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_request_unread_in_the_kernel_when_the_drain_begins_is_served() {
     let running = start_default().await;
-    let mut stream = TcpStream::connect(running.addr).await.unwrap();
-    stream
-        .write_all(b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 512];
-    let n = stream.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let stream = answered_once(running.addr).await;
 
     // Idle keep-alive now. Write the next request and start the drain without yielding.
     let mut std_stream = stream.into_std().unwrap();
@@ -395,6 +401,38 @@ async fn a_request_unread_in_the_kernel_when_the_drain_begins_is_served() {
         "served, not dropped: {answer:?}"
     );
     assert!(answer.ends_with("fast\n"), "{answer}");
+    assert_eq!(running.report().await.exit_code, ExitCode::Clean);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_keep_alive_request_sent_just_after_the_drain_began_is_served_not_reset() {
+    // The keep-alive race: a busy client sends its next request right after a response, and the
+    // drain begins in between. Closing the idle-looking connection would reset that request.
+    let running = start_default().await;
+    let mut stream = answered_once(running.addr).await;
+
+    running.handle.shutdown();
+    // The drain has begun once the listener refuses (one thread: a moment, not the 50 ms).
+    let began = Instant::now();
+    while TcpStream::connect(running.addr).await.is_ok() {
+        assert!(began.elapsed() < WAIT, "the listener never closed");
+        tokio::task::yield_now().await;
+    }
+    stream
+        .write_all(b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(
+        answer.starts_with("http/1.1 200"),
+        "served, not reset: {answer:?}"
+    );
+    assert!(
+        answer.contains("connection: close\r\n") && answer.ends_with("fast\n"),
+        "its last answer, saying so: {answer}"
+    );
     assert_eq!(running.report().await.exit_code, ExitCode::Clean);
 }
 

@@ -7,7 +7,7 @@ use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,6 +29,12 @@ use crate::http::server::Shared;
 /// request once the drain has begun: a client that connected just before the drain is most
 /// likely sending it. Older silent connections are closed at once.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(50);
+
+/// How long after its last response an idle HTTP/1.1 keep-alive connection may still deliver
+/// its next request once the drain has begun: a busy client sends it at once, and closing the
+/// connection under it would reset it (the keep-alive race). That request is served, with
+/// `Connection: close`. Connections idle for longer are closed at once.
+const KEEP_ALIVE_GRACE: Duration = Duration::from_millis(50);
 
 /// How long a connection with no request in flight gets, once told to shut down, to close by
 /// itself (an HTTP/2 client acknowledging the GOAWAY) before it is closed.
@@ -59,7 +65,8 @@ where
 /// through its first request's headers) is closed at once: nothing is lost. One accepted in the
 /// last 50 ms that has sent nothing yet gets the rest of those 50 ms to send its request. Every
 /// other connection is told to shut down gracefully: an idle HTTP/1.1 keep-alive connection
-/// closes, a busy one finishes its response (with `Connection: close`), HTTP/2 sends GOAWAY
+/// closes (one that answered in the last 50 ms first gets the rest of those 50 ms for its next
+/// request), a busy one finishes its response (with `Connection: close`), HTTP/2 sends GOAWAY
 /// and finishes its open streams.
 pub(crate) fn serve<S, B>(
     stream: TcpStream,
@@ -125,6 +132,18 @@ pub(crate) fn serve<S, B>(
                         return;
                     }
                 }
+                if let Some(left) = state.keep_alive_grace() {
+                    // Answered a moment ago: its next request is most likely on its way. It is
+                    // served (with `Connection: close`, after which the connection ends).
+                    tokio::select! {
+                        biased;
+                        result = conn.as_mut() => {
+                            log_end(peer, result);
+                            return;
+                        }
+                        () = tokio::time::sleep(left) => {}
+                    }
+                }
                 conn.as_mut().graceful_shutdown();
                 // With nothing in flight, an HTTP/2 connection still waits for the client to
                 // acknowledge the GOAWAY; a client that never does must not hold the drain. A
@@ -170,6 +189,10 @@ pub(crate) struct ConnState {
     prefix_read: AtomicUsize,
     /// A write is waiting for the peer to take data: a response is still on its way out.
     write_blocked: AtomicBool,
+    /// When it was accepted: what [`last_end_us`](Self::last_end_us) counts from.
+    born: Instant,
+    /// When the last request ended, in microseconds since `born` (`u64::MAX`: none yet).
+    last_end_us: AtomicU64,
 }
 
 /// The HTTP/2 client preface's length.
@@ -186,7 +209,30 @@ impl ConnState {
             h2: AtomicBool::new(false),
             prefix_read: AtomicUsize::new(0),
             write_blocked: AtomicBool::new(false),
+            born: Instant::now(),
+            last_end_us: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Whether it speaks HTTP/2.
+    pub(crate) fn is_h2(&self) -> bool {
+        self.h2.load(Ordering::Acquire)
+    }
+
+    /// For an idle HTTP/1.1 keep-alive connection that answered less than
+    /// [`KEEP_ALIVE_GRACE`] ago: the rest of that grace.
+    fn keep_alive_grace(&self) -> Option<Duration> {
+        let last = self.last_end_us.load(Ordering::Acquire);
+        if last == u64::MAX || self.is_h2() || !self.quiet() {
+            return None;
+        }
+        let since = self
+            .born
+            .elapsed()
+            .saturating_sub(Duration::from_micros(last));
+        KEEP_ALIVE_GRACE
+            .checked_sub(since)
+            .filter(|left| !left.is_zero())
     }
 
     /// Asks the socket to read what the kernel holds at its next read, even before the
@@ -262,6 +308,8 @@ impl ConnState {
 
     /// A request's response has ended (or it was cut off).
     pub(crate) fn request_ended(&self) {
+        let at = u64::try_from(self.born.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+        self.last_end_us.store(at, Ordering::Release);
         self.active.fetch_sub(1, Ordering::AcqRel);
         self.drain.request_finished();
     }

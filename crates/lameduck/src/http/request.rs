@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -223,15 +223,22 @@ where
                     Poll::Ready(Ok(response))
                 }
                 // The request stays in flight until its body has been sent.
-                Poll::Ready(Ok(response)) => {
+                Poll::Ready(Ok(mut response)) => {
                     let status = response.status();
-                    if (status == StatusCode::SWITCHING_PROTOCOLS
-                        || (*connect && status.is_success()))
-                        && let Some(guard) = guard
-                    {
-                        // Before hyper hands the socket to the handler: from now on it must
-                        // watch the deadline itself.
-                        guard.conn.mark_upgraded();
+                    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS
+                        || (*connect && status.is_success());
+                    if let Some(guard) = guard {
+                        if upgrade {
+                            // Before hyper hands the socket to the handler: from now on it must
+                            // watch the deadline itself.
+                            guard.conn.mark_upgraded();
+                        } else if !guard.conn.is_h2() && guard.conn.drain().is_draining() {
+                            // The connection's last answer (one that came in the drain's
+                            // keep-alive grace): the client must not send another on it.
+                            response
+                                .headers_mut()
+                                .insert(CONNECTION, HeaderValue::from_static("close"));
+                        }
                     }
                     Poll::Ready(Ok(response.map(|body| ResponseBody::App {
                         body,

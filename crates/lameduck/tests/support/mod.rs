@@ -46,7 +46,19 @@ impl Proc {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().unwrap();
+        // A binary the test has just written can be "busy" for a moment: another test's
+        // thread may have forked while it was open for writing, and that child holds the
+        // descriptor until its own exec. Wait it out, bounded.
+        let mut tries = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    thread::sleep(Duration::from_millis(10));
+                }
+                spawned => break spawned.unwrap(),
+            }
+        };
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = channel();
         thread::spawn(move || {
