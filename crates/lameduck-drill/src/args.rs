@@ -7,13 +7,16 @@ use clap::{Parser, ValueEnum};
 
 /// Verify a service's graceful shutdown under load.
 ///
-/// Starts the command, waits until it is ready, drives HTTP load at it, sends a signal, and
-/// watches what happens: every request is classified (ok; refused: never accepted; failed:
-/// accepted, then reset, truncated, 5xx or timed out), and the exit is timed. Exits 0 only if
-/// no accepted request failed, the exit code matched, and the restart check (if asked) passed.
+/// Starts the command, waits until it is ready, drives HTTP and gRPC load at it, sends a
+/// signal, and watches what happens: every request is classified (ok; refused: never accepted;
+/// failed: accepted, then reset, truncated, 5xx, a gRPC status other than OK, or timed out), and
+/// the exit is timed. Exits 0 only if no accepted request failed, the exit code matched, the
+/// restart check (if asked) passed, and no acknowledged write (`--write`) was lost. `--upgrade`
+/// drills an upgrade in place, `--rollout N` a rolling restart behind a load balancer.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "lameduck-drill", version, about, long_about = None)]
 #[command(group = clap::ArgGroup::new("ready").multiple(false))]
+#[command(group = clap::ArgGroup::new("second_life").multiple(false).args(["restart", "upgrade", "rollout"]))]
 pub struct DrillArgs {
     /// Ready when a GET of this URL answers 200.
     #[arg(long, group = "ready", value_name = "URL")]
@@ -26,14 +29,88 @@ pub struct DrillArgs {
     pub ready_grpc: Option<String>,
     /// A URL to GET as load (repeatable; the workers take them in turn). Without a readiness
     /// option, ready means the first URL's address accepts TCP.
-    #[arg(long = "url", value_name = "URL", required = true)]
+    #[arg(
+        long = "url",
+        value_name = "URL",
+        required_unless_present_any = ["grpc", "front", "write"]
+    )]
     pub urls: Vec<String>,
-    /// Speak HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
+    /// Speak HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1 (for `--url`, `--write`
+    /// and `--read`).
     #[arg(long)]
     pub http2: bool,
-    /// Concurrent workers, each on its own keep-alive connection.
+    /// Concurrent HTTP workers, each on its own keep-alive connection.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
+    /// A gRPC server to load (cleartext HTTP/2), with `--call`; alongside `--url` load or alone.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub grpc: Option<String>,
+    /// A method to call (`package.Service/Method`, unary or server-streaming; repeatable: the
+    /// gRPC workers take them in turn). Its descriptors come from the server's reflection
+    /// (v1, or v1alpha), or from `--proto`.
+    #[arg(long = "call", value_name = "METHOD", requires = "grpc")]
+    pub calls: Vec<String>,
+    /// The request of each `--call` as JSON (the protobuf JSON mapping), in the same order;
+    /// without it, `{}`.
+    #[arg(long = "data", value_name = "JSON", requires = "calls")]
+    pub data: Vec<String>,
+    /// A `.proto` file that defines the called services (compiled in-process), instead of the
+    /// server's reflection.
+    #[arg(long, value_name = "FILE", requires = "grpc")]
+    pub proto: Option<PathBuf>,
+    /// A directory `--proto`'s imports are found in (repeatable; default: the file's own
+    /// directory).
+    #[arg(long = "import-path", value_name = "DIR", requires = "proto")]
+    pub import_paths: Vec<PathBuf>,
+    /// Concurrent gRPC workers, each on its own HTTP/2 connection.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub grpc_concurrency: u16,
+    /// The audit's writes: `METHOD URL` with `{n}` in the URL, a unique key (`PUT` without a
+    /// method); each body is a unique value. Every write answered 2xx is read back with
+    /// `--read` from the instance that serves after the restart, the upgrade or the rollout,
+    /// and a lost or changed one fails the drill.
+    #[arg(
+        long,
+        value_name = "METHOD URL",
+        requires = "read",
+        requires = "second_life"
+    )]
+    pub write: Option<String>,
+    /// The audit's reads: `METHOD URL` with `{n}` (`GET` without a method); a 2xx answer's
+    /// body must be the value written, a 404 or 410 means the write was lost.
+    #[arg(long, value_name = "METHOD URL", requires = "write")]
+    pub read: Option<String>,
+    /// The audit's writes as gRPC calls on the `--grpc` server (`package.Service/Method`),
+    /// instead of `--write`: acknowledged means status OK.
+    #[arg(
+        long,
+        value_name = "METHOD",
+        requires = "grpc",
+        requires = "write_data",
+        requires = "read_call",
+        requires = "second_life",
+        conflicts_with = "write"
+    )]
+    pub write_call: Option<String>,
+    /// The request of `--write-call` as JSON, with `{n}` (the key) and `{value}` (the value)
+    /// in it, like `{"key": "{n}", "value": "{value}"}`.
+    #[arg(long, value_name = "JSON", requires = "write_call")]
+    pub write_data: Option<String>,
+    /// The audit's reads as gRPC calls: the answer must hold the value (as a string field);
+    /// NOT_FOUND means the write was lost.
+    #[arg(
+        long,
+        value_name = "METHOD",
+        requires = "write_call",
+        requires = "read_data"
+    )]
+    pub read_call: Option<String>,
+    /// The request of `--read-call` as JSON, with `{n}` in it, like `{"key": "{n}"}`.
+    #[arg(long, value_name = "JSON", requires = "read_call")]
+    pub read_data: Option<String>,
+    /// Concurrent writers, each on its own keep-alive connection.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub write_concurrency: u16,
     /// The signal to send.
     #[arg(long, value_enum, default_value_t = SignalName::Term)]
     pub signal: SignalName,
@@ -51,7 +128,7 @@ pub struct DrillArgs {
     pub expect_exit_code: i32,
     /// Start the command again right after it exits, and require it to become ready (the
     /// `address already in use` check).
-    #[arg(long, conflicts_with = "upgrade")]
+    #[arg(long)]
     pub restart: bool,
     /// Drill an upgrade in place instead of a stop: send `--upgrade-signal`, follow
     /// `--pid-file` to the new process, wait for the old one to exit, load the new one for
@@ -69,6 +146,41 @@ pub struct DrillArgs {
     /// How long the load goes on against the new process once the old one has exited.
     #[arg(long, default_value = "1s", value_parser = duration)]
     pub after_upgrade: Duration,
+    /// Roll N instances one by one behind a load balancer: the command (with `{i}`, the
+    /// instance's number from 1, and `{port}`, its port from `--ports`) starts N times, each
+    /// must be ready (the readiness option may use the placeholders too), the load goes
+    /// through the balancer (`--front`), and each instance in turn gets `--signal`, must exit
+    /// with the expected code, starts again and must be ready, then `--settle`. Through a
+    /// balancer a refused request is a failed one: it must hide every restart.
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u16).range(1..=64),
+        requires = "front",
+        requires = "ready",
+        conflicts_with = "second_signal_after"
+    )]
+    pub rollout: Option<u16>,
+    /// The load balancer's URL: the rollout waits until a GET of it answers 2xx before the
+    /// load begins, and it is the load without `--url` or `--grpc`.
+    #[arg(long, value_name = "URL", requires = "rollout")]
+    pub front: Option<String>,
+    /// Runs the load balancer too (a shell command, like `haproxy -f haproxy.cfg`): started
+    /// before the instances, stopped (SIGTERM) once the load is over.
+    #[arg(long, value_name = "COMMAND", requires = "rollout")]
+    pub front_command: Option<String>,
+    /// Each instance's `{port}`, in order (one per instance).
+    #[arg(
+        long,
+        value_name = "PORT,...",
+        value_delimiter = ',',
+        requires = "rollout"
+    )]
+    pub ports: Vec<u16>,
+    /// How long the rollout waits after an instance is ready again before it restarts the
+    /// next (the balancer's health check must see it up).
+    #[arg(long, default_value = "1s", value_parser = duration, requires = "rollout")]
+    pub settle: Duration,
     /// How long the command may take to become ready.
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub ready_timeout: Duration,
@@ -78,6 +190,10 @@ pub struct DrillArgs {
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+    /// Write every request (kind, start and end, outcome, status, error) to this file, one
+    /// JSON object a line.
+    #[arg(long, value_name = "PATH")]
+    pub records: Option<PathBuf>,
     /// Write the timeline as an SVG picture to this file.
     #[arg(long, value_name = "PATH")]
     pub svg: Option<PathBuf>,

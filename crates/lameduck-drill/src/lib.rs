@@ -1,7 +1,10 @@
 //! Verify any service's graceful shutdown under load, the way an SRE would before trusting a
-//! deploy: start it, wait until it is ready, drive HTTP load, send the signal, and check that
-//! no accepted request failed, the exit code is the expected one, and (with `--restart`) a new
-//! instance binds at once. The service can be written in any language.
+//! deploy: start it, wait until it is ready, drive HTTP and gRPC load, send the signal, and
+//! check that no accepted request failed, the exit code is the expected one, and (with
+//! `--restart`) a new instance binds at once. With `--write`/`--read`, every write the service
+//! acknowledged is read back from the instance that serves after the restart or the upgrade;
+//! with `--rollout N`, N instances are restarted one by one behind a load balancer, which must
+//! hide every restart. The service can be written in any language.
 //!
 //! The binary (`lameduck-drill [OPTIONS] -- <command> [args...]`) is a thin shell over
 //! [`drill`]; tests of other crates call it directly:
@@ -21,12 +24,17 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod audit;
 mod child;
+mod grpc_load;
 mod load;
 mod probe;
 pub mod report;
+mod rollout;
 mod run;
+mod schema;
 mod svg;
+mod traffic;
 
 pub use args::{DrillArgs, SignalName};
 pub use report::DrillReport;

@@ -1,20 +1,35 @@
-//! The load: workers on keep-alive connections, every request timed and classified.
+//! The HTTP load: workers on keep-alive connections, every request timed and classified. The
+//! same loop sends the audit's writes (see [`audit`](crate::audit)).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::Uri;
-use http_body_util::{BodyExt, Empty};
+use http::{Method, Uri};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use crate::report::{Outcome, RequestRecord};
+use crate::report::{Kind, Outcome, RequestRecord};
 
 /// How long a worker waits after a refused connection before it tries again, so that a closed
 /// listener does not turn the drill into a busy loop.
-const REFUSED_PAUSE: Duration = Duration::from_millis(5);
+pub(crate) const REFUSED_PAUSE: Duration = Duration::from_millis(5);
+
+/// How long a connection attempt may take: an address that drops SYNs (a dead host) must not
+/// hold a worker for the kernel's two minutes.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to `authority` with [`CONNECT_TIMEOUT`], `TCP_NODELAY` set.
+pub(crate) async fn tcp(authority: &str) -> Option<TcpStream> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
+        .await
+        .ok()?
+        .ok()?;
+    let _ = stream.set_nodelay(true);
+    Some(stream)
+}
 
 /// What the workers share with the drill.
 #[derive(Debug)]
@@ -30,6 +45,8 @@ pub(crate) struct Shared {
     pub(crate) ok: AtomicU64,
     pub(crate) refused: AtomicU64,
     pub(crate) failed: AtomicU64,
+    /// Every request's record, as it ends: a worker cut off at the stop keeps what it did.
+    records: Mutex<Vec<RequestRecord>>,
 }
 
 /// A URL to load, split for the client.
@@ -74,11 +91,19 @@ impl Shared {
             ok: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            records: Mutex::new(Vec::new()),
         }
     }
 
-    fn ms(&self, at: Instant) -> f64 {
+    pub(crate) fn ms(&self, at: Instant) -> f64 {
         at.saturating_duration_since(self.began).as_secs_f64() * 1000.0
+    }
+
+    /// Marks `at` as the moment of the signal (the keep-alive race's retries start there).
+    pub(crate) fn signal_sent(&self, at: Instant) {
+        let at_us = u64::try_from(at.saturating_duration_since(self.began).as_micros())
+            .unwrap_or(u64::MAX - 1);
+        self.signal_at_us.store(at_us, Ordering::Release);
     }
 
     fn after_signal(&self, at: Instant) -> bool {
@@ -87,19 +112,60 @@ impl Shared {
         signal != u64::MAX && at >= signal
     }
 
-    fn count(&self, outcome: Outcome) {
-        let counter = match outcome {
+    /// Counts `record` and keeps it.
+    pub(crate) fn record(&self, record: RequestRecord) {
+        let counter = match record.outcome {
             Outcome::Ok => &self.ok,
             Outcome::Refused => &self.refused,
             Outcome::Failed => &self.failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut records) = self.records.lock() {
+            records.push(record);
+        }
+    }
+
+    /// The records so far, taken.
+    pub(crate) fn take_records(&self) -> Vec<RequestRecord> {
+        self.records
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
     }
 }
 
-enum Conn {
-    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
-    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+/// One HTTP request to send.
+#[derive(Debug, Clone)]
+pub(crate) struct Request {
+    pub(crate) method: Method,
+    pub(crate) target: Target,
+    pub(crate) body: Bytes,
+}
+
+impl Request {
+    /// A GET of `target`.
+    pub(crate) fn get(target: &Target) -> Request {
+        Request {
+            method: Method::GET,
+            target: target.clone(),
+            body: Bytes::new(),
+        }
+    }
+
+    /// Whether a client may send it again when a reused connection closed under it (RFC 9110
+    /// §9.2.2: idempotent methods).
+    fn idempotent(&self) -> bool {
+        matches!(
+            self.method,
+            Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+        )
+    }
+}
+
+/// An HTTP/1.1 or h2c connection.
+pub(crate) enum Conn {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
 /// How a request on a connection went wrong.
@@ -112,53 +178,47 @@ enum SendError {
     Truncated(u16, String),
 }
 
-enum ConnectError {
-    /// Nothing listens (or the connection was closed before the handshake finished).
-    Refused,
-}
-
-async fn connect(target: &Target, http2: bool) -> Result<Conn, ConnectError> {
-    let stream = TcpStream::connect(&target.authority)
-        .await
-        .map_err(|_| ConnectError::Refused)?;
-    let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(stream);
+/// Connects to `authority`; `None` if nothing listens (or the connection was closed before
+/// the handshake finished).
+pub(crate) async fn connect(authority: &str, http2: bool) -> Option<Conn> {
+    let io = TokioIo::new(tcp(authority).await?);
     if http2 {
         let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
-            .map_err(|_| ConnectError::Refused)?;
+            .ok()?;
         tokio::spawn(conn);
-        Ok(Conn::H2(send))
+        Some(Conn::H2(send))
     } else {
-        let (send, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|_| ConnectError::Refused)?;
+        let (send, conn) = hyper::client::conn::http1::handshake(io).await.ok()?;
         tokio::spawn(conn);
-        Ok(Conn::H1(send))
+        Some(Conn::H1(send))
     }
 }
 
 impl Conn {
-    fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         match self {
             Conn::H1(send) => send.is_closed(),
             Conn::H2(send) => send.is_closed(),
         }
     }
 
-    async fn get(&mut self, target: &Target) -> Result<u16, SendError> {
-        let request = http::Request::get(target.uri.clone())
-            .header(http::header::HOST, target.authority.as_str())
-            .body(Empty::new())
+    /// Sends `request`; the status and the whole body.
+    async fn send(&mut self, request: &Request) -> Result<(u16, Bytes), SendError> {
+        let built = http::Request::builder()
+            .method(request.method.clone())
+            .uri(request.target.uri.clone())
+            .header(http::header::HOST, request.target.authority.as_str())
+            .body(Full::new(request.body.clone()))
             .map_err(|e| SendError::BeforeHead(e.to_string()))?;
         let sent = match self {
             Conn::H1(send) => {
                 send.ready().await.map_err(|_| SendError::NotSent)?;
-                send.send_request(request).await
+                send.send_request(built).await
             }
             Conn::H2(send) => {
                 send.ready().await.map_err(|_| SendError::NotSent)?;
-                send.send_request(request).await
+                send.send_request(built).await
             }
         };
         let response = sent.map_err(|e| {
@@ -169,16 +229,16 @@ impl Conn {
             }
         })?;
         let status = response.status().as_u16();
-        response
+        let body = response
             .into_body()
             .collect()
             .await
             .map_err(|e| SendError::Truncated(status, error_chain(&e)))?;
-        Ok(status)
+        Ok((status, body.to_bytes()))
     }
 }
 
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -189,17 +249,62 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// One worker: requests in a loop on one keep-alive connection (a new one when the server
-/// closes it), until the drill stops the load.
-pub(crate) async fn worker(shared: Arc<Shared>, worker: u16) -> Vec<RequestRecord> {
-    let mut records = Vec::new();
-    let mut conn: Option<Conn> = None;
-    let mut next = usize::from(worker);
-    while !shared.stop.load(Ordering::Acquire) {
-        let target = &shared.urls[next % shared.urls.len()];
-        next += 1;
+/// How one attempt to send a request went.
+pub(crate) enum Attempt {
+    /// A whole response: its status and body.
+    Answered(u16, Bytes),
+    /// Never sent: the connection had closed.
+    NotSent,
+    /// Sent, and no response: the connection closed under it.
+    Lost(String),
+    /// Sent, and no response within the request timeout: the server held it (never retried).
+    TimedOut(String),
+    /// The head came, the body did not finish.
+    Truncated(u16, String),
+}
+
+/// Sends `request` on `conn`, within `timeout`.
+pub(crate) async fn send(conn: &mut Conn, request: &Request, timeout: Duration) -> Attempt {
+    match tokio::time::timeout(timeout, conn.send(request)).await {
+        Ok(Ok((status, body))) => Attempt::Answered(status, body),
+        Ok(Err(SendError::NotSent)) => Attempt::NotSent,
+        Ok(Err(SendError::BeforeHead(e))) => Attempt::Lost(format!("no response: {e}")),
+        Ok(Err(SendError::Truncated(status, e))) => {
+            Attempt::Truncated(status, format!("response truncated: {e}"))
+        }
+        Err(_) => Attempt::TimedOut(format!("timed out after {timeout:?}")),
+    }
+}
+
+/// A request's end, as the load counts it.
+pub(crate) struct Sent {
+    pub(crate) record: RequestRecord,
+    /// The status, for an answered request.
+    pub(crate) answered: Option<u16>,
+}
+
+/// A worker's connection: kept across requests while the server keeps it open.
+#[derive(Default)]
+pub(crate) struct Slot {
+    conn: Option<Conn>,
+}
+
+impl Slot {
+    /// Sends `request` as a client would: on the kept connection (a new one if the server
+    /// closed it); once more on a new connection if the server closed a reused one under an
+    /// idempotent request after the signal (the keep-alive race). `None`: never sent (the
+    /// server closed the connection first); the caller sends it again, uncounted.
+    pub(crate) async fn send(
+        &mut self,
+        shared: &Shared,
+        kind: Kind,
+        worker: u16,
+        request: &Request,
+    ) -> Option<Sent> {
         let start = Instant::now();
         let record = |outcome, status, error: Option<String>, retried| RequestRecord {
+            kind,
+            grpc_status: None,
             start_ms: shared.ms(start),
             end_ms: shared.ms(Instant::now()),
             outcome,
@@ -208,72 +313,93 @@ pub(crate) async fn worker(shared: Arc<Shared>, worker: u16) -> Vec<RequestRecor
             retried,
             error,
         };
-        let reused = conn.as_ref().is_some_and(|c| !c.is_closed());
+        let reused = self.conn.as_ref().is_some_and(|c| !c.is_closed());
         if !reused {
-            match connect(target, shared.http2).await {
-                Ok(fresh) => conn = Some(fresh),
-                Err(ConnectError::Refused) => {
-                    conn = None;
-                    shared.count(Outcome::Refused);
-                    records.push(record(Outcome::Refused, None, None, false));
-                    tokio::time::sleep(REFUSED_PAUSE).await;
-                    continue;
-                }
+            self.conn = connect(&request.target.authority, shared.http2).await;
+            if self.conn.is_none() {
+                return Some(Sent {
+                    record: record(Outcome::Refused, None, None, false),
+                    answered: None,
+                });
             }
         }
-        let Some(c) = conn.as_mut() else { continue };
-        let (outcome, status, error, retried) = match send(c, target, &shared).await {
-            Attempt::Answered(status) => (classify(status), Some(status), None, false),
+        let conn = self.conn.as_mut()?;
+        let timeout = shared.request_timeout;
+        let (attempt, retried) = match send(conn, request, timeout).await {
             Attempt::NotSent => {
-                // The server closed the connection before this request went out: nothing
-                // was accepted; try again on a new connection (not counted).
-                conn = None;
-                continue;
+                // The server closed the connection before this request went out: nothing was
+                // accepted; the caller tries again on a new connection (not counted).
+                self.conn = None;
+                return None;
             }
-            Attempt::Lost(error) if reused && shared.after_signal(start) => {
+            Attempt::Lost(error)
+                if reused && request.idempotent() && shared.after_signal(start) =>
+            {
                 // A reused connection closed under a request sent after the signal, with no
                 // response: the keep-alive race every HTTP client retries for idempotent
                 // requests. Retry once on a new connection; its outcome counts.
-                conn = None;
-                match connect(target, shared.http2).await {
-                    Err(ConnectError::Refused) => (Outcome::Refused, None, None, true),
-                    Ok(mut fresh) => {
-                        let retry = send(&mut fresh, target, &shared).await;
-                        conn = Some(fresh);
-                        match retry {
-                            Attempt::Answered(status) => {
-                                (classify(status), Some(status), None, true)
-                            }
-                            Attempt::NotSent => (Outcome::Refused, None, None, true),
-                            Attempt::Lost(retry_error) => (
-                                Outcome::Failed,
-                                None,
-                                Some(format!("{error}; retried: {retry_error}")),
-                                true,
-                            ),
-                            Attempt::Truncated(status, e) => {
-                                (Outcome::Failed, Some(status), Some(e), true)
-                            }
+                self.conn = connect(&request.target.authority, shared.http2).await;
+                match self.conn.as_mut() {
+                    None => (Attempt::NotSent, true),
+                    Some(fresh) => match send(fresh, request, timeout).await {
+                        Attempt::Lost(retry) => {
+                            (Attempt::Lost(format!("{error}; retried: {retry}")), true)
                         }
-                    }
+                        other => (other, true),
+                    },
                 }
             }
-            Attempt::Lost(error) => {
-                conn = None;
-                (Outcome::Failed, None, Some(error), false)
+            other => (other, false),
+        };
+        let sent = match attempt {
+            Attempt::Answered(status, _) => Sent {
+                record: record(classify(status), Some(status), None, retried),
+                answered: Some(status),
+            },
+            Attempt::NotSent => Sent {
+                record: record(Outcome::Refused, None, None, retried),
+                answered: None,
+            },
+            Attempt::Lost(error) | Attempt::TimedOut(error) => {
+                self.conn = None;
+                Sent {
+                    record: record(Outcome::Failed, None, Some(error), retried),
+                    answered: None,
+                }
             }
             Attempt::Truncated(status, error) => {
-                conn = None;
-                (Outcome::Failed, Some(status), Some(error), false)
+                self.conn = None;
+                Sent {
+                    record: record(Outcome::Failed, Some(status), Some(error), retried),
+                    answered: None,
+                }
             }
         };
-        let error = error.or_else(|| {
-            (outcome == Outcome::Failed).then(|| format!("status {}", status.unwrap_or(0)))
-        });
-        shared.count(outcome);
-        records.push(record(outcome, status, error, retried));
+        let mut sent = sent;
+        if sent.record.outcome == Outcome::Failed && sent.record.error.is_none() {
+            sent.record.error = Some(format!("status {}", sent.record.status.unwrap_or(0)));
+        }
+        Some(sent)
     }
-    records
+}
+
+/// One worker: GETs of the URLs in turn on one keep-alive connection (a new one when the
+/// server closes it), until the drill stops the load.
+pub(crate) async fn worker(shared: Arc<Shared>, worker: u16) {
+    let mut slot = Slot::default();
+    let mut next = usize::from(worker);
+    while !shared.stop.load(Ordering::Acquire) {
+        let request = Request::get(&shared.urls[next % shared.urls.len()]);
+        next += 1;
+        let Some(sent) = slot.send(&shared, Kind::Http, worker, &request).await else {
+            continue;
+        };
+        let refused = sent.record.outcome == Outcome::Refused;
+        shared.record(sent.record);
+        if refused {
+            tokio::time::sleep(REFUSED_PAUSE).await;
+        }
+    }
 }
 
 fn classify(status: u16) -> Outcome {
@@ -281,25 +407,5 @@ fn classify(status: u16) -> Outcome {
         Outcome::Failed
     } else {
         Outcome::Ok
-    }
-}
-
-/// How one attempt to send a request went.
-enum Attempt {
-    Answered(u16),
-    NotSent,
-    Lost(String),
-    Truncated(u16, String),
-}
-
-async fn send(conn: &mut Conn, target: &Target, shared: &Shared) -> Attempt {
-    match tokio::time::timeout(shared.request_timeout, conn.get(target)).await {
-        Ok(Ok(status)) => Attempt::Answered(status),
-        Ok(Err(SendError::NotSent)) => Attempt::NotSent,
-        Ok(Err(SendError::BeforeHead(e))) => Attempt::Lost(format!("no response: {e}")),
-        Ok(Err(SendError::Truncated(status, e))) => {
-            Attempt::Truncated(status, format!("response truncated: {e}"))
-        }
-        Err(_) => Attempt::Lost(format!("timed out after {:?}", shared.request_timeout)),
     }
 }

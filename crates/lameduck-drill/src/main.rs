@@ -34,6 +34,15 @@ async fn main() -> ExitCode {
             status = ExitCode::FAILURE;
         }
     }
+    if let Some(path) = &args.records
+        && let Err(error) = write_records(path, &report)
+    {
+        eprintln!(
+            "lameduck-drill: could not write {}: {error}",
+            path.display()
+        );
+        status = ExitCode::FAILURE;
+    }
     if let Some(path) = &args.svg
         && let Err(error) = std::fs::write(path, render_svg(&report))
     {
@@ -44,4 +53,18 @@ async fn main() -> ExitCode {
         status = ExitCode::FAILURE;
     }
     status
+}
+
+/// Every request, one JSON object a line.
+fn write_records(
+    path: &std::path::Path,
+    report: &lameduck_drill::DrillReport,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for record in &report.records {
+        serde_json::to_writer(&mut out, record).map_err(std::io::Error::other)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
 }

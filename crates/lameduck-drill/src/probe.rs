@@ -27,6 +27,24 @@ pub(crate) enum Readiness {
 }
 
 impl Readiness {
+    /// What the flags say "ready" is: `fill` puts an instance's values in the placeholders
+    /// (a rollout), `default` is the address to connect to without a readiness option.
+    pub(crate) fn from_args(
+        args: &crate::args::DrillArgs,
+        default: &str,
+        fill: Option<&dyn Fn(&str) -> String>,
+    ) -> Result<Readiness, String> {
+        let fill = |text: &str| fill.map_or_else(|| text.to_owned(), |fill| fill(text));
+        Ok(match (&args.ready_url, &args.ready_tcp, &args.ready_grpc) {
+            (Some(url), _, _) => {
+                Readiness::Http(Target::parse(&fill(url)).map_err(|e| format!("--ready-url {e}"))?)
+            }
+            (_, Some(addr), _) => Readiness::Tcp(fill(addr)),
+            (_, _, Some(addr)) => Readiness::Grpc(fill(addr)),
+            _ => Readiness::Tcp(default.to_owned()),
+        })
+    }
+
     /// One probe: `Ok(true)` ready, `Ok(false)` not yet.
     pub(crate) async fn check(&self) -> bool {
         let probe = async {

@@ -1,5 +1,6 @@
 //! What a drill found: every request's outcome, the shutdown's milestones, and the verdict.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Serialize;
@@ -20,9 +21,23 @@ pub enum Outcome {
     Failed,
 }
 
+/// What kind of load a request was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// An HTTP GET of a `--url`.
+    Http,
+    /// A gRPC call (`--grpc` and `--call`).
+    Grpc,
+    /// A write of the audit (`--write`).
+    Write,
+}
+
 /// One request, as the load saw it. Times are milliseconds since the drill started.
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestRecord {
+    /// What kind of request.
+    pub kind: Kind,
     /// When it was started.
     pub start_ms: f64,
     /// When it ended.
@@ -34,6 +49,9 @@ pub struct RequestRecord {
     /// The HTTP status, if a response head arrived.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// The gRPC status code's name (`OK`, `UNAVAILABLE`, ...), for a call that got one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<&'static str>,
     /// Whether it was sent again on a new connection after the server closed a reused one
     /// under it (what HTTP clients do for idempotent requests, RFC 9110 §9.2.2).
     pub retried: bool,
@@ -132,6 +150,96 @@ pub struct Bucket {
     pub refused: u32,
     /// Accepted, then lost.
     pub failed: u32,
+    /// The most requests open at once during the slice.
+    pub in_flight: u32,
+}
+
+/// The shutdown window drawn at its own scale: from shortly before the (first) signal until
+/// shortly after the last milestone (the exit, the restart's or the new process's readiness,
+/// the last instance's return).
+#[derive(Debug, Clone, Serialize)]
+pub struct Window {
+    /// Its start, milliseconds since the drill started.
+    pub start_ms: f64,
+    /// Its end.
+    pub end_ms: f64,
+    /// Requests over the window, by outcome.
+    pub timeline: Vec<Bucket>,
+}
+
+/// Counts of the gRPC calls, with their status codes.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GrpcReport {
+    /// The method(s) called.
+    pub calls: Vec<String>,
+    /// The calls by outcome.
+    pub requests: Counts,
+    /// How many calls ended with each status code (a call that never reached a server has
+    /// none).
+    pub status_codes: BTreeMap<String, u64>,
+}
+
+/// The acknowledged-write audit (`--write`, `--read`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AuditReport {
+    /// Writes sent.
+    pub writes: u64,
+    /// Writes answered 2xx: the service promised to keep them.
+    pub acknowledged: u64,
+    /// Acknowledged writes read back with their value.
+    pub found: u64,
+    /// Acknowledged writes the new instance does not have (404 or 410).
+    pub lost: u64,
+    /// Acknowledged writes read back with another value.
+    pub wrong: u64,
+    /// Acknowledged writes that could not be read at all (another status, or no answer after
+    /// three tries).
+    pub unreadable: u64,
+    /// When the reads began, milliseconds since the drill started.
+    pub read_at_ms: f64,
+    /// The first lost, wrong or unreadable writes, as examples.
+    pub samples: Vec<String>,
+}
+
+/// One instance of a rollout (`--rollout`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct InstanceReport {
+    /// Its number, from 1.
+    pub instance: u32,
+    /// The command, its placeholders filled in.
+    pub command: Vec<String>,
+    /// When it was first ready, milliseconds since the drill started.
+    pub ready_at_ms: f64,
+    /// When its restart's signal was sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal_at_ms: Option<f64>,
+    /// When it exited after that signal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_at_ms: Option<f64>,
+    /// Its exit code then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The signal that killed it then, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_signal: Option<i32>,
+    /// When its second life was ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_again_at_ms: Option<f64>,
+    /// From the signal until ready again: how long it was out of service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out_ms: Option<f64>,
+    /// When the drill stopped its second life, at the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_at_ms: Option<f64>,
+    /// The second life's exit code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_exit_code: Option<i32>,
+    /// The signal that killed the second life, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_exit_signal: Option<i32>,
+    /// What went wrong with it, if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Everything the drill measured, and its verdict.
@@ -192,6 +300,22 @@ pub struct DrillReport {
     /// When the upgrade's new process was ready, since the drill started.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upgrade_ready_at_ms: Option<f64>,
+    /// The shutdown window at its own scale (what the SVG's lower panel draws).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+    /// The gRPC load, with `--grpc`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcReport>,
+    /// The acknowledged-write audit, with `--write`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditReport>,
+    /// The instances of a rollout, with `--rollout`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceReport>,
+    /// Every request, by start (not in the JSON report: `--records` writes them, one JSON
+    /// object a line).
+    #[serde(skip)]
+    pub records: Vec<RequestRecord>,
 }
 
 fn opt_ms(v: Option<f64>) -> String {
@@ -236,6 +360,75 @@ impl fmt::Display for DrillReport {
             ),
         ];
         let mut rows = rows;
+        if !self.instances.is_empty() {
+            // A rollout: no single process's exit; each instance's instead.
+            rows.retain(|(key, _)| {
+                !matches!(
+                    *key,
+                    "signal -> listener closed"
+                        | "signal -> exit"
+                        | "last response -> exit"
+                        | "exit code"
+                )
+            });
+            for i in &self.instances {
+                let code = |code: Option<i32>, signal: Option<i32>| match (code, signal) {
+                    (Some(code), _) => format!("exit {code}"),
+                    (None, Some(sig)) => format!("killed by signal {sig}"),
+                    (None, None) => "no exit".to_owned(),
+                };
+                let mut line = match i.out_ms {
+                    Some(out) => format!(
+                        "{}, out for {out:.1} ms, then {}",
+                        code(i.exit_code, i.exit_signal),
+                        code(i.final_exit_code, i.final_exit_signal)
+                    ),
+                    None => "not restarted".to_owned(),
+                };
+                if let Some(error) = &i.error {
+                    line = format!("{line}: {error}");
+                }
+                rows.push(("instance", format!("{}: {line}", i.instance)));
+            }
+        }
+        if let Some(grpc) = &self.grpc {
+            let g = &grpc.requests;
+            let codes: Vec<String> = grpc
+                .status_codes
+                .iter()
+                .map(|(code, n)| format!("{code} {n}"))
+                .collect();
+            rows.push((
+                "grpc calls",
+                format!(
+                    "{} total: {} ok, {} refused, {} failed ({} retried); status codes: {}",
+                    g.total,
+                    g.ok,
+                    g.refused,
+                    g.failed,
+                    g.retried,
+                    if codes.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        codes.join(", ")
+                    }
+                ),
+            ));
+        }
+        if let Some(audit) = &self.audit {
+            rows.push((
+                "writes",
+                format!(
+                    "{} sent, {} acknowledged: {} found, {} lost, {} wrong, {} unreadable",
+                    audit.writes,
+                    audit.acknowledged,
+                    audit.found,
+                    audit.lost,
+                    audit.wrong,
+                    audit.unreadable
+                ),
+            ));
+        }
         if let Some(upgrade) = &self.upgrade {
             let sig = format!("SIG{:?}", upgrade.signal).to_uppercase();
             rows.push((
@@ -275,6 +468,9 @@ impl fmt::Display for DrillReport {
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         for (key, value) in rows {
             writeln!(f, "  {key:<width$}  {value}")?;
+        }
+        for sample in self.audit.iter().flat_map(|a| a.samples.iter().take(5)) {
+            writeln!(f, "  {sample}")?;
         }
         for sample in self.failures.iter().take(5) {
             writeln!(

@@ -1,19 +1,18 @@
 //! One drill, step by step: start -> ready -> load -> signal(s) -> exit -> restart -> verdict.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::args::{DrillArgs, SignalName};
+use crate::audit;
 use crate::child::{self, Adopted, Exit, Service};
-use crate::load::{self, Target};
 use crate::probe::{self, PROBE_INTERVAL, Readiness};
-use crate::report::{
-    Counts, DrillReport, FailureSample, Outcome, RequestRecord, RestartReport, UpgradeReport,
-};
+use crate::report::{AuditReport, Counts, DrillReport, Outcome, RestartReport, UpgradeReport};
+use crate::rollout;
 use crate::svg;
+use crate::traffic::{self, Load, Plan};
 
 /// Why a drill could not be carried out at all (as opposed to a service that failed it).
 #[derive(Debug, thiserror::Error)]
@@ -38,11 +37,11 @@ pub enum DrillError {
     Signal(String),
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn describe(exit: Exit) -> String {
+pub(crate) fn describe(exit: Exit) -> String {
     match (exit.code, exit.signal) {
         (Some(code), _) => format!("exit code {code}"),
         (None, Some(signal)) => format!("killed by signal {signal}"),
@@ -51,7 +50,7 @@ fn describe(exit: Exit) -> String {
 }
 
 /// Waits until `readiness` holds; returns how long it took since `began`.
-async fn wait_ready(
+pub(crate) async fn wait_ready(
     service: &mut Service,
     readiness: &Readiness,
     within: Duration,
@@ -76,7 +75,7 @@ async fn wait_ready(
 }
 
 /// The live progress line (hidden when stderr is not a terminal, or with `--quiet`).
-fn progress(quiet: bool) -> ProgressBar {
+pub(crate) fn progress(quiet: bool) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(
         None,
         if quiet {
@@ -95,22 +94,23 @@ fn progress(quiet: bool) -> ProgressBar {
 
 /// Runs the drill `args` describes.
 pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
-    let targets = args
-        .urls
-        .iter()
-        .map(|u| Target::parse(u))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(DrillError::BadTarget)?;
-    let listener = targets
-        .first()
-        .map(|t| t.authority.clone())
-        .ok_or_else(|| DrillError::BadTarget("no --url given".to_owned()))?;
-    let readiness = match (&args.ready_url, &args.ready_tcp, &args.ready_grpc) {
-        (Some(url), _, _) => Readiness::Http(Target::parse(url).map_err(DrillError::BadTarget)?),
-        (_, Some(addr), _) => Readiness::Tcp(addr.clone()),
-        (_, _, Some(addr)) => Readiness::Grpc(addr.clone()),
-        _ => Readiness::Tcp(listener.clone()),
-    };
+    if args.rollout.is_some() {
+        return rollout::drill(args).await;
+    }
+    let drilled = once(args).await;
+    if args.upgrade {
+        // The process is a subreaper only for the drill (a library caller's other children
+        // are none of its business), however it ended.
+        let _ = child::adopt_orphans(false);
+    }
+    drilled
+}
+
+/// One process's drill: a stop, a restart, or an upgrade.
+async fn once(args: &DrillArgs) -> Result<DrillReport, DrillError> {
+    let mut plan = Plan::from_args(args)?;
+    let listener = plan.first_address()?;
+    let readiness = Readiness::from_args(args, &listener, None).map_err(DrillError::BadTarget)?;
     let bar = progress(args.quiet);
 
     if args.upgrade {
@@ -120,36 +120,15 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
     bar.set_message("starting");
     let mut service = Service::start(&args.command).map_err(DrillError::Start)?;
     let ready_after = wait_ready(&mut service, &readiness, args.ready_timeout, began).await?;
-
-    let shared = Arc::new(load::Shared::new(
-        targets,
-        args.http2,
-        args.request_timeout,
-        began,
-    ));
-    let workers: Vec<_> = (0..args.concurrency)
-        .map(|w| tokio::spawn(load::worker(Arc::clone(&shared), w)))
-        .collect();
-    let ticker = {
-        let shared = Arc::clone(&shared);
-        let bar = bar.clone();
-        tokio::spawn(async move {
-            loop {
-                let phase = if shared.signal_at_us.load(Ordering::Acquire) == u64::MAX {
-                    "load"
-                } else {
-                    "shutting down"
-                };
-                bar.set_message(format!(
-                    "{phase} | {} ok, {} refused, {} failed",
-                    shared.ok.load(Ordering::Relaxed),
-                    shared.refused.load(Ordering::Relaxed),
-                    shared.failed.load(Ordering::Relaxed)
-                ));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
+    let grpc = match plan.grpc(args).await {
+        Ok(grpc) => grpc,
+        Err(error) => {
+            service.kill().await;
+            return Err(error);
+        }
     };
+    let load = Load::start(&plan, grpc, args, began, &bar);
+    let shared = Arc::clone(&load.shared);
 
     let mut reasons = Vec::new();
     let mut prober = None;
@@ -164,15 +143,13 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
     } else if let (true, Some(pid_file)) = (args.upgrade, &args.pid_file) {
         bar.set_message("upgrading");
         let signal_at = Instant::now();
-        let at_us = u64::try_from(signal_at.duration_since(began).as_micros()).unwrap_or(0);
-        shared.signal_at_us.store(at_us, Ordering::Release);
+        shared.signal_sent(signal_at);
         let (new, exit) = follow_upgrade(&mut service, args, pid_file, signal_at).await?;
         new_process = Some(new);
         (signal_at, None, exit)
     } else {
         let signal_at = Instant::now();
-        let at_us = u64::try_from(signal_at.duration_since(began).as_micros()).unwrap_or(0);
-        shared.signal_at_us.store(at_us, Ordering::Release);
+        shared.signal_sent(signal_at);
         service.signal(args.signal).map_err(DrillError::Signal)?;
         prober = Some(tokio::spawn(listener_closed(listener.clone())));
         let (second_signal_at, exit) = wait_exit(&mut service, args).await?;
@@ -192,15 +169,9 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
         None => None,
     };
 
-    shared.stop.store(true, Ordering::Release);
-    let mut records: Vec<RequestRecord> = Vec::new();
-    for worker in workers {
-        let grace = args.request_timeout + Duration::from_secs(1);
-        if let Ok(Ok(mut done)) = tokio::time::timeout(grace, worker).await {
-            records.append(&mut done);
-        }
-    }
-    ticker.abort();
+    let grpc = load.grpc.clone();
+    let records = load.stop(args.request_timeout).await;
+    let mut audit = None;
     if exit.is_none() {
         reasons.push(format!(
             "the service did not exit within {:?} of the signal; it was killed",
@@ -210,6 +181,7 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
     }
     // The upgrade's new process is stopped once the load is over, as any service would be
     // (and once the old one is gone, so that it is the drill's child: its exit can be read).
+    let writes = plan.writes.clone();
     let upgrade = new_process.map(|new| async move {
         let mut report = UpgradeReport {
             signal: args.upgrade_signal,
@@ -220,9 +192,15 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
             new_exit_signal: None,
         };
         let mut stopped = None;
+        let mut audited = None;
         if let Some((new, ready_at)) = new {
             report.new_pid = Some(new.pid);
             report.new_ready_after_signal_ms = Some(ms(ready_at.duration_since(signal_at)));
+            // The audit reads from the new process, before it is stopped.
+            if let Some(writes) = &writes {
+                audited =
+                    Some(audit::read_back(writes, args.http2, args.request_timeout, began).await);
+            }
             stopped = Some(match new.signal(args.signal) {
                 Ok(()) => new.wait(args.exit_timeout).await,
                 Err(_) => None,
@@ -235,10 +213,14 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
                 new.kill().await;
             }
         }
-        (report, stopped)
+        (report, stopped, audited)
     });
     let upgrade = match upgrade {
-        Some(stopping) => Some(stopping.await),
+        Some(stopping) => {
+            let (report, stopped, audited) = stopping.await;
+            audit = audited;
+            Some((report, stopped))
+        }
         None => None,
     };
 
@@ -250,6 +232,12 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
             Err(e) => Err(e),
             Ok(mut second) => {
                 let ready = wait_ready(&mut second, &readiness, args.ready_timeout, again).await;
+                // The audit reads from the second instance, before it is stopped.
+                if let (Ok(_), Some(writes)) = (&ready, &plan.writes) {
+                    audit = Some(
+                        audit::read_back(writes, args.http2, args.request_timeout, began).await,
+                    );
+                }
                 let _ = second.signal(SignalName::Term);
                 if second.wait(args.exit_timeout).await.is_none() {
                     second.kill().await;
@@ -286,39 +274,21 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
     };
     bar.finish_and_clear();
 
-    records.sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
     let requests = Counts::of(&records);
     let signal_ms = ms(signal_at.duration_since(began));
     let exit_ms = ms(exit_at.duration_since(began));
-    let in_flight: Vec<&RequestRecord> = records
-        .iter()
-        .filter(|r| r.start_ms <= signal_ms && r.end_ms > signal_ms && !r.retried)
-        .collect();
+    let (in_flight, in_flight_completed) = traffic::in_flight_at(&records, signal_ms);
     let last_ok = records
         .iter()
         .filter(|r| r.outcome == Outcome::Ok)
         .map(|r| r.end_ms)
         .reduce(f64::max);
-    let failures: Vec<FailureSample> = records
-        .iter()
-        .filter(|r| r.outcome == Outcome::Failed)
-        .take(20)
-        .map(|r| FailureSample {
-            start_ms: r.start_ms,
-            end_ms: r.end_ms,
-            error: r.error.clone().unwrap_or_default(),
-        })
-        .collect();
-    if requests.failed > 0 {
-        let first = failures
-            .first()
-            .map(|f| format!(" (first at {:.1} ms: {})", f.end_ms, f.error))
-            .unwrap_or_default();
-        reasons.push(format!(
-            "{} accepted request(s) failed{first}",
-            requests.failed
-        ));
-    }
+    let failures = traffic::failures(&records);
+    reasons.extend(traffic::failure_reason(
+        &requests,
+        &failures,
+        "accepted request(s)",
+    ));
     let mut upgrade_ready_at = None;
     let upgrade = upgrade.map(|(mut report, stopped)| {
         report.old_exit_after_signal_ms = exit.map(|_| ms(exit_at.duration_since(signal_at)));
@@ -355,6 +325,9 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
         }
         report
     });
+    if plan.writes.is_some() {
+        audit_reasons(audit.as_ref(), &mut reasons);
+    }
     if requests.ok == 0 {
         reasons.push("no request was answered: the load never reached the service".to_owned());
     }
@@ -387,11 +360,8 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
         exit_signal: exit.and_then(|e| e.signal),
         expected_exit_code: args.expect_exit_code,
         requests,
-        in_flight_at_signal: in_flight.len() as u64,
-        in_flight_at_signal_completed: in_flight
-            .iter()
-            .filter(|r| r.outcome == Outcome::Ok)
-            .count() as u64,
+        in_flight_at_signal: in_flight,
+        in_flight_at_signal_completed: in_flight_completed,
         failures,
         restart,
         ended_at_ms: ms(ended_at),
@@ -400,14 +370,48 @@ pub async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
         restart_ready_at_ms: restart_ready_at,
         upgrade,
         upgrade_ready_at_ms: upgrade_ready_at,
+        window: None,
+        grpc: grpc
+            .as_deref()
+            .map(|target| traffic::grpc_report(&records, target)),
+        audit,
+        instances: Vec::new(),
+        records: Vec::new(),
     };
-    report.timeline = svg::buckets(&records, report.ended_at_ms);
-    if args.upgrade {
-        // The process is a subreaper only for the drill (a library caller's other children
-        // are none of its business).
-        let _ = child::adopt_orphans(false);
-    }
+    report.timeline = svg::timeline(&records, report.ended_at_ms);
+    report.window = svg::window(&records, &report);
+    report.records = records;
     Ok(report)
+}
+
+/// Why the audit fails the drill, if it does.
+pub(crate) fn audit_reasons(audit: Option<&AuditReport>, reasons: &mut Vec<String>) {
+    let Some(audit) = audit else {
+        reasons.push(
+            "the acknowledged writes were not read back: no instance served after the restart \
+             or the upgrade to read them from"
+                .to_owned(),
+        );
+        return;
+    };
+    if audit.acknowledged == 0 {
+        reasons.push(format!(
+            "no write was acknowledged (2xx) out of {}: check --write",
+            audit.writes
+        ));
+    }
+    let bad = audit.lost + audit.wrong + audit.unreadable;
+    if bad > 0 {
+        let first = audit
+            .samples
+            .first()
+            .map(|s| format!(" (first: {s})"))
+            .unwrap_or_default();
+        reasons.push(format!(
+            "{bad} of {} acknowledged write(s) not read back: {} lost, {} wrong, {} unreadable{first}",
+            audit.acknowledged, audit.lost, audit.wrong, audit.unreadable
+        ));
+    }
 }
 
 /// Waits for the exit after the first signal, sending the second one on time if asked.

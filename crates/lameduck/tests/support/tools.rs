@@ -8,14 +8,15 @@ pub fn socket_activate() -> Option<PathBuf> {
     tool("systemd-socket-activate", "systemd")
 }
 
-/// The program `name` on `PATH`, from the Debian package `package`. CI installs it
+/// The program `name` on `PATH` (or in `/usr/sbin` and `/sbin`, where Debian puts daemons such
+/// as HAProxy, off a user's `PATH`), from the Debian package `package`. CI installs it
 /// (`.ci/run`), and a missing one fails there; elsewhere a missing one skips the test, loudly.
 pub fn tool(name: &str, package: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|path| path.is_file())
-    });
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&paths)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file());
     if found.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
