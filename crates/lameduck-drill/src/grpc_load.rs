@@ -86,8 +86,17 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for H2 {
     }
 }
 
-/// A gRPC client on one connection of its own.
-pub(crate) type Client = tonic::client::Grpc<H2>;
+/// A gRPC client on one connection of its own, and word of that connection's end.
+pub(crate) struct Client {
+    grpc: tonic::client::Grpc<H2>,
+    /// Turns `true` when the connection's task has ended.
+    ended: tokio::sync::watch::Receiver<bool>,
+}
+
+/// How long a call may stay pending once its connection has ended. A call on a connection
+/// that is gone can only end with an error; one that does not is stuck in the client library
+/// (hyper/h2 can lose a request queued as a GOAWAY arrives: reqwest #1323), not on a server.
+const DEAD_CONNECTION_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Connects to `authority` (`host:port`), speaking HTTP/2 with prior knowledge; `None` if
 /// it refused (or closed before the handshake was done).
@@ -97,9 +106,16 @@ pub(crate) async fn connect(authority: &str) -> Option<Client> {
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
             .ok()?;
-    tokio::spawn(conn);
+    let (tell, ended) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let _ = conn.await;
+        let _ = tell.send(true);
+    });
     let origin = format!("http://{authority}").parse().ok()?;
-    Some(tonic::client::Grpc::with_origin(H2(send), origin))
+    Some(Client {
+        grpc: tonic::client::Grpc::with_origin(H2(send), origin),
+        ended,
+    })
 }
 
 /// How one call went.
@@ -160,6 +176,8 @@ pub(crate) async fn call_once(
     timeout: std::time::Duration,
 ) -> Attempt {
     let request = request.unwrap_or_else(|| call.request.clone());
+    let mut ended = client.ended.clone();
+    let client = &mut client.grpc;
     let attempt = async {
         if client.ready().await.is_err() {
             return Attempt::NotSent;
@@ -194,6 +212,17 @@ pub(crate) async fn call_once(
             Ok(Some(_)) => Attempt::Ok(None),
             Ok(None) => Attempt::Failed(None, "the stream ended without trailers".to_owned()),
             Err(status) => failed(&status),
+        }
+    };
+    let stuck = async {
+        let _ = ended.wait_for(|ended| *ended).await;
+        tokio::time::sleep(DEAD_CONNECTION_GRACE).await;
+    };
+    let attempt = async {
+        tokio::select! {
+            attempt = attempt => attempt,
+            // Never processed by a server that is gone: sent again, as a client would.
+            () = stuck => Attempt::NotSent,
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
