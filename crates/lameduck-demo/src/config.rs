@@ -35,6 +35,10 @@ pub struct Config {
     /// in the database before it is acknowledged).
     #[arg(long, env = "LAMEDUCK_FLUSH_INTERVAL", default_value = "1s", value_parser = duration)]
     pub flush_interval: Duration,
+    /// How long a new connection on any of the three servers may take to show it speaks HTTP
+    /// (a first request head, or the HTTP/2 preface and a frame) before it is closed.
+    #[arg(long, env = "LAMEDUCK_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub handshake_timeout: Duration,
     /// A file naming the serving process: written once ready, taken over by the new process of
     /// an upgrade (SIGHUP), removed at exit if it still names this one.
     #[arg(long, env = "LAMEDUCK_PID_FILE")]

@@ -53,19 +53,24 @@ async fn main() {
         })
         .service(
             "http",
-            HttpServer::bind(&config.http, http_api::router(api)),
+            HttpServer::bind(&config.http, http_api::router(api))
+                .handshake_timeout(config.handshake_timeout),
         )
         .service(
             "grpc-a",
             GrpcServer::bind(&config.grpc_a)
                 .add_service(EchoServer::new(EchoService))
-                .file_descriptor_set(proto::FILE_DESCRIPTOR_SET),
+                .file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .reflection(true)
+                .handshake_timeout(config.handshake_timeout),
         )
         .service(
             "grpc-b",
             GrpcServer::bind(&config.grpc_b)
                 .add_service(StoreServer::new(store_service))
-                .file_descriptor_set(proto::FILE_DESCRIPTOR_SET),
+                .file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .reflection(true)
+                .handshake_timeout(config.handshake_timeout),
         );
     if let Some(path) = &config.pid_file {
         lifecycle = lifecycle.pid_file(path);

@@ -14,6 +14,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
+use crate::events::{Event, Events};
+use crate::report::ServingReport;
 use crate::report::WorkReport;
 
 /// A service's view of the shutdown: the drain signal, and the tracking of its in-flight work.
@@ -75,6 +77,8 @@ struct Inner {
     work: Counter,
     /// Requests (or RPCs), for a server that counts them inside its connections.
     requests: Counter,
+    /// What the server's limits closed or refused.
+    events: Events,
 }
 
 /// Two monotonic counts; in flight is their difference. Atomics on the service's own `Drain`:
@@ -128,6 +132,7 @@ impl Drain {
                 tracker: TaskTracker::new(),
                 work: Counter::default(),
                 requests: Counter::default(),
+                events: Events::default(),
             }),
         }
     }
@@ -274,6 +279,17 @@ impl Drain {
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn hard_stop_token(&self) -> CancellationToken {
         self.inner.hard_stop.clone()
+    }
+
+    /// Counts one `event` of normal serving (a limit's work).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn count(&self, event: Event) {
+        self.inner.events.count(event);
+    }
+
+    /// The events so far, as the report shows them.
+    pub(crate) fn serving(&self) -> ServingReport {
+        self.inner.events.report()
     }
 
     pub(crate) fn counts(&self) -> WorkCounts {

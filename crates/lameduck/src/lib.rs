@@ -46,6 +46,7 @@ mod budget;
 mod config;
 mod drain;
 mod error;
+mod events;
 #[cfg(feature = "grpc")]
 #[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
 pub mod grpc;
@@ -72,8 +73,8 @@ pub use listen::ListenFdsError;
 pub use phase::Phase;
 pub use ready::{LifecycleHandle, State};
 pub use report::{
-    ExitCode, HookOutcome, HookReport, Listening, Origin, Outcome, Report, Trigger, UnitReport,
-    WorkReport,
+    ExitCode, HookOutcome, HookReport, Listening, Origin, Outcome, Report, ServingReport, Trigger,
+    UnitReport, WorkReport,
 };
 pub use service::{Service, ServiceFn, StartContext, service_fn};
 pub use signal::Signal;

@@ -139,6 +139,29 @@ pub struct UnitReport {
     /// not count them.
     #[serde(default)]
     pub requests: WorkReport,
+    /// What its limits closed or refused during normal serving (servers only; all zero
+    /// otherwise).
+    #[serde(default)]
+    pub serving: ServingReport,
+}
+
+/// What a server's limits closed or refused during normal serving.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ServingReport {
+    /// Connections closed because they did not finish their handshake in time (a first request
+    /// head, or the HTTP/2 preface and a frame): silent or stalled clients.
+    pub handshake_timeouts: u64,
+    /// Connections closed at once because they spoke an HTTP version the server does not
+    /// (HTTP/1 to a gRPC server, say).
+    pub wrong_protocol: u64,
+}
+
+impl ServingReport {
+    /// Whether nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        *self == ServingReport::default()
+    }
 }
 
 /// An address a service listened on, and where its listener came from.
@@ -410,6 +433,13 @@ impl fmt::Display for Report {
                             w.total, w.in_flight_at_drain, w.drained, w.aborted
                         )?;
                     }
+                }
+                let closed = [
+                    ("handshake timeouts", u.serving.handshake_timeouts),
+                    ("wrong protocol", u.serving.wrong_protocol),
+                ];
+                for (what, n) in closed.into_iter().filter(|(_, n)| *n > 0) {
+                    write!(f, ", {what}: {n}")?;
                 }
                 writeln!(f)?;
             }

@@ -90,6 +90,7 @@ impl Unit {
             (Some(o), false) => o,
             (None, false) => Outcome::NotStarted,
         };
+        let serving = self.drain.as_ref().map(Drain::serving).unwrap_or_default();
         let (work, requests) = match &self.drain {
             Some(d) => WorkCounts::report(
                 self.at_drain,
@@ -106,6 +107,7 @@ impl Unit {
             outcome,
             work,
             requests,
+            serving,
         }
     }
 }

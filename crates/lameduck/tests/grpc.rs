@@ -285,6 +285,17 @@ async fn health_is_serving_when_ready_and_not_serving_from_the_start_of_the_shut
     }
     let unknown = health.check(check("nope.Nope")).await.unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
+    // The caller's string is not echoed raw: no CR/LF, and cut short.
+    let hostile = format!("x\r\nInjected: yes\r\n{}", "y".repeat(10_000));
+    let answer = health.check(check(&hostile)).await.unwrap_err();
+    assert_eq!(answer.code(), Code::NotFound);
+    let message = answer.message();
+    assert!(!message.contains(['\r', '\n']), "{message:?}");
+    assert!(message.len() < 200, "{} bytes", message.len());
+    assert!(
+        message.contains(r"x\r\nInjected"),
+        "escaped, not dropped: {message:?}"
+    );
     let mut b = HealthClient::new(connect(running.b).await);
     assert_eq!(
         b.check(check("")).await.unwrap().into_inner().status,
@@ -405,6 +416,15 @@ async fn at_the_deadline_rpcs_end_with_unavailable_not_a_reset() {
     assert_eq!(report.services[1].outcome, Outcome::Stopped);
 }
 
+/// Asserts that the server closes `stream` (EOF or a reset) within `WAIT`.
+async fn assert_closed(stream: &mut TcpStream) {
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(WAIT, stream.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(matches!(read, Ok(0) | Err(_)), "closed: {read:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_do_not_delay_the_exit() {
     let running = start(Lifecycle::new().drain_deadline(Duration::from_secs(60))).await;
@@ -423,46 +443,67 @@ async fn silent_connections_do_not_delay_the_exit() {
         "the exit took {:?}: it waited on a silent connection",
         began.elapsed()
     );
-    let mut buf = [0u8; 64];
     for stream in [&mut silent, &mut half_preface] {
-        let read = tokio::time::timeout(WAIT, stream.read(&mut buf))
-            .await
-            .unwrap();
-        assert!(matches!(read, Ok(0) | Err(_)), "closed: {read:?}");
+        assert_closed(stream).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reflection_lists_the_services() {
+async fn reflection_is_opt_in_and_lists_only_the_servers_own_services() {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-    // A descriptor for `test.Echo`, as tonic-prost-build would write it.
+    // A descriptor for `test.Echo` and `test.Other` (served by another server of the same
+    // process, say), as tonic-prost-build would write it.
+    let service = |name: &str| prost_types::ServiceDescriptorProto {
+        name: Some(name.into()),
+        ..Default::default()
+    };
     let descriptor = prost_types::FileDescriptorSet {
         file: vec![prost_types::FileDescriptorProto {
             name: Some("test/echo.proto".into()),
             package: Some("test".into()),
-            service: vec![prost_types::ServiceDescriptorProto {
-                name: Some("Echo".into()),
-                ..Default::default()
-            }],
+            service: vec![service("Echo"), service("Other")],
             ..Default::default()
         }],
     };
     let encoded: &'static [u8] = Box::leak(prost::Message::encode_to_vec(&descriptor).into());
     let (tx, _) = mpsc::unbounded_channel();
-    let lifecycle = Lifecycle::new().handle_signals(false).service(
-        "grpc",
-        GrpcServer::bind("127.0.0.1:0")
-            .add_service(Echo { started: tx })
-            .file_descriptor_set(encoded),
-    );
+    let (tx2, _) = mpsc::unbounded_channel();
+    let lifecycle = Lifecycle::new()
+        .handle_signals(false)
+        .service(
+            "grpc",
+            GrpcServer::bind("127.0.0.1:0")
+                .add_service(Echo { started: tx })
+                .file_descriptor_set(encoded)
+                .reflection(true),
+        )
+        .service(
+            "quiet",
+            GrpcServer::bind("127.0.0.1:0")
+                .add_service(Echo { started: tx2 })
+                .file_descriptor_set(encoded),
+        );
     let handle = lifecycle.handle();
     let run = tokio::spawn(lifecycle.run());
     handle.wait_ready().await.unwrap();
     let addr: SocketAddr = handle.addresses("grpc")[0].parse().unwrap();
+    let quiet: SocketAddr = handle.addresses("quiet")[0].parse().unwrap();
+
+    // Off unless asked for.
+    let list = || ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut off = ServerReflectionClient::new(connect(quiet).await);
+    let refused = off
+        .server_reflection_info(tokio_stream::iter([list()]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unimplemented, "{refused:?}");
 
     let mut client = ServerReflectionClient::new(connect(addr).await);
     let request = ServerReflectionRequest {
@@ -492,4 +533,68 @@ async fn reflection_lists_the_services() {
     handle.shutdown();
     let report = tokio::time::timeout(WAIT, run).await.unwrap().unwrap();
     assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_server_speaks_http2_only_and_closes_an_http1_client_at_once() {
+    let running = start(Lifecycle::new()).await;
+    for request in [
+        &b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n"[..],
+        b"POST /test.Echo/Echo HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(running.a).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "closed, not held open");
+        assert!(
+            answer.is_empty(),
+            "no HTTP/1 answer: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    // HTTP/2 clients are served as ever.
+    let mut health = HealthClient::new(connect(running.a).await);
+    let status = health
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.status, ServingStatus::Serving as i32);
+    running.handle.shutdown();
+    assert_eq!(running.report().await.exit_code, ExitCode::Clean);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_client_that_never_sends_the_preface_is_closed_at_the_handshake_timeout() {
+    let (tx, _started) = mpsc::unbounded_channel();
+    let lifecycle = Lifecycle::new().handle_signals(false).service(
+        "grpc",
+        GrpcServer::bind("127.0.0.1:0")
+            .add_service(Echo { started: tx })
+            .handshake_timeout(Duration::from_millis(300)),
+    );
+    let handle = lifecycle.handle();
+    let run = tokio::spawn(lifecycle.run());
+    handle.wait_ready().await.unwrap();
+    let addr: SocketAddr = handle.addresses("grpc")[0].parse().unwrap();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut half_preface = TcpStream::connect(addr).await.unwrap();
+    half_preface.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    // A real client, idle after its call, stays.
+    let channel = connect(addr).await;
+    echo(channel.clone(), "hi", 0).await.unwrap();
+    for stream in [&mut silent, &mut half_preface] {
+        assert_closed(stream).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(echo(channel, "again", 0).await.unwrap(), "again");
+    handle.shutdown();
+    let report = tokio::time::timeout(WAIT, run).await.unwrap().unwrap();
+    assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
+    assert_eq!(report.services[0].serving.handshake_timeouts, 2, "{report}");
+    assert!(
+        report.to_string().contains("handshake timeouts: 2"),
+        "{report}"
+    );
 }

@@ -817,3 +817,105 @@ async fn serves_ipv6_and_an_adopted_listener() {
     let report = tokio::time::timeout(WAIT, run).await.unwrap().unwrap();
     assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
 }
+
+/// What a raw client gets back for `bytes` before the server closes (bounded).
+async fn answer_to(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the server keeps the connection open");
+    answer
+}
+
+/// The HTTP/2 preface, then an empty SETTINGS frame.
+const H2_HELLO: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_protocol_choice_is_enforced_a_server_answers_only_the_versions_it_speaks() {
+    let h1 = start(Lifecycle::new(), |app| {
+        HttpServer::bind("127.0.0.1:0", app).http1_only()
+    })
+    .await;
+    let h2_only = start(Lifecycle::new(), |app| {
+        HttpServer::bind("127.0.0.1:0", app).http2_only()
+    })
+    .await;
+    let get = b"GET /fast HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+
+    // Each speaks its own version.
+    let answer = answer_to(h1.addr, get).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    let (mut send, _) = h2(h2_only.addr).await;
+    assert_eq!(
+        fetch_h2(&mut send, "/fast").await.unwrap().0,
+        StatusCode::OK
+    );
+    // And closes the other at once, without an answer in either version (no SETTINGS, no
+    // `HTTP/1.1 505`).
+    let answer = answer_to(h1.addr, H2_HELLO).await;
+    assert!(
+        answer.is_empty(),
+        "HTTP/1-only answered the preface: {answer:?}"
+    );
+    let answer = answer_to(h2_only.addr, get).await;
+    assert!(
+        answer.is_empty(),
+        "HTTP/2-only answered HTTP/1: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Health included: an HTTP/1 `/readyz` on an HTTP/2-only port gets nothing either.
+    let answer = answer_to(h2_only.addr, b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+    for running in [h1, h2_only] {
+        running.handle.shutdown();
+        assert_eq!(running.report().await.exit_code, ExitCode::Clean);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_handshake_is_closed_at_the_handshake_timeout() {
+    let timeout = Duration::from_millis(300);
+    let running = start(Lifecycle::new(), |app| {
+        HttpServer::bind("127.0.0.1:0", app).handshake_timeout(timeout)
+    })
+    .await;
+    let began = Instant::now();
+    let mut silent = TcpStream::connect(running.addr).await.unwrap();
+    let mut half_head = TcpStream::connect(running.addr).await.unwrap();
+    half_head
+        .write_all(b"GET /fast HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let mut half_preface = TcpStream::connect(running.addr).await.unwrap();
+    half_preface.write_all(&H2_HELLO[..10]).await.unwrap();
+    let mut preface_only = TcpStream::connect(running.addr).await.unwrap();
+    preface_only.write_all(&H2_HELLO[..24]).await.unwrap();
+    // One that spoke in time stays, idle, past the timeout.
+    let mut spoke = answered_once(running.addr).await;
+    for stream in [
+        &mut silent,
+        &mut half_head,
+        &mut half_preface,
+        &mut preface_only,
+    ] {
+        assert!(closed_within(stream, WAIT).await, "closed");
+    }
+    let took = began.elapsed();
+    assert!(took >= timeout, "not before the timeout: {took:?}");
+    assert!(
+        !closed_within(&mut spoke, Duration::from_millis(200)).await,
+        "a keep-alive client stays"
+    );
+    running.handle.shutdown();
+    let report = running.report().await;
+    assert_eq!(report.exit_code, ExitCode::Clean);
+    assert_eq!(
+        report.services[0].serving.handshake_timeouts, 4,
+        "{report:?}"
+    );
+}

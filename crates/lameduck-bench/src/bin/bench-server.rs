@@ -105,7 +105,7 @@ async fn main() {
                     "grpc",
                     GrpcServer::bind(&addr)
                         .add_service(EchoServer::new(EchoService))
-                        .without_reflection(),
+                        .reflection(false),
                 ),
             )
             .await

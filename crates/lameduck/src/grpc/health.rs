@@ -34,12 +34,23 @@ impl LifecycleHealth {
         if self.services.iter().any(|s| s == service) {
             Ok(())
         } else {
+            // The caller's string is not echoed raw into `grpc-message` (CR/LF, a megabyte):
+            // escaped, and cut short.
+            let shown: String = service.escape_debug().take(MAX_ECHO).collect();
+            let cut = if service.escape_debug().nth(MAX_ECHO).is_some() {
+                "..."
+            } else {
+                ""
+            };
             Err(Status::not_found(format!(
-                "service `{service}` is not served here"
+                "service \"{shown}{cut}\" is not served here"
             )))
         }
     }
 }
+
+/// How much of an unknown service's name the answer repeats.
+const MAX_ECHO: usize = 64;
 
 fn status_of(state: State) -> ServingStatus {
     match state {

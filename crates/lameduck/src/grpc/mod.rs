@@ -29,10 +29,13 @@
 //!   included), for the server (`""`) and every service added. `Watch` streams say
 //!   NOT_SERVING and end at the shutdown, so that a watching client (a load balancer) never
 //!   holds the drain open.
-//! - **Reflection** (`grpc.reflection.v1` and `v1alpha`): lists the health service and every
-//!   service whose file descriptor set is registered with
-//!   [`file_descriptor_set`](GrpcServer::file_descriptor_set); grpcurl-style clients can list
-//!   and call them.
+//! - **Reflection** (`grpc.reflection.v1` and `v1alpha`), opt-in with
+//!   [`reflection`](GrpcServer::reflection), as in tonic and grpc-go (it tells anyone who asks
+//!   what the server can do): lists this server's own services (those added with
+//!   [`add_service`](GrpcServer::add_service), health, reflection), described by the file
+//!   descriptor sets registered with [`file_descriptor_set`](GrpcServer::file_descriptor_set);
+//!   grpcurl-style clients can list and call them. Another server of the same process is not
+//!   listed, even if its descriptors are in the same set.
 //! - **Drain**: the listener closes first; a connection that never completed the HTTP/2
 //!   preface (a port scanner, a stalled probe) is closed at once; the others get GOAWAY (new
 //!   RPCs are refused the standard way, so clients retry elsewhere) and finish their RPCs in
@@ -88,7 +91,7 @@ impl GrpcServer {
             services: Vec::new(),
             descriptors: Vec::new(),
             health: true,
-            reflection: true,
+            reflection: false,
         }
     }
 
@@ -111,7 +114,8 @@ impl GrpcServer {
     }
 
     /// Registers an encoded `FileDescriptorSet` (what `tonic-prost-build`'s
-    /// `file_descriptor_set_path` writes, included with `include_bytes!`) for reflection.
+    /// `file_descriptor_set_path` writes, included with `include_bytes!`) for
+    /// [`reflection`](Self::reflection).
     pub fn file_descriptor_set(mut self, encoded: &'static [u8]) -> Self {
         self.descriptors.push(encoded);
         self
@@ -123,9 +127,18 @@ impl GrpcServer {
         self
     }
 
-    /// No reflection service.
-    pub fn without_reflection(mut self) -> Self {
-        self.reflection = false;
+    /// Serves reflection (`grpc.reflection.v1` and `v1alpha`): off by default. It lists this
+    /// server's services only, from the sets registered with
+    /// [`file_descriptor_set`](Self::file_descriptor_set).
+    pub fn reflection(mut self, on: bool) -> Self {
+        self.reflection = on;
+        self
+    }
+
+    /// How long a new connection may take for the HTTP/2 preface and its first frame; see
+    /// [`HttpServer::handshake_timeout`] (default 10 s).
+    pub fn handshake_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.server = self.server.handshake_timeout(timeout);
         self
     }
 
@@ -159,11 +172,17 @@ impl GrpcServer {
         self
     }
 
-    fn reflection(&self) -> tonic_reflection::server::Builder<'static> {
-        let mut builder = tonic_reflection::server::Builder::configure();
+    /// Reflection of this server's services: its own, health's, and reflection's.
+    fn reflection_builder(&self) -> tonic_reflection::server::Builder<'static> {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .with_service_name("grpc.reflection.v1.ServerReflection");
+        for name in &self.services {
+            builder = builder.with_service_name(name.clone());
+        }
         if self.health {
-            builder =
-                builder.register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+            builder = builder
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name("grpc.health.v1.Health");
         }
         for set in &self.descriptors {
             builder = builder.register_encoded_file_descriptor_set(set);
@@ -189,8 +208,11 @@ impl Service for GrpcServer {
     async fn start(self, ctx: StartContext) -> Result<Self::Serve, BoxError> {
         let reflection = if self.reflection {
             let invalid = |e| format!("gRPC reflection: a registered file descriptor set: {e}");
-            let v1 = self.reflection().build_v1().map_err(invalid)?;
-            Some((v1, self.reflection().build_v1alpha().map_err(invalid)?))
+            let v1 = self.reflection_builder().build_v1().map_err(invalid)?;
+            Some((
+                v1,
+                self.reflection_builder().build_v1alpha().map_err(invalid)?,
+            ))
         } else {
             None
         };

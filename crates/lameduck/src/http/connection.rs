@@ -22,8 +22,9 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::drain::{Drain, WorkGuard};
 use crate::error::BoxError;
+use crate::events::Event;
 use crate::http::request::RequestService;
-use crate::http::server::Shared;
+use crate::http::server::{Protocols, Shared};
 
 /// How long after its accept a connection that has sent nothing yet may still deliver its first
 /// request once the drain has begun: a client that connected just before the drain is most
@@ -87,7 +88,7 @@ pub(crate) fn serve<S, B>(
         let _ = stream.set_nodelay(true);
     }
     let drain = shared.drain.clone();
-    let state = Arc::new(ConnState::new(drain.clone()));
+    let state = Arc::new(ConnState::new(drain.clone(), shared.protocols));
     let io = TokioIo::new(ConnIo::new(
         stream,
         drain.track(),
@@ -99,10 +100,25 @@ pub(crate) fn serve<S, B>(
     drain.clone().spawn_attached(async move {
         let conn = shared.builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
-        let result = tokio::select! {
+        // The handshake timeout: a client that has not shown it speaks by then (silent, or
+        // stalled in its first request's head or the HTTP/2 preface) is closed.
+        let handshake = accepted.checked_add(shared.handshake_timeout);
+        let handshake = tokio::time::sleep_until(handshake.unwrap_or_else(far_future));
+        tokio::pin!(handshake);
+        let mut watching = true;
+        let result = loop { break tokio::select! {
             biased;
             result = conn.as_mut() => result,
-            () = drain.draining() => {
+            () = &mut handshake, if watching => {
+                if !state.handshake_done() {
+                    drain.count(Event::HandshakeTimeout);
+                    return;
+                }
+                watching = false;
+                continue;
+            }
+            // The drain, for connections: once every listener is closed.
+            () = shared.closing.cancelled() => {
                 // A request may sit in the kernel, sent before the drain began but not yet
                 // reported by the reactor: have hyper read it now, so that it is served rather
                 // than lost when an idle-looking connection is closed.
@@ -155,13 +171,19 @@ pub(crate) fn serve<S, B>(
                         if state.quiet() {
                             return;
                         }
-                        conn.await
+                        conn.as_mut().await
                     }
                 }
             }
         };
+        };
         log_end(peer, result);
     });
+}
+
+/// A moment that never comes (a timeout too long to count is no timeout).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
 
 fn log_end(peer: SocketAddr, result: Result<(), BoxError>) {
@@ -183,8 +205,12 @@ pub(crate) struct ConnState {
     /// Set when a response switches protocols: the socket is about to leave hyper for the
     /// handler's task, which the lifecycle cannot abort.
     upgraded: AtomicBool,
-    /// The connection began with the HTTP/2 preface's first bytes.
+    /// Every byte read so far is the HTTP/2 preface's (and at least one has come).
     h2: AtomicBool,
+    /// Bytes came after the preface (the client's SETTINGS, at least its frame's start).
+    past_preface: AtomicBool,
+    /// The versions the server speaks.
+    protocols: Protocols,
     /// Bytes read so far, up to the length of the HTTP/2 preface (it is all that matters).
     prefix_read: AtomicUsize,
     /// A write is waiting for the peer to take data: a response is still on its way out.
@@ -195,13 +221,17 @@ pub(crate) struct ConnState {
     last_end_us: AtomicU64,
 }
 
-/// The HTTP/2 client preface's length.
-const H2_PREFACE_LEN: usize = 24;
+/// The HTTP/2 client preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Its length.
+const H2_PREFACE_LEN: usize = H2_PREFACE.len();
 
 impl ConnState {
-    pub(crate) fn new(drain: Drain) -> Self {
+    pub(crate) fn new(drain: Drain, protocols: Protocols) -> Self {
         ConnState {
             drain,
+            protocols,
+            past_preface: AtomicBool::new(false),
             request_seen: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             read_now: AtomicBool::new(false),
@@ -250,20 +280,35 @@ impl ConnState {
         self.read_now.store(false, Ordering::Release);
     }
 
-    /// Notes the first bytes a connection read: whether it speaks HTTP/2, and how much of the
-    /// preface has come.
-    pub(crate) fn note_read(&self, bytes: &[u8]) {
+    /// Notes the first bytes a connection read: whether they are the HTTP/2 preface so far,
+    /// and how much of it has come. `false`: the connection speaks a version this server does
+    /// not (HTTP/1 on an HTTP/2-only server as soon as a byte differs from the preface; the
+    /// whole preface on an HTTP/1-only one), and must be closed.
+    pub(crate) fn note_read(&self, bytes: &[u8]) -> bool {
         let before = self.prefix_read.load(Ordering::Relaxed);
-        if before >= H2_PREFACE_LEN || bytes.is_empty() {
-            return;
+        if bytes.is_empty() {
+            return true;
         }
-        if before == 0 && bytes.starts_with(b"PRI") {
-            self.h2.store(true, Ordering::Release);
+        if before >= H2_PREFACE_LEN {
+            // The first frame after the preface (its SETTINGS): the handshake is done.
+            if !self.past_preface.load(Ordering::Relaxed) {
+                self.past_preface.store(true, Ordering::Release);
+            }
+            return true;
         }
-        self.prefix_read.store(
-            (before + bytes.len()).min(H2_PREFACE_LEN),
-            Ordering::Release,
-        );
+        let take = bytes.len().min(H2_PREFACE_LEN - before);
+        if take < bytes.len() {
+            self.past_preface.store(true, Ordering::Release);
+        }
+        let preface = (before == 0 || self.h2.load(Ordering::Relaxed))
+            && bytes[..take] == H2_PREFACE[before..before + take];
+        self.h2.store(preface, Ordering::Release);
+        self.prefix_read.store(before + take, Ordering::Release);
+        match self.protocols {
+            Protocols::Both => true,
+            Protocols::Http2 => preface,
+            Protocols::Http1 => !(preface && before + take == H2_PREFACE_LEN),
+        }
     }
 
     /// Whether the connection can be closed at once at the drain: no request has begun, and it
@@ -273,6 +318,15 @@ impl ConnState {
         let h2_open = self.h2.load(Ordering::Acquire)
             && self.prefix_read.load(Ordering::Acquire) >= H2_PREFACE_LEN;
         !(self.request_seen() || h2_open)
+    }
+
+    /// Whether the client has shown it speaks: a first request head (HTTP/1), or the HTTP/2
+    /// preface and the start of a frame after it.
+    fn handshake_done(&self) -> bool {
+        self.request_seen()
+            || (self.is_h2()
+                && self.prefix_read.load(Ordering::Acquire) >= H2_PREFACE_LEN
+                && self.past_preface.load(Ordering::Acquire))
     }
 
     /// Whether not a byte has come in yet.
@@ -393,6 +447,18 @@ impl ConnIo {
         }
     }
 
+    /// Closes a connection that speaks an HTTP version the server does not: at once, without
+    /// an answer in either version.
+    fn refuse(&mut self) -> io::Error {
+        self.state.drain().count(Event::WrongProtocol);
+        self.stream = None;
+        self.guard = None;
+        io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "an HTTP version this server does not speak",
+        )
+    }
+
     /// Closes the socket and lets the drain go.
     fn close(&mut self) -> io::Error {
         self.stream = None;
@@ -459,7 +525,9 @@ impl AsyncRead for ConnIo {
                 }
                 Ok(n) => {
                     buf.advance(n);
-                    this.state.note_read(&buf.filled()[filled..]);
+                    if !this.state.note_read(&buf.filled()[filled..]) {
+                        return Poll::Ready(Err(this.refuse()));
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => this.state.read_now_done(),
@@ -468,8 +536,8 @@ impl AsyncRead for ConnIo {
         }
         let filled = buf.filled().len();
         let polled = this.poll_io(cx, false, |stream, cx| stream.poll_read(cx, buf));
-        if polled.is_ready() {
-            this.state.note_read(&buf.filled()[filled..]);
+        if polled.is_ready() && !this.state.note_read(&buf.filled()[filled..]) {
+            return Poll::Ready(Err(this.refuse()));
         }
         polled
     }

@@ -3,8 +3,9 @@
 //! lifecycle service, with [`Health`] endpoints.
 //!
 //! The pieces, in the order a connection meets them: the listener (bound, or passed to the
-//! process: the crate's `listen` module), `server` (the accept loop), `connection` (the socket, tracked and closed at the deadline; how the connection ends at the
-//! drain), `request` (health answers, request counting, the deadline for requests that wait),
+//! process: the crate's `listen` module), `server` (the accept loop), `limits` (how long a
+//! client may take), `connection` (the socket, tracked and closed at the deadline; how the
+//! connection ends at the drain), `request` (health answers, request counting, the deadline for requests that wait),
 //! and `extract`: with axum, a handler takes `lameduck::Drain` to learn of the drain (a
 //! server-sent-event stream ends itself, say).
 //!
@@ -30,6 +31,7 @@
 mod connection;
 mod extract;
 mod health;
+mod limits;
 mod request;
 mod server;
 

@@ -95,11 +95,15 @@ where
             req.extensions_mut().insert(self.shared.drain.clone());
         }
         let connect = req.method() == http::Method::CONNECT;
+        // A request that comes once the connections are closing (in the drain's keep-alive
+        // grace) is the connection's last: its answer says so.
+        let last = !self.conn.is_h2() && self.shared.closing.is_cancelled();
         ResponseFuture::App {
             future: hyper::service::Service::call(&self.app, req),
             guard: Some(guard),
             grpc: self.shared.grpc,
             connect,
+            last,
             watch: None,
         }
     }
@@ -181,6 +185,8 @@ pin_project! {
             grpc: bool,
             // A CONNECT request: a 2xx answer hands the socket over, as a 101 does.
             connect: bool,
+            // The connection's last request: its answer carries `Connection: close`.
+            last: bool,
             watch: Option<Watch>,
         },
         Ready { response: Option<Response<ResponseBody<B>>> },
@@ -200,6 +206,7 @@ where
                 guard,
                 grpc,
                 connect,
+                last,
                 watch,
             } => match serving(guard, || future.poll(cx)) {
                 Poll::Pending => {
@@ -232,9 +239,8 @@ where
                             // Before hyper hands the socket to the handler: from now on it must
                             // watch the deadline itself.
                             guard.conn.mark_upgraded();
-                        } else if !guard.conn.is_h2() && guard.conn.drain().is_draining() {
-                            // The connection's last answer (one that came in the drain's
-                            // keep-alive grace): the client must not send another on it.
+                        } else if *last {
+                            // The client must not send another request on this connection.
                             response
                                 .headers_mut()
                                 .insert(CONNECTION, HeaderValue::from_static("close"));

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,11 +18,13 @@ use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 use crate::drain::Drain;
 use crate::error::BoxError;
 use crate::http::connection::{self, ConnExecutor};
 use crate::http::health::Health;
+use crate::http::limits::Limits;
 use crate::listen::{Listen, SocketOptions};
 use crate::ready::LifecycleHandle;
 use crate::service::{Service, StartContext};
@@ -79,6 +82,7 @@ pub struct HttpServer<S> {
     nodelay: bool,
     health: Option<Health>,
     protocols: Protocols,
+    limits: Limits,
     configure: Option<Configure>,
 }
 
@@ -111,8 +115,21 @@ impl<S> HttpServer<S> {
             nodelay: true,
             health: Some(Health::new()),
             protocols: Protocols::Both,
+            limits: Limits::default(),
             configure: None,
         }
+    }
+
+    /// How long a new connection may take to show it speaks HTTP: from the accept to its
+    /// first complete request head (HTTP/1.1), or the HTTP/2 preface and the start of a frame
+    /// after it, protocol sniffing included. A connection that has not by then (silent, or
+    /// stalled inside its request head or the preface) is closed quietly and counted in the
+    /// report (`serving.handshake_timeouts`). Default 10 s, as Go's HTTP/2 server; a client
+    /// that never speaks would otherwise hold a descriptor forever. `Duration::MAX` turns it
+    /// off.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.handshake_timeout = timeout;
+        self
     }
 
     /// The listen backlog: connections the kernel queues before they are accepted. Default
@@ -202,6 +219,7 @@ impl<S> HttpServer<S> {
             nodelay: self.nodelay,
             health: self.health,
             protocols: self.protocols,
+            limits: self.limits,
             configure: self.configure,
         }
     }
@@ -245,6 +263,10 @@ where
             health: self.health,
             builder: builder(self.protocols, self.configure),
             grpc: self.grpc,
+            protocols: self.protocols,
+            handshake_timeout: self.limits.handshake_timeout,
+            closing: CancellationToken::new(),
+            open_listeners: AtomicUsize::new(listeners.len()),
         });
         let name: Arc<str> = ctx.name().into();
         let (app, nodelay) = (self.app, self.nodelay);
@@ -284,6 +306,28 @@ pub(crate) struct Shared {
     pub(crate) builder: auto::Builder<ConnExecutor>,
     /// gRPC: what the drain deadline cuts off ends with status UNAVAILABLE, not a reset.
     pub(crate) grpc: bool,
+    /// The HTTP versions spoken: a connection that starts with another is closed at once.
+    pub(crate) protocols: Protocols,
+    /// See [`HttpServer::handshake_timeout`].
+    pub(crate) handshake_timeout: Duration,
+    /// Cancelled once every listener of the server is closed (or handed over): only then do
+    /// connections begin to end, so that a client that reconnects when its connection closes
+    /// finds the port refusing (and goes elsewhere), not a listener about to reset it.
+    pub(crate) closing: CancellationToken,
+    /// Listeners still open; the last to close cancels `closing`.
+    open_listeners: AtomicUsize,
+}
+
+/// Held by an accept loop while its listener is open: however the loop ends (the drain, an
+/// error, the deadline's abort), the last one dropped lets the connections begin to close.
+struct ListenerOpen(Arc<Shared>);
+
+impl Drop for ListenerOpen {
+    fn drop(&mut self) {
+        if self.0.open_listeners.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closing.cancel();
+        }
+    }
 }
 
 /// The user's tuning of hyper's builder.
@@ -291,7 +335,7 @@ type Configure = Box<dyn FnOnce(&mut auto::Builder<ConnExecutor>) + Send>;
 
 /// Which HTTP versions a server speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Protocols {
+pub(crate) enum Protocols {
     Both,
     Http1,
     Http2,
@@ -341,6 +385,7 @@ where
     B::Error: Into<BoxError>,
 {
     let drain = shared.drain.clone();
+    let open = ListenerOpen(Arc::clone(&shared));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -377,6 +422,7 @@ where
         }
     }
     drop(listener);
+    drop(open);
     tracing::debug!(target: "lameduck", service = %name, backlog, "listener closed");
     Ok(())
 }

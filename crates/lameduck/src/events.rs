@@ -1,0 +1,61 @@
+//! What a server closed or refused during normal serving, counted: the limits' work, for the
+//! report (one atomic add per event on the service's own [`Drain`](crate::Drain)).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::report::ServingReport;
+
+/// One kind of event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+pub(crate) enum Event {
+    /// A connection that did not finish its handshake (a first request head, or the HTTP/2
+    /// preface and a frame) within the handshake timeout, closed.
+    HandshakeTimeout,
+    /// A connection that spoke an HTTP version the server does not, closed at once.
+    WrongProtocol,
+}
+
+/// How many kinds there are.
+const KINDS: usize = 2;
+
+/// The counts, one per kind.
+#[derive(Debug, Default)]
+pub(crate) struct Events {
+    counts: [AtomicU64; KINDS],
+}
+
+impl Events {
+    /// Counts one `event`.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn count(&self, event: Event) {
+        self.counts[event as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self, event: Event) -> u64 {
+        self.counts[event as usize].load(Ordering::Relaxed)
+    }
+
+    /// The counts as the report shows them.
+    pub(crate) fn report(&self) -> ServingReport {
+        ServingReport {
+            handshake_timeouts: self.get(Event::HandshakeTimeout),
+            wrong_protocol: self.get(Event::WrongProtocol),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_counts_apart() {
+        let events = Events::default();
+        events.count(Event::HandshakeTimeout);
+        events.count(Event::HandshakeTimeout);
+        events.count(Event::WrongProtocol);
+        let report = events.report();
+        assert_eq!((report.handshake_timeouts, report.wrong_protocol), (2, 1));
+    }
+}
