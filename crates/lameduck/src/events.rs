@@ -14,10 +14,12 @@ pub(crate) enum Event {
     HandshakeTimeout,
     /// A connection that spoke an HTTP version the server does not, closed at once.
     WrongProtocol,
+    /// A handler (or its response body) panicked; the request got an error.
+    Panic,
 }
 
 /// How many kinds there are.
-const KINDS: usize = 2;
+const KINDS: usize = 3;
 
 /// The counts, one per kind.
 #[derive(Debug, Default)]
@@ -41,6 +43,7 @@ impl Events {
         ServingReport {
             handshake_timeouts: self.get(Event::HandshakeTimeout),
             wrong_protocol: self.get(Event::WrongProtocol),
+            panics: self.get(Event::Panic),
         }
     }
 }

@@ -155,6 +155,9 @@ pub struct ServingReport {
     /// Connections closed at once because they spoke an HTTP version the server does not
     /// (HTTP/1 to a gRPC server, say).
     pub wrong_protocol: u64,
+    /// Requests whose handler (or response body) panicked: each got an error (a 500, gRPC
+    /// status INTERNAL, or a reset once the body had begun), and the server went on.
+    pub panics: u64,
 }
 
 impl ServingReport {
@@ -437,6 +440,7 @@ impl fmt::Display for Report {
                 let closed = [
                     ("handshake timeouts", u.serving.handshake_timeouts),
                     ("wrong protocol", u.serving.wrong_protocol),
+                    ("panics", u.serving.panics),
                 ];
                 for (what, n) in closed.into_iter().filter(|(_, n)| *n > 0) {
                     write!(f, ", {what}: {n}")?;

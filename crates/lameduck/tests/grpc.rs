@@ -108,6 +108,7 @@ impl tonic::server::UnaryService<EchoRequest> for Echo {
         let _ = self.started.send(());
         Box::pin(async move {
             let request = request.into_inner();
+            assert_ne!(request.message, "panic", "the handler panicked on purpose");
             tokio::time::sleep(Duration::from_millis(request.delay_ms)).await;
             Ok(tonic::Response::new(EchoReply {
                 message: request.message,
@@ -597,4 +598,20 @@ async fn a_grpc_client_that_never_sends_the_preface_is_closed_at_the_handshake_t
         report.to_string().contains("handshake timeouts: 2"),
         "{report}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_rpc_ends_with_internal_and_the_server_goes_on() {
+    let running = start(Lifecycle::new()).await;
+    let channel = connect(running.a).await;
+    let panicked = echo(channel.clone(), "panic", 0).await.unwrap_err();
+    assert_eq!(panicked.code(), Code::Internal, "{panicked:?}");
+    assert!(panicked.message().contains("panicked"), "{panicked:?}");
+    // The same connection goes on serving.
+    assert_eq!(echo(channel, "after", 0).await.unwrap(), "after");
+    running.handle.shutdown();
+    let report = running.report().await;
+    assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
+    assert_eq!(report.services[0].serving.panics, 1, "{report}");
+    assert_eq!(report.services[0].requests.total, 2, "{report}");
 }

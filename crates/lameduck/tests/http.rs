@@ -52,6 +52,26 @@ fn app(started: mpsc::UnboundedSender<()>) -> Router {
         .route("/ticks", get(ticks))
         .route("/big", get(|| async { vec![b'x'; BIG] }))
         .route("/echo", get(upgrade_to_echo))
+        .route("/panic", get(panicking))
+        .route("/panic-body", get(panicking_body))
+}
+
+/// A handler that panics.
+async fn panicking() -> &'static str {
+    panic!("the handler panicked on purpose")
+}
+
+/// A response whose body sends one chunk, then panics.
+async fn panicking_body() -> Response {
+    use tokio_stream::StreamExt as _;
+    let chunks =
+        tokio_stream::iter([Ok::<_, std::io::Error>("first\n"), Ok("never")]).map(|chunk| {
+            if chunk.as_ref().is_ok_and(|c| *c == "never") {
+                panic!("the body panicked on purpose");
+            }
+            chunk
+        });
+    Response::new(Body::from_stream(chunks))
 }
 
 /// A streaming response that ends itself when the drain begins.
@@ -918,4 +938,46 @@ async fn a_client_that_never_finishes_its_handshake_is_closed_at_the_handshake_t
         report.services[0].serving.handshake_timeouts, 4,
         "{report:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_gets_a_500_is_counted_and_the_server_goes_on() {
+    let running = start_default().await;
+    // HTTP/1: a 500 that closes the connection.
+    let answer = answer_to(running.addr, b"GET /panic HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 500"), "{answer}");
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+    // HTTP/2: a 500 on the stream; the connection goes on.
+    let (mut send, _) = h2(running.addr).await;
+    assert_eq!(
+        fetch_h2(&mut send, "/panic").await.unwrap().0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(
+        fetch_h2(&mut send, "/fast").await.unwrap(),
+        (StatusCode::OK, "fast\n".into())
+    );
+    // A body that panics once it has begun: the stream is reset, not ended as if complete.
+    let cut = fetch_h2(&mut send, "/panic-body").await;
+    assert!(cut.is_err(), "{cut:?}");
+    assert_eq!(
+        fetch_h2(&mut send, "/fast").await.unwrap().0,
+        StatusCode::OK
+    );
+    // HTTP/1: the connection is cut (hyper may not even flush the head it had buffered);
+    // what came, if anything, never ends like a complete chunked body.
+    let answer = answer_to(running.addr, b"GET /panic-body HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(!answer.ends_with("0\r\n\r\n"), "looks complete: {answer:?}");
+    // And the server still serves.
+    let (mut h1, _) = h1(running.addr).await;
+    assert_eq!(fetch(&mut h1, "/fast").await.0, StatusCode::OK);
+    running.handle.shutdown();
+    let report = running.report().await;
+    assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
+    let web = &report.services[0];
+    assert_eq!(web.serving.panics, 4, "{report}");
+    assert_eq!(web.requests.total, 7, "{report}");
+    assert_eq!(web.requests.aborted, 0, "every request ended: {report}");
 }

@@ -88,7 +88,12 @@ pub(crate) fn serve<S, B>(
         let _ = stream.set_nodelay(true);
     }
     let drain = shared.drain.clone();
-    let state = Arc::new(ConnState::new(drain.clone(), shared.protocols));
+    let state = Arc::new(ConnState::new(
+        drain.clone(),
+        shared.protocols,
+        peer,
+        Arc::clone(&shared.name),
+    ));
     let io = TokioIo::new(ConnIo::new(
         stream,
         drain.track(),
@@ -196,6 +201,9 @@ fn log_end(peer: SocketAddr, result: Result<(), BoxError>) {
 #[derive(Debug)]
 pub(crate) struct ConnState {
     drain: Drain,
+    /// The client's address and the server's name, for what is logged about a request.
+    peer: SocketAddr,
+    service: Arc<str>,
     /// Set at the first request: until then, the drain may close the connection at once.
     request_seen: AtomicBool,
     /// Requests in flight on this connection (HTTP/2 runs several at once).
@@ -227,9 +235,16 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const H2_PREFACE_LEN: usize = H2_PREFACE.len();
 
 impl ConnState {
-    pub(crate) fn new(drain: Drain, protocols: Protocols) -> Self {
+    pub(crate) fn new(
+        drain: Drain,
+        protocols: Protocols,
+        peer: SocketAddr,
+        service: Arc<str>,
+    ) -> Self {
         ConnState {
             drain,
+            peer,
+            service,
             protocols,
             past_preface: AtomicBool::new(false),
             request_seen: AtomicBool::new(false),
@@ -242,6 +257,16 @@ impl ConnState {
             born: Instant::now(),
             last_end_us: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// The client's address.
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The server's name (its service's).
+    pub(crate) fn service(&self) -> &str {
+        &self.service
     }
 
     /// Whether it speaks HTTP/2.

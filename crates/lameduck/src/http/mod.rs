@@ -32,6 +32,7 @@ mod connection;
 mod extract;
 mod health;
 mod limits;
+mod panic;
 mod request;
 mod server;
 

@@ -20,7 +20,9 @@ use hyper_util::service::{TowerToHyperService, TowerToHyperServiceFuture};
 use pin_project_lite::pin_project;
 
 use crate::drain::Drain;
+use crate::error::BoxError;
 use crate::http::connection::{ConnState, Deadline};
+use crate::http::panic;
 use crate::http::server::Shared;
 
 /// One request in flight: counted for the service (the report) and for its connection (the
@@ -98,7 +100,10 @@ where
         // A request that comes once the connections are closing (in the drain's keep-alive
         // grace) is the connection's last: its answer says so.
         let last = !self.conn.is_h2() && self.shared.closing.is_cancelled();
+        // Said if the handler panics.
+        let asked = (req.method().clone(), req.uri().clone());
         ResponseFuture::App {
+            asked,
             future: hyper::service::Service::call(&self.app, req),
             guard: Some(guard),
             grpc: self.shared.grpc,
@@ -179,6 +184,8 @@ pin_project! {
         S: tower_service::Service<Request<Incoming>>,
     {
         App {
+            // The request's method and URI, for the event if the handler panics.
+            asked: (http::Method, http::Uri),
             #[pin]
             future: TowerToHyperServiceFuture<S, Request<Incoming>>,
             guard: Option<RequestGuard>,
@@ -202,62 +209,85 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             ResponseFutureProj::App {
+                asked,
                 future,
                 guard,
                 grpc,
                 connect,
                 last,
                 watch,
-            } => match serving(guard, || future.poll(cx)) {
-                Poll::Pending => {
-                    let mut response = Response::new(ResponseBody::Text { text: None });
-                    let ending =
-                        Watch::of(watch, guard, *grpc).map_or(Ending::No, |w| w.ending(cx));
-                    match ending {
-                        Ending::No => return Poll::Pending,
-                        // A trailers-only response.
-                        Ending::Unavailable => {
-                            *response.headers_mut() = Watch::unavailable();
-                            response
-                                .headers_mut()
-                                .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-                        }
-                        // The connection is being closed: this answer goes nowhere, but the
-                        // handler is dropped (cancelled) and the stream's task ends.
-                        Ending::Abort => *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE,
+            } => match panic::catch(|| serving(guard, || future.poll(cx))) {
+                Err(message) => {
+                    // Answered now; hyper polls a ready future no more.
+                    let h2 = guard.as_ref().is_some_and(|g| g.conn.is_h2());
+                    if let Some(guard) = guard.take() {
+                        panic::report(
+                            &guard.conn,
+                            &asked.0,
+                            &asked.1,
+                            &message,
+                            "before answering",
+                        );
                     }
-                    guard.take();
-                    Poll::Ready(Ok(response))
+                    Poll::Ready(Ok(panic::answer(*grpc, h2)))
                 }
-                // The request stays in flight until its body has been sent.
-                Poll::Ready(Ok(mut response)) => {
-                    let status = response.status();
-                    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS
-                        || (*connect && status.is_success());
-                    if let Some(guard) = guard {
-                        if upgrade {
-                            // Before hyper hands the socket to the handler: from now on it must
-                            // watch the deadline itself.
-                            guard.conn.mark_upgraded();
-                        } else if *last {
-                            // The client must not send another request on this connection.
-                            response
-                                .headers_mut()
-                                .insert(CONNECTION, HeaderValue::from_static("close"));
+                Ok(polled) => match polled {
+                    Poll::Pending => {
+                        let mut response = Response::new(ResponseBody::Text { text: None });
+                        let ending =
+                            Watch::of(watch, guard, *grpc).map_or(Ending::No, |w| w.ending(cx));
+                        match ending {
+                            Ending::No => return Poll::Pending,
+                            // A trailers-only response.
+                            Ending::Unavailable => {
+                                *response.headers_mut() = Watch::unavailable();
+                                response.headers_mut().insert(
+                                    CONTENT_TYPE,
+                                    HeaderValue::from_static("application/grpc"),
+                                );
+                            }
+                            // The connection is being closed: this answer goes nowhere, but the
+                            // handler is dropped (cancelled) and the stream's task ends.
+                            Ending::Abort => {
+                                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE
+                            }
                         }
+                        guard.take();
+                        Poll::Ready(Ok(response))
                     }
-                    Poll::Ready(Ok(response.map(|body| ResponseBody::App {
-                        body,
-                        guard: guard.take(),
-                        grpc: *grpc,
-                        watch: watch.take(),
-                    })))
-                }
-                // Dropping the guard ends the request: hyper closes the connection.
-                Poll::Ready(Err(error)) => {
-                    guard.take();
-                    Poll::Ready(Err(error))
-                }
+                    // The request stays in flight until its body has been sent.
+                    Poll::Ready(Ok(mut response)) => {
+                        let status = response.status();
+                        let upgrade = status == StatusCode::SWITCHING_PROTOCOLS
+                            || (*connect && status.is_success());
+                        if let Some(guard) = guard {
+                            if upgrade {
+                                // Before hyper hands the socket to the handler: from now on it must
+                                // watch the deadline itself.
+                                guard.conn.mark_upgraded();
+                            } else if *last {
+                                // The client must not send another request on this connection.
+                                response
+                                    .headers_mut()
+                                    .insert(CONNECTION, HeaderValue::from_static("close"));
+                            }
+                        }
+                        let asked =
+                            std::mem::replace(asked, (http::Method::GET, http::Uri::default()));
+                        Poll::Ready(Ok(response.map(|body| ResponseBody::App {
+                            body,
+                            guard: guard.take(),
+                            grpc: *grpc,
+                            watch: watch.take(),
+                            asked,
+                        })))
+                    }
+                    // Dropping the guard ends the request: hyper closes the connection.
+                    Poll::Ready(Err(error)) => {
+                        guard.take();
+                        Poll::Ready(Err(error))
+                    }
+                },
             },
             ResponseFutureProj::Ready { response } => match response.take() {
                 Some(response) => Poll::Ready(Ok(response)),
@@ -278,8 +308,17 @@ pin_project! {
             guard: Option<RequestGuard>,
             grpc: bool,
             watch: Option<Watch>,
+            // The request's method and URI, for the event if the body panics.
+            asked: (http::Method, http::Uri),
         },
         Text { text: Option<&'static str> },
+    }
+}
+
+impl<B> Default for ResponseBody<B> {
+    /// No body.
+    fn default() -> Self {
+        ResponseBody::Text { text: None }
     }
 }
 
@@ -287,9 +326,10 @@ impl<B> Body for ResponseBody<B>
 where
     B: Body,
     B::Data: From<&'static str>,
+    B::Error: Into<BoxError>,
 {
     type Data = B::Data;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -301,12 +341,29 @@ where
                 guard,
                 grpc,
                 watch,
+                asked,
             } => {
                 if guard.is_none() {
                     // Ended: by the body itself, or by the deadline.
                     return Poll::Ready(None);
                 }
-                let polled = body.poll_frame(cx);
+                let polled = match panic::catch(|| body.poll_frame(cx)) {
+                    Ok(polled) => polled.map(|frame| frame.map(|f| f.map_err(Into::into))),
+                    Err(message) => {
+                        // The head is out: the stream is reset (HTTP/2) or the connection cut
+                        // (HTTP/1), so that the client does not take what came for the whole.
+                        if let Some(guard) = guard.take() {
+                            panic::report(
+                                &guard.conn,
+                                &asked.0,
+                                &asked.1,
+                                &message,
+                                "in its response body",
+                            );
+                        }
+                        return Poll::Ready(Some(Err(message.into())));
+                    }
+                };
                 match &polled {
                     Poll::Ready(None | Some(Err(_))) => {
                         guard.take();

@@ -257,7 +257,9 @@ where
 
     async fn start(self, ctx: StartContext) -> Result<Self::Serve, BoxError> {
         let mut listeners = ctx.listen(self.listen, self.socket).await?;
+        let name: Arc<str> = ctx.name().into();
         let shared = Arc::new(Shared {
+            name: Arc::clone(&name),
             drain: ctx.drain(),
             handle: ctx.handle(),
             health: self.health,
@@ -268,7 +270,6 @@ where
             closing: CancellationToken::new(),
             open_listeners: AtomicUsize::new(listeners.len()),
         });
-        let name: Arc<str> = ctx.name().into();
         let (app, nodelay) = (self.app, self.nodelay);
         // One accept loop per listener: one, unless the process was passed several under the
         // service's name. Done when all are closed.
@@ -300,6 +301,8 @@ where
 
 /// What every connection of a server shares.
 pub(crate) struct Shared {
+    /// The service's name.
+    pub(crate) name: Arc<str>,
     pub(crate) drain: Drain,
     pub(crate) handle: LifecycleHandle,
     pub(crate) health: Option<Health>,
