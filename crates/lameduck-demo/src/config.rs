@@ -39,6 +39,11 @@ pub struct Config {
     /// (a first request head, or the HTTP/2 preface and a frame) before it is closed.
     #[arg(long, env = "LAMEDUCK_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub handshake_timeout: Duration,
+    /// How many connections each of the three servers holds at once; at the cap, newcomers
+    /// wait in the kernel's queue.
+    #[arg(long, env = "LAMEDUCK_MAX_CONNECTIONS", default_value_t = 16_384,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     /// A file naming the serving process: written once ready, taken over by the new process of
     /// an upgrade (SIGHUP), removed at exit if it still names this one.
     #[arg(long, env = "LAMEDUCK_PID_FILE")]

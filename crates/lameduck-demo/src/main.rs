@@ -54,7 +54,8 @@ async fn main() {
         .service(
             "http",
             HttpServer::bind(&config.http, http_api::router(api))
-                .handshake_timeout(config.handshake_timeout),
+                .handshake_timeout(config.handshake_timeout)
+                .max_connections(config.max_connections as usize),
         )
         .service(
             "grpc-a",
@@ -62,7 +63,8 @@ async fn main() {
                 .add_service(EchoServer::new(EchoService))
                 .file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
                 .reflection(true)
-                .handshake_timeout(config.handshake_timeout),
+                .handshake_timeout(config.handshake_timeout)
+                .max_connections(config.max_connections as usize),
         )
         .service(
             "grpc-b",
@@ -70,7 +72,8 @@ async fn main() {
                 .add_service(StoreServer::new(store_service))
                 .file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
                 .reflection(true)
-                .handshake_timeout(config.handshake_timeout),
+                .handshake_timeout(config.handshake_timeout)
+                .max_connections(config.max_connections as usize),
         );
     if let Some(path) = &config.pid_file {
         lifecycle = lifecycle.pid_file(path);

@@ -1,12 +1,16 @@
 //! The demo's limits of normal serving, end to end on the real binary: a client that never
-//! finishes its handshake is closed at `--handshake-timeout` on all three ports, and the gRPC
-//! ports answer nothing to HTTP/1.
+//! finishes its handshake is closed at `--handshake-timeout` on all three ports, the gRPC
+//! ports answer nothing to HTTP/1, and out of file descriptors (`prlimit`) the demo says it is
+//! not ready, logs sparingly, and recovers.
 #![cfg(unix)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "../../lameduck/tests/support/tools.rs"]
+mod tools;
 
 /// Generous: the machines are shared and noisy.
 const WAIT: Duration = Duration::from_secs(30);
@@ -134,5 +138,117 @@ fn the_grpc_ports_answer_nothing_to_http1() {
         "{:?}",
         String::from_utf8_lossy(&answer)
     );
+    assert_eq!(demo.stop(), 0);
+}
+
+/// One `GET /readyz` on a kept-alive connection: the status and the body.
+fn readyz(stream: &mut TcpStream) -> (u16, String) {
+    stream
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(str::to_owned)
+            })
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0);
+        if body.len() >= length {
+            let status = head[9..12].parse().unwrap();
+            return (status, body.to_owned());
+        }
+    }
+}
+
+#[test]
+fn out_of_descriptors_the_demo_is_not_ready_logs_sparingly_and_recovers() {
+    let Some(prlimit) = tools::tool("prlimit", "util-linux") else {
+        return;
+    };
+    let addrs = [free_addr(), free_addr(), free_addr()];
+    let dir = std::env::temp_dir().join(format!("lameduck-demo-nofile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = Command::new(prlimit)
+        .arg("--nofile=64:64")
+        .arg(env!("CARGO_BIN_EXE_lameduck-demo"))
+        .args([
+            "--http", &addrs[0], "--grpc-a", &addrs[1], "--grpc-b", &addrs[2],
+        ])
+        .arg("--db")
+        .arg(dir.join("demo.db"))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send((Instant::now(), line));
+        }
+    });
+    let demo = Demo { child, addrs };
+    let began = Instant::now();
+    let mut kept = loop {
+        if let Ok(stream) = TcpStream::connect(&demo.addrs[0]) {
+            break stream;
+        }
+        assert!(began.elapsed() < WAIT, "the demo did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(readyz(&mut kept), (200, "ready\n".to_owned()));
+
+    // Silent clients take every descriptor left; the kernel queues the rest.
+    let holders: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(&demo.addrs[0]).unwrap())
+        .collect();
+    let until = Instant::now() + WAIT;
+    let (status, body) = loop {
+        let answer = readyz(&mut kept);
+        if answer.0 != 200 || Instant::now() > until {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "cannot accept connections\n")
+    );
+    // Failing all along, it logs at most a line a second.
+    let watched = Instant::now();
+    std::thread::sleep(Duration::from_millis(2500));
+    let failing: Vec<String> = lines
+        .try_iter()
+        .filter(|(at, line)| *at >= watched && line.contains("accept failed"))
+        .map(|(_, line)| line)
+        .collect();
+    assert!(
+        (1..=4).contains(&failing.len()),
+        "{} accept-error lines in 2.5 s:\n{}",
+        failing.len(),
+        failing.join("\n")
+    );
+    // The holders leave: back to ready, and serving.
+    drop(holders);
+    let until = Instant::now() + WAIT;
+    while readyz(&mut kept).0 != 200 {
+        assert!(Instant::now() < until, "not ready again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(kept);
     assert_eq!(demo.stop(), 0);
 }

@@ -16,10 +16,14 @@ pub(crate) enum Event {
     WrongProtocol,
     /// A handler (or its response body) panicked; the request got an error.
     Panic,
+    /// The server reached its connection cap and stopped accepting for a while.
+    AtCap,
+    /// An accept failed for want of a resource (descriptors, memory).
+    AcceptError,
 }
 
 /// How many kinds there are.
-const KINDS: usize = 3;
+const KINDS: usize = 5;
 
 /// The counts, one per kind.
 #[derive(Debug, Default)]
@@ -44,6 +48,8 @@ impl Events {
             handshake_timeouts: self.get(Event::HandshakeTimeout),
             wrong_protocol: self.get(Event::WrongProtocol),
             panics: self.get(Event::Panic),
+            at_cap: self.get(Event::AtCap),
+            accept_errors: self.get(Event::AcceptError),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Readiness, observable from outside the run: the [`State`] the lifecycle is in, and the
 //! [`LifecycleHandle`] that watches it and asks for a shutdown.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use serde::{Deserialize, Serialize};
@@ -56,6 +56,8 @@ pub struct LifecycleHandle {
     became_ready: Arc<AtomicBool>,
     /// Each service's addresses, as its start step records them.
     addresses: Published,
+    /// Servers that cannot accept right now (out of descriptors, say): not ready meanwhile.
+    impaired: Arc<AtomicUsize>,
 }
 
 /// Each service's name and addresses, shared by every handle.
@@ -85,6 +87,7 @@ impl Control {
                 start_error: Arc::new(OnceLock::new()),
                 became_ready: Arc::new(AtomicBool::new(false)),
                 addresses: Arc::default(),
+                impaired: Arc::default(),
             },
         }
     }
@@ -132,10 +135,25 @@ impl LifecycleHandle {
         *self.state.borrow()
     }
 
-    /// Whether the lifecycle is ready (every service started, no shutdown begun): what a
-    /// readiness probe should answer.
+    /// Whether the lifecycle is ready (every service started, no shutdown begun, and no server
+    /// failing to accept connections right now): what a readiness probe should answer.
     pub fn is_ready(&self) -> bool {
-        self.state() == State::Ready
+        self.state() == State::Ready && self.accepting()
+    }
+
+    /// Whether every server can accept connections now (none is out of descriptors, say).
+    pub fn accepting(&self) -> bool {
+        self.impaired.load(Ordering::Acquire) == 0
+    }
+
+    /// A server could not accept (`true`), or can again (`false`).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn impaired(&self, on: bool) {
+        if on {
+            self.impaired.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.impaired.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Waits until the lifecycle has become ready: `Ok` once every service has started, even if

@@ -158,6 +158,10 @@ pub struct ServingReport {
     /// Requests whose handler (or response body) panicked: each got an error (a 500, gRPC
     /// status INTERNAL, or a reset once the body had begun), and the server went on.
     pub panics: u64,
+    /// Times the server reached its connection cap and held newcomers in the kernel's queue.
+    pub at_cap: u64,
+    /// Accepts that failed for want of a resource (out of descriptors, of memory).
+    pub accept_errors: u64,
 }
 
 impl ServingReport {
@@ -441,6 +445,8 @@ impl fmt::Display for Report {
                     ("handshake timeouts", u.serving.handshake_timeouts),
                     ("wrong protocol", u.serving.wrong_protocol),
                     ("panics", u.serving.panics),
+                    ("at the connection cap", u.serving.at_cap),
+                    ("accept errors", u.serving.accept_errors),
                 ];
                 for (what, n) in closed.into_iter().filter(|(_, n)| *n > 0) {
                     write!(f, ", {what}: {n}")?;

@@ -981,3 +981,37 @@ async fn a_panicking_handler_gets_a_500_is_counted_and_the_server_goes_on() {
     assert_eq!(web.requests.total, 7, "{report}");
     assert_eq!(web.requests.aborted, 0, "every request ended: {report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_cap_newcomers_wait_in_the_queue_and_are_served_once_a_slot_frees() {
+    let running = start(Lifecycle::new(), |app| {
+        HttpServer::bind("127.0.0.1:0", app).max_connections(2)
+    })
+    .await;
+    let first = answered_once(running.addr).await;
+    let _second = answered_once(running.addr).await;
+    // The third is queued by the kernel, not accepted: its request waits, unanswered, and the
+    // connection is not closed either.
+    let mut third = TcpStream::connect(running.addr).await.unwrap();
+    third
+        .write_all(b"GET /fast HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let early =
+        tokio::time::timeout(Duration::from_millis(300), third.read_to_end(&mut answer)).await;
+    assert!(
+        early.is_err(),
+        "answered (or closed) past the cap: {answer:?}"
+    );
+    // A slot frees: the third is taken and served.
+    drop(first);
+    let served = tokio::time::timeout(WAIT, third.read_to_end(&mut answer)).await;
+    assert!(served.is_ok());
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    running.handle.shutdown();
+    let report = running.report().await;
+    assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
+    assert!(report.services[0].serving.at_cap >= 1, "{report}");
+}

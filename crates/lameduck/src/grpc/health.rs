@@ -67,7 +67,12 @@ impl Health for LifecycleHealth {
     ) -> Result<Response<HealthCheckResponse>, Status> {
         self.known(&request)?;
         Ok(Response::new(HealthCheckResponse {
-            status: status_of(self.handle.state()) as i32,
+            // Not serving while a server cannot accept (out of descriptors): as `/readyz`.
+            status: if self.handle.accepting() {
+                status_of(self.handle.state())
+            } else {
+                ServingStatus::NotServing
+            } as i32,
         }))
     }
 

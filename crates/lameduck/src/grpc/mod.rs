@@ -142,6 +142,13 @@ impl GrpcServer {
         self
     }
 
+    /// How many connections it holds open at once; see [`HttpServer::max_connections`]
+    /// (default 16,384).
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.server = self.server.max_connections(max);
+        self
+    }
+
     /// The listen backlog; see [`HttpServer::backlog`].
     pub fn backlog(mut self, backlog: u32) -> Self {
         self.server = self.server.backlog(backlog);

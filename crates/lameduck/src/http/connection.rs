@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -75,6 +76,7 @@ pub(crate) fn serve<S, B>(
     nodelay: bool,
     app: S,
     shared: &Arc<Shared>,
+    slot: Option<OwnedSemaphorePermit>,
 ) where
     S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -96,7 +98,7 @@ pub(crate) fn serve<S, B>(
     ));
     let io = TokioIo::new(ConnIo::new(
         stream,
-        drain.track(),
+        (drain.track(), slot),
         drain.hard_stop_token(),
         Arc::clone(&state),
     ));
@@ -448,7 +450,9 @@ impl Deadline {
 /// shutdown.
 pub(crate) struct ConnIo {
     stream: Option<TcpStream>,
-    guard: Option<WorkGuard>,
+    /// The connection's unit of work, and its slot under the server's connection cap: both
+    /// held until the socket closes (an upgraded one included).
+    guard: Option<(WorkGuard, Option<OwnedSemaphorePermit>)>,
     state: Arc<ConnState>,
     /// The abort, waited for once upgraded: one wait per direction, because the halves of a
     /// split stream wait in different tasks.
@@ -459,7 +463,7 @@ pub(crate) struct ConnIo {
 impl ConnIo {
     fn new(
         stream: TcpStream,
-        guard: WorkGuard,
+        guard: (WorkGuard, Option<OwnedSemaphorePermit>),
         abort: CancellationToken,
         state: Arc<ConnState>,
     ) -> Self {

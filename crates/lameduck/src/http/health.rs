@@ -78,7 +78,11 @@ impl Health {
             return None;
         }
         Some(match handle.state() {
-            State::Ready => (StatusCode::OK, "ready\n"),
+            State::Ready if handle.accepting() => (StatusCode::OK, "ready\n"),
+            State::Ready => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot accept connections\n",
+            ),
             State::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
             _ => (StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         })

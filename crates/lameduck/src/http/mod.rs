@@ -28,6 +28,7 @@
 //! # drop(app);
 //! ```
 
+mod accept;
 mod connection;
 mod extract;
 mod health;

@@ -22,16 +22,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::drain::Drain;
 use crate::error::BoxError;
+use crate::http::accept::{Gate, Slots};
 use crate::http::connection::{self, ConnExecutor};
 use crate::http::health::Health;
 use crate::http::limits::Limits;
 use crate::listen::{Listen, SocketOptions};
 use crate::ready::LifecycleHandle;
 use crate::service::{Service, StartContext};
-
-/// How long the accept loop waits after an error that is not about one connection (out of file
-/// descriptors, say) before accepting again, so that it does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// An HTTP/1.1 and cleartext HTTP/2 server for any tower `Service` (an axum `Router` goes in
 /// as it is; so do tonic's routes), to add to a [`Lifecycle`](crate::Lifecycle) as a service.
@@ -129,6 +126,16 @@ impl<S> HttpServer<S> {
     /// off.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.limits.handshake_timeout = timeout;
+        self
+    }
+
+    /// How many connections the server holds open at once (at least 1). At the cap it stops
+    /// accepting: newcomers wait in the kernel's listen queue (up to the backlog) rather than
+    /// being accepted and closed, and are taken as soon as a connection ends. Each time it
+    /// reaches the cap is counted (`serving.at_cap`) and logged, at most once a second.
+    /// Default 16,384.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.limits.max_connections = max;
         self
     }
 
@@ -269,6 +276,7 @@ where
             handshake_timeout: self.limits.handshake_timeout,
             closing: CancellationToken::new(),
             open_listeners: AtomicUsize::new(listeners.len()),
+            slots: Slots::new(self.limits.max_connections),
         });
         let (app, nodelay) = (self.app, self.nodelay);
         // One accept loop per listener: one, unless the process was passed several under the
@@ -319,6 +327,8 @@ pub(crate) struct Shared {
     pub(crate) closing: CancellationToken,
     /// Listeners still open; the last to close cancels `closing`.
     open_listeners: AtomicUsize,
+    /// The connection cap.
+    slots: Slots,
 }
 
 /// Held by an accept loop while its listener is open: however the loop ends (the drain, an
@@ -389,24 +399,35 @@ where
 {
     let drain = shared.drain.clone();
     let open = ListenerOpen(Arc::clone(&shared));
+    let mut gate = Gate::new(Arc::clone(&name), drain.clone(), shared.handle.clone());
     loop {
+        // A slot first: at the cap, newcomers wait in the kernel's queue.
+        let slot = tokio::select! {
+            biased;
+            () = drain.draining() => break,
+            slot = shared.slots.take(&mut gate) => slot,
+        };
         let accepted = tokio::select! {
             biased;
             () = drain.draining() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => connection::serve(stream, peer, nodelay, app.clone(), &shared),
+            Ok((stream, peer)) => {
+                gate.succeeded();
+                connection::serve(stream, peer, nodelay, app.clone(), &shared, slot);
+            }
             Err(error) if is_connection_error(&error) => {}
             Err(error) => {
-                tracing::error!(target: "lameduck", service = %name, "accept failed: {error}");
+                let wait = gate.failed(&error);
                 tokio::select! {
                     () = drain.draining() => break,
-                    () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                    () = tokio::time::sleep(wait) => {}
                 }
             }
         }
     }
+    drop(gate);
     // Connections the kernel completed but nobody accepted yet would be reset with the
     // listener, requests and all: take them (without waiting for the reactor), and let them be
     // served or closed like any other. Unless an upgrade handed the listener over: then it
@@ -420,7 +441,9 @@ where
             Ok((stream, peer))
         });
         if let Ok((stream, peer)) = adopted {
-            connection::serve(stream, peer, nodelay, app.clone(), &shared);
+            // Past the cap if need be: each is served or closed at once, and the kernel would
+            // reset it otherwise.
+            connection::serve(stream, peer, nodelay, app.clone(), &shared, None);
             backlog += 1;
         }
     }
