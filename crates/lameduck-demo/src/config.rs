@@ -44,6 +44,11 @@ pub struct Config {
     #[arg(long, env = "LAMEDUCK_MAX_CONNECTIONS", default_value_t = 16_384,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// The write-behind cache's bound, in bytes of keys and values (`64MiB`, `500KiB`,
+    /// `1048576`): a write that does not fit waits up to 2 s for a flush to make room, then is
+    /// refused (503 with `Retry-After`, gRPC UNAVAILABLE), never taken and dropped.
+    #[arg(long, env = "LAMEDUCK_CACHE_MAX_BYTES", default_value = "64MiB", value_parser = bytes)]
+    pub cache_max_bytes: usize,
     /// A file naming the serving process: written once ready, taken over by the new process of
     /// an upgrade (SIGHUP), removed at exit if it still names this one.
     #[arg(long, env = "LAMEDUCK_PID_FILE")]
@@ -63,6 +68,32 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+fn bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}` (B, KiB, MiB, GiB)"
+            ));
+        }
+    };
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (like 64MiB, 500KiB, 1048576)"))?;
+    number
+        .checked_mul(1 << shift)
+        .filter(|b| *b > 0)
+        .ok_or_else(|| format!("`{text}`: out of range (at least 1 byte)"))
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -92,5 +123,23 @@ mod tests {
             error.to_string().contains("`soon` is not a duration"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn sizes_read_with_binary_units_and_nonsense_is_a_usage_error() {
+        let config = Config::try_parse_from(["lameduck-demo"]).unwrap();
+        assert_eq!(config.cache_max_bytes, 64 << 20);
+        assert_eq!(config.max_connections, 16_384);
+        assert_eq!(bytes("500KiB"), Ok(500 << 10));
+        assert_eq!(bytes("1048576"), Ok(1 << 20));
+        assert_eq!(bytes("2G"), Ok(2 << 30));
+        assert!(bytes("0").is_err());
+        assert!(bytes("12 parsecs").unwrap_err().contains("unknown unit"));
+        let error =
+            Config::try_parse_from(["lameduck-demo", "--cache-max-bytes", "lots"]).unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+        let error =
+            Config::try_parse_from(["lameduck-demo", "--max-connections", "0"]).unwrap_err();
+        assert_eq!(error.exit_code(), 2);
     }
 }

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// The longest `/slow` waits: a typo must not tie a connection up for a day.
 const SLOW_MAX: Duration = Duration::from_secs(600);
@@ -62,8 +62,16 @@ async fn slow(Query(query): Query<SlowQuery>) -> Json<Slow> {
 
 async fn write(State(api): State<Api>, Path(key): Path<String>, value: String) -> Response {
     if let Err(error) = api.store.write(key.clone(), value).await {
-        tracing::error!(%key, "write-through failed: {error}");
-        return (StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response();
+        tracing::error!(%key, "write not taken: {error}");
+        let mut refused = (StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response();
+        if matches!(error, StoreError::Full { .. }) {
+            // Not taken: the client may send it again in a moment.
+            refused.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        return refused;
     }
     Json(serde_json::json!({ "key": key, "acknowledged": true })).into_response()
 }

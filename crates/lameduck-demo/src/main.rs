@@ -29,7 +29,7 @@ async fn main() {
     let config = Config::parse();
     init_logging(config.log_format);
 
-    let store = Store::new(&config.db);
+    let store = Store::bounded(&config.db, config.cache_max_bytes);
     let write_through = config.flush_interval.is_zero();
     store.set_write_through(write_through);
     let api = Api {

@@ -5,6 +5,11 @@
 //! The lifecycle flushes periodically (a background task) and once more after the last request
 //! (a FLUSH hook), then closes the database (a CLOSE hook), so a graceful exit loses nothing that
 //! was acknowledged. A SIGKILL loses what was acknowledged since the last flush.
+//!
+//! The cache is bounded in bytes (keys and values): a write that would go past the bound
+//! flushes first and waits, a bounded time, for room; if there is none by then it is refused
+//! ([`StoreError::Full`]: 503 with `Retry-After` over HTTP, UNAVAILABLE over gRPC), never taken
+//! and dropped. Nothing acknowledged is ever dropped, a failed flush included.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,9 +23,28 @@ use rusqlite::{Connection, OptionalExtension, params};
 /// upgrade) before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a write waits for room in a full cache before it is refused.
+const ROOM_WAIT: Duration = Duration::from_secs(2);
+
+/// The default bound of the cache, in bytes.
+pub const CACHE_MAX_BYTES: usize = 64 << 20;
+
 /// Why a database operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The cache is full and a flush did not make room in time: the write was not taken.
+    #[error(
+        "the write cache is full ({held} of {max} bytes unflushed, the write needs {needs}) and \
+         the database did not take it within {ROOM_WAIT:?}; retry later"
+    )]
+    Full {
+        /// Bytes held unflushed.
+        held: usize,
+        /// The bound.
+        max: usize,
+        /// What the write needs.
+        needs: usize,
+    },
     /// SQLite refused.
     #[error("database {path}: {source}")]
     Db {
@@ -50,6 +74,8 @@ pub struct Store {
     flushing: tokio::sync::Mutex<()>,
     /// Whether a write is in the database before it is acknowledged.
     write_through: AtomicBool,
+    /// The cache's bound in bytes.
+    max_bytes: usize,
 }
 
 #[derive(Debug, Default)]
@@ -58,17 +84,43 @@ struct Cache {
     pending: HashMap<String, String>,
     /// Handed to the flush in progress (or to a failed one, to retry); still readable.
     flushing: HashMap<String, String>,
+    /// Bytes (keys and values) in `pending` and in `flushing`.
+    pending_bytes: usize,
+    flushing_bytes: usize,
+}
+
+impl Cache {
+    fn held(&self) -> usize {
+        self.pending_bytes + self.flushing_bytes
+    }
+
+    fn put(&mut self, key: String, value: String) {
+        self.pending_bytes += key.len() + value.len();
+        if let Some(old) = self.pending.insert(key.clone(), value) {
+            self.pending_bytes -= key.len() + old.len();
+        }
+    }
+}
+
+fn size(key: &str, value: &str) -> usize {
+    key.len() + value.len()
 }
 
 impl Store {
     /// A store on the SQLite file at `path`; nothing is opened until [`open`](Store::open).
     pub fn new(path: impl Into<PathBuf>) -> Arc<Store> {
+        Self::bounded(path, CACHE_MAX_BYTES)
+    }
+
+    /// A store whose cache holds at most `max_bytes` of keys and values unflushed.
+    pub fn bounded(path: impl Into<PathBuf>, max_bytes: usize) -> Arc<Store> {
         Arc::new(Store {
             path: path.into(),
             db: Mutex::new(None),
             cache: Mutex::new(Cache::default()),
             flushing: tokio::sync::Mutex::new(()),
             write_through: AtomicBool::new(false),
+            max_bytes,
         })
     }
 
@@ -101,12 +153,15 @@ impl Store {
 
     /// Acknowledges a write: it is in the cache, and reads see it from now on.
     pub fn put(&self, key: String, value: String) {
-        self.cache().pending.insert(key, value);
+        self.cache().put(key, value);
     }
 
     /// A write to acknowledge once this returns `Ok`: in the cache, and also in the database
-    /// when the store writes through.
+    /// when the store writes through. A write that does not fit in the cache flushes it and
+    /// waits for room, at most 2 s; then it fails with [`StoreError::Full`], taken
+    /// nowhere.
     pub async fn write(self: &Arc<Self>, key: String, value: String) -> Result<(), StoreError> {
+        self.admit(&key, &value).await?;
         self.put(key, value);
         if self.write_through.load(Ordering::Acquire) {
             self.flush().await?;
@@ -114,10 +169,46 @@ impl Store {
         Ok(())
     }
 
+    /// Waits until a write of `key` and `value` fits in the cache (an empty cache takes any).
+    async fn admit(self: &Arc<Self>, key: &str, value: &str) -> Result<(), StoreError> {
+        let needs = size(key, value);
+        let fits = |this: &Self| {
+            let held = this.cache().held();
+            (held == 0 || held + needs <= this.max_bytes, held)
+        };
+        let until = tokio::time::Instant::now() + ROOM_WAIT;
+        loop {
+            let (fits, held) = fits(self);
+            if fits {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(StoreError::Full {
+                    held,
+                    max: self.max_bytes,
+                    needs,
+                });
+            }
+            // Make room: a flush (one at a time; another writer's may be running). A failed
+            // one keeps everything; wait a little before the next try.
+            if tokio::time::timeout_at(until, self.flush())
+                .await
+                .is_ok_and(|f| f.is_err())
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
     /// From now on every write is in the database before it is acknowledged (`true`), or
     /// acknowledged from the cache and flushed later (`false`, the default).
     pub fn set_write_through(&self, on: bool) {
         self.write_through.store(on, Ordering::Release);
+    }
+
+    /// Bytes (keys and values) held in the cache, unflushed.
+    pub fn unflushed_bytes(&self) -> usize {
+        self.cache().held()
     }
 
     /// Writes acknowledged but not yet in the database.
@@ -155,8 +246,14 @@ impl Store {
         let batch: Vec<(String, String)> = {
             let mut cache = self.cache();
             let pending = std::mem::take(&mut cache.pending);
+            cache.pending_bytes = 0;
             // Newer values win over those a failed flush left behind.
-            cache.flushing.extend(pending);
+            for (key, value) in pending {
+                cache.flushing_bytes += size(&key, &value);
+                if let Some(old) = cache.flushing.insert(key.clone(), value) {
+                    cache.flushing_bytes -= size(&key, &old);
+                }
+            }
             cache
                 .flushing
                 .iter()
@@ -188,7 +285,10 @@ impl Store {
         })
         .await??;
         // Only flushes touch `flushing`, one at a time: all of it is in the database now.
-        self.cache().flushing.clear();
+        let mut cache = self.cache();
+        cache.flushing.clear();
+        cache.flushing_bytes = 0;
+        drop(cache);
         Ok(written)
     }
 
@@ -287,5 +387,55 @@ mod tests {
             Some("new"),
             "newest wins"
         );
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_bounded_a_full_one_flushes_first_and_counts_bytes_right() {
+        let path = temp_db("bounded");
+        let store = Store::bounded(&path, 100);
+        store.open().await.unwrap();
+        store.write("a".into(), "x".repeat(60)).await.unwrap();
+        assert_eq!(store.unflushed_bytes(), 61);
+        // A replaced value is counted once.
+        store.write("a".into(), "y".repeat(50)).await.unwrap();
+        assert_eq!(store.unflushed_bytes(), 51);
+        // This one does not fit beside it: the cache is flushed to make room.
+        store.write("b".into(), "z".repeat(60)).await.unwrap();
+        assert_eq!(store.unflushed_bytes(), 61);
+        assert_eq!(
+            store.get("a").await.unwrap(),
+            Some("y".repeat(50)),
+            "from the db"
+        );
+        // Bigger than the bound: an empty cache still takes it.
+        store.flush().await.unwrap();
+        store.write("big".into(), "w".repeat(500)).await.unwrap();
+        assert_eq!(store.unflushed_bytes(), 503);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_cache_whose_flush_fails_refuses_the_write_and_keeps_what_it_took() {
+        let path = temp_db("full");
+        // Never opened: every flush fails.
+        let store = Store::bounded(&path, 100);
+        store.write("a".into(), "x".repeat(90)).await.unwrap();
+        let refused = store.write("b".into(), "y".repeat(20)).await.unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                StoreError::Full {
+                    held: 91,
+                    max: 100,
+                    needs: 21
+                }
+            ),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("retry later"), "{refused}");
+        // The acknowledged one is still there; the refused one was never taken.
+        assert_eq!(store.unflushed(), 1);
+        assert_eq!(store.get("b").await.ok().flatten(), None);
+        store.open().await.unwrap();
+        assert_eq!(store.get("a").await.unwrap(), Some("x".repeat(90)));
     }
 }
