@@ -1,7 +1,7 @@
 //! Readiness, observable from outside the run: the [`State`] the lifecycle is in, and the
 //! [`LifecycleHandle`] that watches it and asks for a shutdown.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use serde::{Deserialize, Serialize};
@@ -57,7 +57,8 @@ pub struct LifecycleHandle {
     /// Each service's addresses, as its start step records them.
     addresses: Published,
     /// Servers that cannot accept right now (out of descriptors, say): not ready meanwhile.
-    impaired: Arc<AtomicUsize>,
+    /// A watch, so that health streams follow it.
+    impaired: Arc<watch::Sender<usize>>,
 }
 
 /// Each service's name and addresses, shared by every handle.
@@ -87,7 +88,7 @@ impl Control {
                 start_error: Arc::new(OnceLock::new()),
                 became_ready: Arc::new(AtomicBool::new(false)),
                 addresses: Arc::default(),
-                impaired: Arc::default(),
+                impaired: Arc::new(watch::Sender::new(0)),
             },
         }
     }
@@ -143,17 +144,25 @@ impl LifecycleHandle {
 
     /// Whether every server can accept connections now (none is out of descriptors, say).
     pub fn accepting(&self) -> bool {
-        self.impaired.load(Ordering::Acquire) == 0
+        *self.impaired.borrow() == 0
+    }
+
+    /// How many servers cannot accept now, and every change of it.
+    #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
+    pub(crate) fn subscribe_impaired(&self) -> watch::Receiver<usize> {
+        self.impaired.subscribe()
     }
 
     /// A server could not accept (`true`), or can again (`false`).
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn impaired(&self, on: bool) {
-        if on {
-            self.impaired.fetch_add(1, Ordering::AcqRel);
-        } else {
-            self.impaired.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.impaired.send_modify(|failing| {
+            *failing = if on {
+                *failing + 1
+            } else {
+                failing.saturating_sub(1)
+            };
+        });
     }
 
     /// Waits until the lifecycle has become ready: `Ok` once every service has started, even if

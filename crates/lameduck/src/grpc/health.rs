@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use tokio_stream::Stream;
 use tokio_stream::wrappers::WatchStream;
@@ -87,6 +87,9 @@ impl Health for LifecycleHealth {
         let unknown = self.known(&request).is_err();
         Ok(Response::new(HealthWatch {
             states: WatchStream::new(self.handle.subscribe()),
+            impaired: WatchStream::new(self.handle.subscribe_impaired()),
+            state: None,
+            accepting: true,
             unknown,
             last: None,
             ended: false,
@@ -95,9 +98,14 @@ impl Health for LifecycleHealth {
 }
 
 /// The status now, then every change, until the shutdown's NOT_SERVING: then the stream ends
-/// (status OK), so a watching client holds no connection open through the drain.
+/// (status OK), so a watching client holds no connection open through the drain. A server that
+/// cannot accept (out of descriptors) makes it NOT_SERVING until it can again.
 pub(crate) struct HealthWatch {
     states: WatchStream<State>,
+    /// How many servers cannot accept now.
+    impaired: WatchStream<usize>,
+    state: Option<State>,
+    accepting: bool,
     unknown: bool,
     last: Option<ServingStatus>,
     ended: bool,
@@ -111,12 +119,28 @@ impl Stream for HealthWatch {
             if self.ended {
                 return Poll::Ready(None);
             }
-            let Some(state) = ready!(Pin::new(&mut self.states).poll_next(cx)) else {
-                return Poll::Ready(None);
-            };
+            let mut changed = false;
+            match Pin::new(&mut self.states).poll_next(cx) {
+                Poll::Ready(Some(state)) => {
+                    self.state = Some(state);
+                    changed = true;
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {}
+            }
+            if let Poll::Ready(Some(failing)) = Pin::new(&mut self.impaired).poll_next(cx) {
+                self.accepting = failing == 0;
+                changed = true;
+            }
+            if !changed {
+                return Poll::Pending;
+            }
+            let Some(state) = self.state else { continue };
             self.ended = matches!(state, State::Draining | State::Stopped);
             let status = if self.unknown {
                 ServingStatus::ServiceUnknown
+            } else if !self.accepting && state == State::Ready {
+                ServingStatus::NotServing
             } else {
                 status_of(state)
             };
@@ -127,5 +151,38 @@ impl Stream for HealthWatch {
                 })));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt as _;
+    use tonic_health::pb::health_server::Health as _;
+
+    use super::*;
+    use crate::ready::Control;
+
+    #[tokio::test]
+    async fn a_watch_follows_readiness_and_a_server_that_cannot_accept() {
+        let control = Control::new();
+        control.set(State::Ready);
+        let health = LifecycleHealth::new(control.handle.clone(), Vec::new());
+        let mut watch = health
+            .watch(Request::new(HealthCheckRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut next = async || watch.next().await.unwrap().unwrap().status;
+        assert_eq!(next().await, ServingStatus::Serving as i32);
+        control.handle.impaired(true);
+        assert_eq!(next().await, ServingStatus::NotServing as i32);
+        control.handle.impaired(false);
+        assert_eq!(next().await, ServingStatus::Serving as i32);
+        control.set(State::Draining);
+        assert_eq!(next().await, ServingStatus::NotServing as i32);
+        assert!(
+            watch.next().await.is_none(),
+            "the stream ends at the shutdown"
+        );
     }
 }

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Throughput of lameduck's HttpServer before and after a change, bare hyper beside both:
+# `scripts/wrk-compare.sh OLD_BENCH_SERVER [ROUNDS]`, where OLD_BENCH_SERVER is a bench-server
+# built from the older commit (e.g. `git worktree add /tmp/old REV && cd /tmp/old &&
+# CARGO_TARGET_DIR=/tmp/target-old cargo build --release -p lameduck-bench`). Each round runs
+# hyper, the old lameduck and the new one in turn, `wrk -t1 -c64 -d4s GET /` each
+# (apt-get install wrk).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+old=${1:?the older bench-server binary}
+rounds=${2:-5}
+cargo build --release --quiet -p lameduck-bench
+new=target/release/bench-server
+command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
+run() {
+  local bin=$1 kind=$2 port=$3 out pid rps
+  out=$(mktemp)
+  "$bin" "$kind" "127.0.0.1:$port" >"$out" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 200); do grep -q READY "$out" && break; sleep 0.05; done
+  rps=$(wrk -t1 -c64 -d4s "http://127.0.0.1:$port/" 2>/dev/null | awk '/Requests\/sec/ {print $2}')
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  rm -f "$out"
+  echo "$rps"
+}
+echo "| round | hyper | lameduck before | lameduck after | before / hyper | after / hyper | after / before |"
+echo "|---|---|---|---|---|---|---|"
+for i in $(seq 1 "$rounds"); do
+  h=$(run "$new" hyper 19401); o=$(run "$old" lameduck 19402); n=$(run "$new" lameduck 19403)
+  awk -v i="$i" -v h="$h" -v o="$o" -v n="$n" \
+    'BEGIN { printf "| %d | %.0f | %.0f | %.0f | %.3f | %.3f | %.3f |\n", i, h, o, n, o/h, n/h, n/o }'
+done
