@@ -36,7 +36,8 @@ pub struct Config {
     #[arg(long, env = "LAMEDUCK_FLUSH_INTERVAL", default_value = "1s", value_parser = duration)]
     pub flush_interval: Duration,
     /// How long a new connection on any of the three servers may take to show it speaks HTTP
-    /// (a first request head, or the HTTP/2 preface and a frame) before it is closed.
+    /// (a first request head, or the HTTP/2 preface and a frame) before it is closed; `0s`
+    /// turns it off.
     #[arg(long, env = "LAMEDUCK_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub handshake_timeout: Duration,
     /// How many connections each of the three servers holds at once; at the cap, newcomers

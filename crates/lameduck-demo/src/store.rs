@@ -189,13 +189,15 @@ impl Store {
                     needs,
                 });
             }
-            // Make room: a flush (one at a time; another writer's may be running). A failed
-            // one keeps everything; wait a little before the next try.
-            if tokio::time::timeout_at(until, self.flush())
-                .await
-                .is_ok_and(|f| f.is_err())
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            // Make room: a flush (one at a time; another writer's may be running). It runs on
+            // a task of its own: a writer that stops waiting must not cut a flush off halfway
+            // (its batch would still be written later, over newer values). A failed one keeps
+            // everything; wait a little before the next try.
+            let this = Arc::clone(self);
+            let flush = tokio::spawn(async move { this.flush().await });
+            match tokio::time::timeout_at(until, flush).await {
+                Ok(Ok(Ok(_))) | Err(_) => {}
+                Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
     }

@@ -16,7 +16,7 @@ pub(crate) enum Event {
     WrongProtocol,
     /// A handler (or its response body) panicked; the request got an error.
     Panic,
-    /// The server reached its connection cap and stopped accepting for a while.
+    /// An accept had to wait for a slot under the connection cap.
     AtCap,
     /// An accept failed for want of a resource (descriptors, memory).
     AcceptError,

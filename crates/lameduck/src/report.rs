@@ -158,7 +158,8 @@ pub struct ServingReport {
     /// Requests whose handler (or response body) panicked: each got an error (a 500, gRPC
     /// status INTERNAL, or a reset once the body had begun), and the server went on.
     pub panics: u64,
-    /// Times the server reached its connection cap and held newcomers in the kernel's queue.
+    /// Accepts that had to wait for a slot under the connection cap (newcomers held in the
+    /// kernel's queue meanwhile).
     pub at_cap: u64,
     /// Accepts that failed for want of a resource (out of descriptors, of memory).
     pub accept_errors: u64,

@@ -179,10 +179,10 @@ impl GrpcServer {
         self
     }
 
-    /// Reflection of this server's services: its own, health's, and reflection's.
-    fn reflection_builder(&self) -> tonic_reflection::server::Builder<'static> {
-        let mut builder = tonic_reflection::server::Builder::configure()
-            .with_service_name("grpc.reflection.v1.ServerReflection");
+    /// Reflection of this server's services: its own, health's, and reflection's (`own`: its
+    /// name in the protocol version being built).
+    fn reflection_builder(&self, own: &str) -> tonic_reflection::server::Builder<'static> {
+        let mut builder = tonic_reflection::server::Builder::configure().with_service_name(own);
         for name in &self.services {
             builder = builder.with_service_name(name.clone());
         }
@@ -215,11 +215,15 @@ impl Service for GrpcServer {
     async fn start(self, ctx: StartContext) -> Result<Self::Serve, BoxError> {
         let reflection = if self.reflection {
             let invalid = |e| format!("gRPC reflection: a registered file descriptor set: {e}");
-            let v1 = self.reflection_builder().build_v1().map_err(invalid)?;
-            Some((
-                v1,
-                self.reflection_builder().build_v1alpha().map_err(invalid)?,
-            ))
+            let v1 = self
+                .reflection_builder("grpc.reflection.v1.ServerReflection")
+                .build_v1()
+                .map_err(invalid)?;
+            let v1alpha = self
+                .reflection_builder("grpc.reflection.v1alpha.ServerReflection")
+                .build_v1alpha()
+                .map_err(invalid)?;
+            Some((v1, v1alpha))
         } else {
             None
         };

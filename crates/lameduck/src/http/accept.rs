@@ -96,7 +96,9 @@ impl Gate {
     pub(crate) fn failed(&mut self, error: &std::io::Error) -> Duration {
         self.drain.count(Event::AcceptError);
         self.failures += 1;
-        if !self.failing {
+        // Out of a resource, the server cannot take anyone: not ready until it can. Any other
+        // error is waited out the same way, without saying so.
+        if !self.failing && out_of_resources(error) {
             self.failing = true;
             self.handle.impaired(true);
         }
@@ -113,6 +115,11 @@ impl Gate {
         let wait = self.backoff;
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         wait
+    }
+
+    /// Whether the last accept failed.
+    pub(crate) fn failing(&self) -> bool {
+        self.failing
     }
 
     /// After an accept that succeeded.
@@ -136,6 +143,24 @@ impl Drop for Gate {
         if self.failing {
             self.handle.impaired(false);
         }
+    }
+}
+
+/// Whether `error` says the process is out of something every accept needs: descriptors,
+/// buffers, memory.
+fn out_of_resources(error: &std::io::Error) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        matches!(
+            error.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        )
+    }
+    // Elsewhere, every error that is not about one connection counts.
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = error;
+        true
     }
 }
 

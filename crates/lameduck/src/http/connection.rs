@@ -109,7 +109,9 @@ pub(crate) fn serve<S, B>(
         tokio::pin!(conn);
         // The handshake timeout: a client that has not shown it speaks by then (silent, or
         // stalled in its first request's head or the HTTP/2 preface) is closed.
-        let handshake = accepted.checked_add(shared.handshake_timeout);
+        let handshake = Some(shared.handshake_timeout)
+            .filter(|t| !t.is_zero())
+            .and_then(|t| accepted.checked_add(t));
         let handshake = tokio::time::sleep_until(handshake.unwrap_or_else(far_future));
         tokio::pin!(handshake);
         let mut watching = true;

@@ -122,8 +122,8 @@ impl<S> HttpServer<S> {
     /// after it, protocol sniffing included. A connection that has not by then (silent, or
     /// stalled inside its request head or the preface) is closed quietly and counted in the
     /// report (`serving.handshake_timeouts`). Default 10 s, as Go's HTTP/2 server; a client
-    /// that never speaks would otherwise hold a descriptor forever. `Duration::MAX` turns it
-    /// off.
+    /// that never speaks would otherwise hold a descriptor forever. `Duration::ZERO` (or
+    /// `Duration::MAX`) turns it off.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.limits.handshake_timeout = timeout;
         self
@@ -131,8 +131,8 @@ impl<S> HttpServer<S> {
 
     /// How many connections the server holds open at once (at least 1). At the cap it stops
     /// accepting: newcomers wait in the kernel's listen queue (up to the backlog) rather than
-    /// being accepted and closed, and are taken as soon as a connection ends. Each time it
-    /// reaches the cap is counted (`serving.at_cap`) and logged, at most once a second.
+    /// being accepted and closed, and are taken as soon as a connection ends. Each accept that
+    /// waits for a slot is counted (`serving.at_cap`) and logged, at most once a second.
     /// Default 16,384.
     pub fn max_connections(mut self, max: usize) -> Self {
         self.limits.max_connections = max;
@@ -284,13 +284,17 @@ where
         Ok(Box::pin(async move {
             if let [_] = listeners.as_slice() {
                 let listener = listeners.remove(0);
-                return accept(listener, app, shared, nodelay, name).await;
+                let open = ListenerOpen(Arc::clone(&shared));
+                return accept(listener, app, shared, nodelay, name, open).await;
             }
             let mut loops = tokio::task::JoinSet::new();
             for listener in listeners {
                 let (app, shared, name) = (app.clone(), Arc::clone(&shared), Arc::clone(&name));
                 // Aborted with the set when the serve step is dropped (the deadline's abort).
-                loops.spawn(accept(listener, app, shared, nodelay, name));
+                // The guard is made here, not in the task: a set dropped before a task ran
+                // still lets the connections close.
+                let open = ListenerOpen(Arc::clone(&shared));
+                loops.spawn(accept(listener, app, shared, nodelay, name, open));
             }
             // The first loop to fail fails the service (the others are aborted with the set,
             // as one listener's queue is dropped with it when its loop fails); a panic stays
@@ -388,6 +392,7 @@ async fn accept<S, B>(
     shared: Arc<Shared>,
     nodelay: bool,
     name: Arc<str>,
+    open: ListenerOpen,
 ) -> Result<(), BoxError>
 where
     S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -398,7 +403,6 @@ where
     B::Error: Into<BoxError>,
 {
     let drain = shared.drain.clone();
-    let open = ListenerOpen(Arc::clone(&shared));
     let mut gate = Gate::new(Arc::clone(&name), drain.clone(), shared.handle.clone());
     loop {
         // A slot first: at the cap, newcomers wait in the kernel's queue.
@@ -411,13 +415,20 @@ where
             biased;
             () = drain.draining() => break,
             accepted = listener.accept() => accepted,
+            // After a failure, an accept that neither fails nor finds anyone for a while has
+            // nothing against it: with no client queued, it would otherwise stay "failing".
+            () = tokio::time::sleep(RECOVERED_AFTER), if gate.failing() => {
+                gate.succeeded();
+                continue;
+            }
         };
         match accepted {
             Ok((stream, peer)) => {
                 gate.succeeded();
                 connection::serve(stream, peer, nodelay, app.clone(), &shared, slot);
             }
-            Err(error) if is_connection_error(&error) => {}
+            // The accept worked; the connection was gone.
+            Err(error) if is_connection_error(&error) => gate.succeeded(),
             Err(error) => {
                 let wait = gate.failed(&error);
                 tokio::select! {
@@ -455,13 +466,35 @@ where
 
 /// Errors about one connection (gone before it was accepted), not about the listener.
 fn is_connection_error(error: &io::Error) -> bool {
-    matches!(
+    if matches!(
         error.kind(),
         io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionRefused
-    )
+    ) {
+        return true;
+    }
+    // Linux passes the new connection's pending network errors to accept(2).
+    #[cfg(target_os = "linux")]
+    if let Some(errno) = error.raw_os_error() {
+        return matches!(
+            errno,
+            libc::EPROTO
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+        );
+    }
+    false
 }
+
+/// How long an accept must go without failing, after a failure, for the server to count as
+/// accepting again when no client is queued to prove it.
+const RECOVERED_AFTER: Duration = Duration::from_millis(100);
 
 /// The app of [`HttpServer::health_only`]: 404 for every request.
 #[derive(Debug, Clone, Copy, Default)]
