@@ -109,12 +109,13 @@ pub(crate) fn serve<S, B>(
         tokio::pin!(conn);
         // The handshake timeout: a client that has not shown it speaks by then (silent, or
         // stalled in its first request's head or the HTTP/2 preface) is closed.
-        let handshake = Some(shared.handshake_timeout)
+        let deadline = Some(shared.handshake_timeout)
             .filter(|t| !t.is_zero())
             .and_then(|t| accepted.checked_add(t));
-        let handshake = tokio::time::sleep_until(handshake.unwrap_or_else(far_future));
+        // Without a deadline (off, or too far to count) the timer is never polled.
+        let mut watching = deadline.is_some();
+        let handshake = tokio::time::sleep_until(deadline.unwrap_or(accepted));
         tokio::pin!(handshake);
-        let mut watching = true;
         let result = loop { break tokio::select! {
             biased;
             result = conn.as_mut() => result,
@@ -188,11 +189,6 @@ pub(crate) fn serve<S, B>(
         };
         log_end(peer, result);
     });
-}
-
-/// A moment that never comes (a timeout too long to count is no timeout).
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
 
 fn log_end(peer: SocketAddr, result: Result<(), BoxError>) {

@@ -52,7 +52,7 @@ pub(crate) fn answer<B: Default>(grpc: bool, h2: bool) -> Response<B> {
 }
 
 /// Counts the panic and says which request it was, in one event.
-pub(crate) fn report(conn: &ConnState, method: &Method, uri: &Uri, message: &str, at: &str) {
+pub(crate) fn report(conn: &ConnState, (method, uri): &(Method, Uri), message: &str, at: &str) {
     conn.drain().count(Event::Panic);
     tracing::error!(
         target: "lameduck",

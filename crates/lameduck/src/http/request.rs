@@ -221,13 +221,7 @@ where
                     // Answered now; hyper polls a ready future no more.
                     let h2 = guard.as_ref().is_some_and(|g| g.conn.is_h2());
                     if let Some(guard) = guard.take() {
-                        panic::report(
-                            &guard.conn,
-                            &asked.0,
-                            &asked.1,
-                            &message,
-                            "before answering",
-                        );
+                        panic::report(&guard.conn, asked, &message, "before answering");
                     }
                     Poll::Ready(Ok(panic::answer(*grpc, h2)))
                 }
@@ -353,13 +347,7 @@ where
                         // The head is out: the stream is reset (HTTP/2) or the connection cut
                         // (HTTP/1), so that the client does not take what came for the whole.
                         if let Some(guard) = guard.take() {
-                            panic::report(
-                                &guard.conn,
-                                &asked.0,
-                                &asked.1,
-                                &message,
-                                "in its response body",
-                            );
+                            panic::report(&guard.conn, asked, &message, "in its response body");
                         }
                         return Poll::Ready(Some(Err(message.into())));
                     }
