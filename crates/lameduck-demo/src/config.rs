@@ -40,6 +40,19 @@ pub struct Config {
     /// turns it off.
     #[arg(long, env = "LAMEDUCK_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub handshake_timeout: Duration,
+    /// HTTP/1.1: how long a request head (after the first) may take from its first byte; `0s`
+    /// turns it off.
+    #[arg(long, env = "LAMEDUCK_HEADER_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub header_timeout: Duration,
+    /// How long a connection may stay with nothing in flight before it is closed (HTTP/1.1)
+    /// or sent GOAWAY (HTTP/2, gRPC); `0s` turns it off.
+    #[arg(long, env = "LAMEDUCK_IDLE_TIMEOUT", default_value = "120s", value_parser = duration)]
+    pub idle_timeout: Duration,
+    /// How long a request body may go without data while it is read (408, a reset stream, or
+    /// gRPC CANCELLED). Unset: 30 s on the HTTP port and off on the gRPC ports (streaming calls
+    /// may be quiet for long); set, on all three; `0s` turns it off.
+    #[arg(long, env = "LAMEDUCK_BODY_TIMEOUT", value_parser = duration)]
+    pub body_timeout: Option<Duration>,
     /// How many connections each of the three servers holds at once; at the cap, newcomers
     /// wait in the kernel's queue.
     #[arg(long, env = "LAMEDUCK_MAX_CONNECTIONS", default_value_t = 16_384,

@@ -51,12 +51,17 @@ async fn main() {
                 Ok(())
             })
         })
-        .service(
-            "http",
-            HttpServer::bind(&config.http, http_api::router(api))
+        .service("http", {
+            let server = HttpServer::bind(&config.http, http_api::router(api))
                 .handshake_timeout(config.handshake_timeout)
-                .max_connections(config.max_connections as usize),
-        )
+                .header_timeout(config.header_timeout)
+                .idle_timeout(config.idle_timeout)
+                .max_connections(config.max_connections as usize);
+            match config.body_timeout {
+                Some(timeout) => server.body_timeout(timeout),
+                None => server,
+            }
+        })
         .service(
             "grpc-a",
             GrpcServer::bind(&config.grpc_a)
@@ -64,6 +69,8 @@ async fn main() {
                 .file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
                 .reflection(true)
                 .handshake_timeout(config.handshake_timeout)
+                .idle_timeout(config.idle_timeout)
+                .body_timeout(config.body_timeout.unwrap_or_default())
                 .max_connections(config.max_connections as usize),
         )
         .service(
@@ -73,6 +80,8 @@ async fn main() {
                 .file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
                 .reflection(true)
                 .handshake_timeout(config.handshake_timeout)
+                .idle_timeout(config.idle_timeout)
+                .body_timeout(config.body_timeout.unwrap_or_default())
                 .max_connections(config.max_connections as usize),
         );
     if let Some(path) = &config.pid_file {

@@ -20,10 +20,26 @@ pub(crate) enum Event {
     AtCap,
     /// An accept failed for want of a resource (descriptors, memory).
     AcceptError,
+    /// An HTTP/1 request head (after the first) not complete within the header timeout: the
+    /// connection was closed.
+    HeaderTimeout,
+    /// A connection with nothing in flight for the idle timeout: closed (HTTP/1) or sent
+    /// GOAWAY (HTTP/2).
+    IdleTimeout,
+    /// A request body the app waited for brought no data for the body timeout: the request
+    /// ended (408, a reset stream, or gRPC status CANCELLED).
+    BodyTimeout,
+    /// An HTTP/1 request head over the size limit: answered 431 and closed.
+    HeadersTooLarge,
+    /// An HTTP/2 connection closed with GOAWAY ENHANCE_YOUR_CALM: a flood of resets, pings
+    /// or settings (the rapid-reset attack among them).
+    H2TooManyResets,
+    /// An HTTP/2 connection closed for another protocol error of the client's.
+    H2ProtocolError,
 }
 
 /// How many kinds there are.
-const KINDS: usize = 5;
+const KINDS: usize = 11;
 
 /// The counts, one per kind.
 #[derive(Debug, Default)]
@@ -50,6 +66,12 @@ impl Events {
             panics: self.get(Event::Panic),
             at_cap: self.get(Event::AtCap),
             accept_errors: self.get(Event::AcceptError),
+            header_timeouts: self.get(Event::HeaderTimeout),
+            idle_timeouts: self.get(Event::IdleTimeout),
+            body_timeouts: self.get(Event::BodyTimeout),
+            headers_too_large: self.get(Event::HeadersTooLarge),
+            h2_too_many_resets: self.get(Event::H2TooManyResets),
+            h2_protocol_errors: self.get(Event::H2ProtocolError),
         }
     }
 }
@@ -64,7 +86,9 @@ mod tests {
         events.count(Event::HandshakeTimeout);
         events.count(Event::HandshakeTimeout);
         events.count(Event::WrongProtocol);
+        events.count(Event::H2ProtocolError);
         let report = events.report();
         assert_eq!((report.handshake_timeouts, report.wrong_protocol), (2, 1));
+        assert_eq!((report.h2_protocol_errors, report.body_timeouts), (1, 0));
     }
 }

@@ -163,6 +163,28 @@ pub struct ServingReport {
     pub at_cap: u64,
     /// Accepts that failed for want of a resource (out of descriptors, of memory).
     pub accept_errors: u64,
+    /// HTTP/1 connections closed because a request head (after the first) was not complete
+    /// within the header timeout.
+    #[serde(default)]
+    pub header_timeouts: u64,
+    /// Connections with nothing in flight for the idle timeout: closed (HTTP/1) or sent
+    /// GOAWAY (HTTP/2).
+    #[serde(default)]
+    pub idle_timeouts: u64,
+    /// Requests ended because their body brought no data for the body timeout while the app
+    /// waited for it (HTTP/1: answered 408).
+    #[serde(default)]
+    pub body_timeouts: u64,
+    /// HTTP/1 request heads over the size limit, answered 431.
+    #[serde(default)]
+    pub headers_too_large: u64,
+    /// HTTP/2 connections closed with GOAWAY ENHANCE_YOUR_CALM (a flood of resets: the
+    /// rapid-reset attack; of pings or settings).
+    #[serde(default)]
+    pub h2_too_many_resets: u64,
+    /// HTTP/2 connections closed for another protocol error of the client's.
+    #[serde(default)]
+    pub h2_protocol_errors: u64,
 }
 
 impl ServingReport {
@@ -448,6 +470,15 @@ impl fmt::Display for Report {
                     ("panics", u.serving.panics),
                     ("at the connection cap", u.serving.at_cap),
                     ("accept errors", u.serving.accept_errors),
+                    ("header timeouts", u.serving.header_timeouts),
+                    ("idle timeouts", u.serving.idle_timeouts),
+                    ("body timeouts", u.serving.body_timeouts),
+                    ("heads too large (431)", u.serving.headers_too_large),
+                    (
+                        "HTTP/2 floods (ENHANCE_YOUR_CALM)",
+                        u.serving.h2_too_many_resets,
+                    ),
+                    ("HTTP/2 protocol errors", u.serving.h2_protocol_errors),
                 ];
                 for (what, n) in closed.into_iter().filter(|(_, n)| *n > 0) {
                     write!(f, ", {what}: {n}")?;

@@ -86,7 +86,11 @@ impl GrpcServer {
     fn new(mut server: HttpServer<()>) -> Self {
         server.grpc = true;
         GrpcServer {
-            server: server.http2_only().without_health(),
+            // Streaming calls may be quiet for long: no body timeout unless asked for.
+            server: server
+                .http2_only()
+                .without_health()
+                .body_timeout(std::time::Duration::ZERO),
             routes: RoutesBuilder::default(),
             services: Vec::new(),
             descriptors: Vec::new(),
@@ -139,6 +143,23 @@ impl GrpcServer {
     /// [`HttpServer::handshake_timeout`] (default 10 s).
     pub fn handshake_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.server = self.server.handshake_timeout(timeout);
+        self
+    }
+
+    /// How long a connection may stay with no call in flight before it is sent GOAWAY
+    /// (clients reconnect at their next call), however often it pings; see
+    /// [`HttpServer::idle_timeout`] (default 120 s).
+    pub fn idle_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.server = self.server.idle_timeout(timeout);
+        self
+    }
+
+    /// How long a call's request stream may go without a message while the handler waits for
+    /// one; then the call ends with status CANCELLED. Off by default (`Duration::ZERO`): a
+    /// client-streaming or bidirectional call may be quiet for long by design, and HTTP/2 flow
+    /// control already bounds what a stalled stream holds. See [`HttpServer::body_timeout`].
+    pub fn body_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.server = self.server.body_timeout(timeout);
         self
     }
 

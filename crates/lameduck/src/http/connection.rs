@@ -12,7 +12,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -24,8 +23,10 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use crate::drain::{Drain, WorkGuard};
 use crate::error::BoxError;
 use crate::events::Event;
+use crate::http::body::RequestBody;
 use crate::http::request::RequestService;
 use crate::http::server::{Protocols, Shared};
+use crate::http::timeouts::{Snapshot, Verdict};
 
 /// How long after its accept a connection that has sent nothing yet may still deliver its first
 /// request once the drain has begun: a client that connected just before the drain is most
@@ -78,14 +79,16 @@ pub(crate) fn serve<S, B>(
     shared: &Arc<Shared>,
     slot: Option<OwnedSemaphorePermit>,
 ) where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S: tower_service::Service<Request<RequestBody>, Response = Response<B>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: http_body::Body + Send + 'static,
     B::Data: From<&'static str> + Send,
     B::Error: Into<BoxError>,
 {
-    let accepted = Instant::now();
     if nodelay {
         let _ = stream.set_nodelay(true);
     }
@@ -107,39 +110,74 @@ pub(crate) fn serve<S, B>(
     drain.clone().spawn_attached(async move {
         let conn = shared.builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
-        // The handshake timeout: a client that has not shown it speaks by then (silent, or
-        // stalled in its first request's head or the HTTP/2 preface) is closed.
-        let deadline = Some(shared.handshake_timeout)
-            .filter(|t| !t.is_zero())
-            .and_then(|t| accepted.checked_add(t));
-        // Without a deadline (off, or too far to count) the timer is never polled.
-        let mut watching = deadline.is_some();
-        let handshake = tokio::time::sleep_until(deadline.unwrap_or(accepted));
-        tokio::pin!(handshake);
+        // The timeouts of normal serving (handshake, header, idle), on one timer that is
+        // looked at lazily (see `timeouts`). When every one is off, it is never polled.
+        let born = state.born();
+        let mut next = shared.timeouts.judge(&state.snapshot(), Duration::ZERO);
+        let timer = tokio::time::sleep_until(born + at(next));
+        tokio::pin!(timer);
+        // Sent GOAWAY for being idle: it closes once the client has gone, or after a grace.
+        let mut going_away = false;
         let result = loop { break tokio::select! {
             biased;
             result = conn.as_mut() => result,
-            () = &mut handshake, if watching => {
-                if !state.handshake_done() {
-                    drain.count(Event::HandshakeTimeout);
-                    return;
+            () = &mut timer, if matches!(next, Verdict::At(_)) => {
+                let now = born.elapsed();
+                if going_away {
+                    if state.quiet() {
+                        return;
+                    }
+                    // A stream begun before the GOAWAY is still running: it finishes.
+                    next = Verdict::At(now + IDLE_CLOSE_GRACE);
+                    timer.as_mut().reset(born + at(next));
+                    continue;
                 }
-                watching = false;
+                next = shared.timeouts.judge(&state.snapshot(), now);
+                if next == Verdict::Close(Event::IdleTimeout) {
+                    // A request may have come this very moment, still in the kernel: a last
+                    // look before closing (the keep-alive race, made as narrow as it gets).
+                    state.read_now();
+                    let polled =
+                        std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await;
+                    if let Poll::Ready(result) = polled {
+                        log_end(&drain, peer, result);
+                        return;
+                    }
+                    next = shared.timeouts.judge(&state.snapshot(), now);
+                }
+                match next {
+                    Verdict::At(_) => timer.as_mut().reset(born + at(next)),
+                    Verdict::Off => {}
+                    Verdict::Close(event) => {
+                        drain.count(event);
+                        tracing::debug!(target: "lameduck", %peer, ?event, "connection closed");
+                        // Dropping the connection closes the socket.
+                        return;
+                    }
+                    Verdict::GoAway => {
+                        drain.count(Event::IdleTimeout);
+                        conn.as_mut().graceful_shutdown();
+                        going_away = true;
+                        next = Verdict::At(now + IDLE_CLOSE_GRACE);
+                        timer.as_mut().reset(born + at(next));
+                    }
+                }
                 continue;
             }
-            // The drain, for connections: once every listener is closed.
-            () = shared.closing.cancelled() => {
+            // The drain, for connections: once every listener is closed (a connection already
+            // going away for being idle just goes on).
+            () = shared.closing.cancelled(), if !going_away => {
                 // A request may sit in the kernel, sent before the drain began but not yet
                 // reported by the reactor: have hyper read it now, so that it is served rather
                 // than lost when an idle-looking connection is closed.
                 state.read_now();
                 let polled = std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await;
                 if let Poll::Ready(result) = polled {
-                    log_end(peer, result);
+                    log_end(&drain, peer, result);
                     return;
                 }
                 if state.closable_at_once() {
-                    let age = accepted.elapsed();
+                    let age = born.elapsed();
                     if state.nothing_read() && age < FIRST_REQUEST_GRACE {
                         // Connected a moment ago: its first request is most likely on the
                         // wire. It gets the rest of the grace (served as usual), then is
@@ -147,7 +185,7 @@ pub(crate) fn serve<S, B>(
                         tokio::select! {
                             biased;
                             result = conn.as_mut() => {
-                                log_end(peer, result);
+                                log_end(&drain, peer, result);
                                 return;
                             }
                             () = tokio::time::sleep(FIRST_REQUEST_GRACE - age) => {}
@@ -164,7 +202,7 @@ pub(crate) fn serve<S, B>(
                     tokio::select! {
                         biased;
                         result = conn.as_mut() => {
-                            log_end(peer, result);
+                            log_end(&drain, peer, result);
                             return;
                         }
                         () = tokio::time::sleep(left) => {}
@@ -187,14 +225,52 @@ pub(crate) fn serve<S, B>(
             }
         };
         };
-        log_end(peer, result);
+        log_end(&drain, peer, result);
     });
 }
 
-fn log_end(peer: SocketAddr, result: Result<(), BoxError>) {
-    if let Err(error) = result {
-        tracing::debug!(target: "lameduck", %peer, "connection ended: {error}");
+/// The time a verdict looks again at (since the accept); zero for one that does not.
+fn at(verdict: Verdict) -> Duration {
+    match verdict {
+        Verdict::At(at) => at,
+        _ => Duration::ZERO,
     }
+}
+
+/// Counts what ended a connection with an error the client caused (a head too large, an
+/// HTTP/2 flood or protocol error), and logs it.
+fn log_end(drain: &Drain, peer: SocketAddr, result: Result<(), BoxError>) {
+    let Err(error) = result else { return };
+    if let Some(event) = client_error(&*error) {
+        drain.count(event);
+    }
+    tracing::debug!(target: "lameduck", %peer, "connection ended: {error}");
+}
+
+/// The event a connection's error counts as, if the client caused it.
+fn client_error(error: &(dyn std::error::Error + 'static)) -> Option<Event> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(hyper) = error.downcast_ref::<hyper::Error>()
+            && hyper.is_parse_too_large()
+        {
+            return Some(Event::HeadersTooLarge);
+        }
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            // Only what this side detected and answered with GOAWAY: not the client's own
+            // GOAWAY, nor a broken socket.
+            if !(h2.is_go_away() && h2.is_library()) {
+                return None;
+            }
+            return match h2.reason() {
+                Some(h2::Reason::ENHANCE_YOUR_CALM) => Some(Event::H2TooManyResets),
+                Some(h2::Reason::NO_ERROR) | None => None,
+                Some(_) => Some(Event::H2ProtocolError),
+            };
+        }
+        cause = error.source();
+    }
+    None
 }
 
 /// One connection, as its requests and the drain see it.
@@ -227,6 +303,11 @@ pub(crate) struct ConnState {
     born: Instant,
     /// When the last request ended, in microseconds since `born` (`u64::MAX`: none yet).
     last_end_us: AtomicU64,
+    /// HTTP/1: no request since the last one ended; the next bytes read begin a head.
+    between: AtomicBool,
+    /// HTTP/1: when the first byte of the coming request head was read, in microseconds since
+    /// `born` (`u64::MAX`: none is coming).
+    head_began_us: AtomicU64,
 }
 
 /// The HTTP/2 client preface (RFC 9113 §3.4).
@@ -256,6 +337,31 @@ impl ConnState {
             write_blocked: AtomicBool::new(false),
             born: Instant::now(),
             last_end_us: AtomicU64::new(u64::MAX),
+            between: AtomicBool::new(true),
+            head_began_us: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// When it was accepted.
+    pub(crate) fn born(&self) -> Instant {
+        self.born
+    }
+
+    /// Microseconds since it was accepted.
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_micros()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// What its timer judges.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let at = |us: u64| (us != u64::MAX).then(|| Duration::from_micros(us));
+        Snapshot {
+            handshake_done: self.handshake_done(),
+            upgraded: self.upgraded(),
+            h2: self.is_h2(),
+            busy: !self.quiet(),
+            last_end: at(self.last_end_us.load(Ordering::Acquire)).unwrap_or_default(),
+            head_began: at(self.head_began_us.load(Ordering::Acquire)),
         }
     }
 
@@ -314,6 +420,11 @@ impl ConnState {
         if bytes.is_empty() {
             return true;
         }
+        if self.between.load(Ordering::Relaxed) {
+            // The first bytes of a request head: the header timeout counts from now.
+            self.between.store(false, Ordering::Relaxed);
+            self.head_began_us.store(self.now_us(), Ordering::Release);
+        }
         if before >= H2_PREFACE_LEN {
             // The first frame after the preface (its SETTINGS): the handshake is done.
             if !self.past_preface.load(Ordering::Relaxed) {
@@ -347,7 +458,7 @@ impl ConnState {
 
     /// Whether the client has shown it speaks: a first request head (HTTP/1), or the HTTP/2
     /// preface and the start of a frame after it.
-    fn handshake_done(&self) -> bool {
+    pub(crate) fn handshake_done(&self) -> bool {
         self.request_seen()
             || (self.is_h2()
                 && self.prefix_read.load(Ordering::Acquire) >= H2_PREFACE_LEN
@@ -381,22 +492,39 @@ impl ConnState {
     /// A request began: counted for the service (the report) and the connection (the drain).
     pub(crate) fn request_began(&self) {
         self.request_seen.store(true, Ordering::Release);
+        self.head_done();
         self.drain.request_started();
         self.active.fetch_add(1, Ordering::AcqRel);
     }
 
     /// A request's response has ended (or it was cut off).
     pub(crate) fn request_ended(&self) {
-        let at = u64::try_from(self.born.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
-        self.last_end_us.store(at, Ordering::Release);
+        self.ended_now();
         self.active.fetch_sub(1, Ordering::AcqRel);
         self.drain.request_finished();
     }
 
     /// A health check or another answer that is not counted still shows that the client
-    /// speaks: the connection is no longer silent.
-    pub(crate) fn saw_request(&self) {
+    /// speaks (the connection is no longer silent), and that it is not idle.
+    pub(crate) fn answered(&self) {
         self.request_seen.store(true, Ordering::Release);
+        self.head_done();
+        self.ended_now();
+    }
+
+    /// A request head is complete: no header timeout runs until the next one begins.
+    fn head_done(&self) {
+        self.between.store(false, Ordering::Relaxed);
+        self.head_began_us.store(u64::MAX, Ordering::Release);
+    }
+
+    /// A request ended now: the idle time counts from here, and (HTTP/1) the next bytes
+    /// begin a head.
+    fn ended_now(&self) {
+        self.last_end_us.store(self.now_us(), Ordering::Release);
+        if !self.is_h2() {
+            self.between.store(true, Ordering::Relaxed);
+        }
     }
 
     /// The socket is about to leave hyper for a handler's task (a 101, or a 2xx to CONNECT).

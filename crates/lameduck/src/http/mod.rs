@@ -4,7 +4,7 @@
 //!
 //! The pieces, in the order a connection meets them: the listener (bound, or passed to the
 //! process: the crate's `listen` module), `server` (the accept loop), `limits` (how long a
-//! client may take), `connection` (the socket, tracked and closed at the deadline; how the
+//! client may take; `timeouts` judges them for a connection, `body` for a request body), `connection` (the socket, tracked and closed at the deadline; how the
 //! connection ends at the drain), `request` (health answers, request counting, the deadline for requests that wait),
 //! and `extract`: with axum, a handler takes `lameduck::Drain` to learn of the drain (a
 //! server-sent-event stream ends itself, say).
@@ -29,6 +29,7 @@
 //! ```
 
 mod accept;
+mod body;
 mod connection;
 mod extract;
 mod health;
@@ -36,7 +37,9 @@ mod limits;
 mod panic;
 mod request;
 mod server;
+mod timeouts;
 
+pub use body::{BodyTimedOut, RequestBody};
 pub use connection::ConnExecutor;
 pub use health::Health;
 pub use server::{HttpServer, NotFound};

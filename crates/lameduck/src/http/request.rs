@@ -21,6 +21,7 @@ use pin_project_lite::pin_project;
 
 use crate::drain::Drain;
 use crate::error::BoxError;
+use crate::http::body::{BodyShared, BodyTimer, RequestBody};
 use crate::http::connection::{ConnState, Deadline};
 use crate::http::panic;
 use crate::http::server::Shared;
@@ -66,15 +67,16 @@ impl<S> RequestService<S> {
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for RequestService<S>
 where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone,
+    S: tower_service::Service<Request<RequestBody>, Response = Response<B>> + Clone,
+    S::Error: Into<BoxError>,
     B: Body,
     B::Data: From<&'static str>,
 {
     type Response = Response<ResponseBody<B>>;
-    type Error = S::Error;
+    type Error = BoxError;
     type Future = ResponseFuture<S, B>;
 
-    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
         let health = self.shared.health.as_ref();
         if let Some((status, text)) = health.and_then(|h| h.answer(&req, &self.shared.handle)) {
             let mut response = Response::new(ResponseBody::Text { text: Some(text) });
@@ -85,12 +87,20 @@ where
                 HeaderValue::from_static("text/plain; charset=utf-8"),
             );
             headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            self.conn.saw_request();
+            self.conn.answered();
             return ResponseFuture::Ready {
                 response: Some(response),
             };
         }
         let guard = RequestGuard::new(&self.conn);
+        // A body still to come is timed while the app waits for it.
+        let body = self
+            .shared
+            .body_timeout
+            .filter(|_| !req.body().is_end_stream())
+            .map(|timeout| BodyShared::new(self.shared.drain.clone(), timeout));
+        let timer = body.as_ref().map(BodyTimer::new);
+        let mut req = req.map(|incoming| RequestBody::new(incoming, timer));
         if self.shared.grpc {
             // tonic handlers read it from the request; axum's extractor finds it while the
             // handler runs (`serving`), without an allocation per request.
@@ -110,6 +120,7 @@ where
             connect,
             last,
             watch: None,
+            body,
         }
     }
 }
@@ -181,13 +192,13 @@ pin_project! {
     #[project = ResponseFutureProj]
     pub(crate) enum ResponseFuture<S, B>
     where
-        S: tower_service::Service<Request<Incoming>>,
+        S: tower_service::Service<Request<RequestBody>>,
     {
         App {
             // The request's method and URI, for the event if the handler panics.
             asked: (http::Method, http::Uri),
             #[pin]
-            future: TowerToHyperServiceFuture<S, Request<Incoming>>,
+            future: TowerToHyperServiceFuture<S, Request<RequestBody>>,
             guard: Option<RequestGuard>,
             grpc: bool,
             // A CONNECT request: a 2xx answer hands the socket over, as a 101 does.
@@ -195,6 +206,8 @@ pin_project! {
             // The connection's last request: its answer carries `Connection: close`.
             last: bool,
             watch: Option<Watch>,
+            // Its body, if it has one under the body timeout.
+            body: Option<Arc<BodyShared>>,
         },
         Ready { response: Option<Response<ResponseBody<B>>> },
     }
@@ -202,9 +215,10 @@ pin_project! {
 
 impl<S, B> Future for ResponseFuture<S, B>
 where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>>,
+    S: tower_service::Service<Request<RequestBody>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
 {
-    type Output = Result<Response<ResponseBody<B>>, S::Error>;
+    type Output = Result<Response<ResponseBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
@@ -216,6 +230,7 @@ where
                 connect,
                 last,
                 watch,
+                body,
             } => match panic::catch(|| serving(guard, || future.poll(cx))) {
                 Err(message) => {
                     // Answered now; hyper polls a ready future no more.
@@ -226,6 +241,15 @@ where
                     Poll::Ready(Ok(panic::answer(*grpc, h2)))
                 }
                 Ok(polled) => match polled {
+                    // The body stalled: the request ends, whatever the app is doing or
+                    // answered (its read failed).
+                    Poll::Pending | Poll::Ready(Ok(_))
+                        if body.as_ref().is_some_and(|b| b.timed_out(cx)) =>
+                    {
+                        let h2 = guard.as_ref().is_some_and(|g| g.conn.is_h2());
+                        guard.take();
+                        Poll::Ready(body_timed_out(body.as_deref(), *grpc, h2))
+                    }
                     Poll::Pending => {
                         let mut response = Response::new(ResponseBody::Text { text: None });
                         let ending =
@@ -268,18 +292,20 @@ where
                         }
                         let asked =
                             std::mem::replace(asked, (http::Method::GET, http::Uri::default()));
+                        let request_body = body.take();
                         Poll::Ready(Ok(response.map(|body| ResponseBody::App {
                             body,
                             guard: guard.take(),
                             grpc: *grpc,
                             watch: watch.take(),
                             asked,
+                            request_body,
                         })))
                     }
                     // Dropping the guard ends the request: hyper closes the connection.
                     Poll::Ready(Err(error)) => {
                         guard.take();
-                        Poll::Ready(Err(error))
+                        Poll::Ready(Err(error.into()))
                     }
                 },
             },
@@ -304,6 +330,9 @@ pin_project! {
             watch: Option<Watch>,
             // The request's method and URI, for the event if the body panics.
             asked: (http::Method, http::Uri),
+            // The request's body, if it has one under the body timeout: if it stalls, the
+            // response is cut off.
+            request_body: Option<Arc<BodyShared>>,
         },
         Text { text: Option<&'static str> },
     }
@@ -336,6 +365,7 @@ where
                 grpc,
                 watch,
                 asked,
+                request_body,
             } => {
                 if guard.is_none() {
                     // Ended: by the body itself, or by the deadline.
@@ -352,6 +382,14 @@ where
                         return Poll::Ready(Some(Err(message.into())));
                     }
                 };
+                if let Some(stalled) = request_body.as_deref()
+                    && !matches!(polled, Poll::Ready(None | Some(Err(_))))
+                    && stalled.timed_out(cx)
+                {
+                    let h2 = guard.as_ref().is_some_and(|g| g.conn.is_h2());
+                    guard.take();
+                    return Poll::Ready(Some(body_timed_out_midway(stalled, *grpc, h2)));
+                }
                 match &polled {
                     Poll::Ready(None | Some(Err(_))) => {
                         guard.take();
@@ -392,6 +430,60 @@ where
             ResponseBody::Text { text } => SizeHint::with_exact(text.map_or(0, |t| t.len() as u64)),
         }
     }
+}
+
+/// The answer to a request whose body stalled before its response began: 408 with
+/// `Connection: close` (HTTP/1), a reset stream (HTTP/2: CANCEL), or gRPC status CANCELLED.
+fn body_timed_out<B>(
+    body: Option<&BodyShared>,
+    grpc: bool,
+    h2: bool,
+) -> Result<Response<ResponseBody<B>>, BoxError> {
+    if h2 && !grpc {
+        return Err(Box::new(h2::Error::from(h2::Reason::CANCEL)));
+    }
+    let mut response = Response::new(ResponseBody::Text { text: None });
+    if grpc {
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.extend(cancelled(body));
+    } else {
+        *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
+        *response.body_mut() = ResponseBody::Text {
+            text: Some("request body timed out\n"),
+        };
+        let headers = response.headers_mut();
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+    }
+    Ok(response)
+}
+
+/// The end of a response whose request body stalled after it began: gRPC trailers with status
+/// CANCELLED, or an error (HTTP/2: the stream is reset with CANCEL; HTTP/1: the connection is
+/// closed).
+fn body_timed_out_midway<D>(body: &BodyShared, grpc: bool, h2: bool) -> Result<Frame<D>, BoxError> {
+    if grpc {
+        Ok(Frame::trailers(cancelled(Some(body))))
+    } else if h2 {
+        Err(Box::new(h2::Error::from(h2::Reason::CANCEL)))
+    } else {
+        Err(Box::new(body.error()))
+    }
+}
+
+/// `grpc-status: 1` (CANCELLED) and why.
+fn cancelled(body: Option<&BodyShared>) -> HeaderMap {
+    let mut status = HeaderMap::new();
+    status.insert("grpc-status", HeaderValue::from_static("1"));
+    let message = body.map(|b| b.error().to_string()).unwrap_or_default();
+    if let Ok(message) = HeaderValue::from_str(&message) {
+        status.insert("grpc-message", message);
+    }
+    status
 }
 
 thread_local! {

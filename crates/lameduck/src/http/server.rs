@@ -13,7 +13,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use socket2::SockRef;
@@ -23,9 +22,11 @@ use tokio_util::sync::CancellationToken;
 use crate::drain::Drain;
 use crate::error::BoxError;
 use crate::http::accept::{Gate, Slots};
+use crate::http::body::RequestBody;
 use crate::http::connection::{self, ConnExecutor};
 use crate::http::health::Health;
-use crate::http::limits::Limits;
+use crate::http::limits::{self, Limits};
+use crate::http::timeouts::Timeouts;
 use crate::listen::{Listen, SocketOptions};
 use crate::ready::LifecycleHandle;
 use crate::service::{Service, StartContext};
@@ -129,6 +130,43 @@ impl<S> HttpServer<S> {
         self
     }
 
+    /// HTTP/1.1: how long a request head may take, from its first byte to its end (the first
+    /// request's is under the [handshake timeout](Self::handshake_timeout) instead). A
+    /// connection whose head is not complete by then (a client trickling its headers) is
+    /// closed quietly and counted (`serving.header_timeouts`). Default 30 s, as hyper's
+    /// header-read timeout; unlike hyper's, it does not run while the connection is idle
+    /// (that is the [idle timeout](Self::idle_timeout)). `Duration::ZERO` turns it off.
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.header_timeout = timeout;
+        self
+    }
+
+    /// How long a connection may stay with nothing in flight (no request running, no response
+    /// being written), from the end of its last response: then an HTTP/1.1 connection is
+    /// closed, and an HTTP/2 connection is sent GOAWAY (and closed once the client has gone,
+    /// or a second later), however often the client pings. Counted (`serving.idle_timeouts`).
+    /// Default 120 s: above the idle timeouts of the balancers and proxies in front of most
+    /// services (AWS ALB, nginx: 60 s), so that they close first and never send a request
+    /// into a connection this server is closing. `Duration::ZERO` turns it off.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.idle_timeout = timeout;
+        self
+    }
+
+    /// How long a request body may go without data while the app waits for it. Then the
+    /// request ends: the app's read fails ([`BodyTimedOut`](crate::http::BodyTimedOut)), its
+    /// handler is dropped, and the client gets 408 with `Connection: close` (HTTP/1.1, if no
+    /// response has begun; otherwise the connection is closed), a reset stream (HTTP/2:
+    /// RST_STREAM CANCEL) or gRPC status CANCELLED. Counted (`serving.body_timeouts`). It
+    /// times a stall, not a slow upload: each chunk that comes starts it again, and a body
+    /// the app does not read is not timed. Default 30 s for an `HttpServer` (nginx: 60 s),
+    /// off for a [`GrpcServer`](crate::grpc::GrpcServer), whose streaming calls may be
+    /// quiet for long. `Duration::ZERO` turns it off.
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.body_timeout = timeout;
+        self
+    }
+
     /// How many connections the server holds open at once (at least 1). At the cap it stops
     /// accepting: newcomers wait in the kernel's listen queue (up to the backlog) rather than
     /// being accepted and closed, and are taken as soon as a connection ends. Each accept that
@@ -190,9 +228,11 @@ impl<S> HttpServer<S> {
         self
     }
 
-    /// Tunes hyper's connection builder (timeouts, window sizes, header limits) before the
-    /// server starts. Its timer is set already, so hyper's HTTP/1 header-read
-    /// timeout (30 s) and HTTP/2 keep-alive options work.
+    /// Tunes hyper's connection builder (window sizes, header limits, HTTP/2 keep-alive pings)
+    /// before the server starts. Its timer is set already, so hyper's timer-based options
+    /// work. hyper's own HTTP/1 header-read timeout is off: [`header_timeout`](Self::header_timeout)
+    /// and [`idle_timeout`](Self::idle_timeout) do its work apart (hyper's also runs while a
+    /// connection is idle, and closes it at 30 s).
     ///
     /// ```
     /// use lameduck::http::HttpServer;
@@ -200,8 +240,8 @@ impl<S> HttpServer<S> {
     ///
     /// let app: axum::Router = axum::Router::new();
     /// let server = HttpServer::bind("127.0.0.1:0", app).configure(|builder| {
-    ///     builder.http1().header_read_timeout(Duration::from_secs(5));
-    ///     builder.http2().max_concurrent_streams(250);
+    ///     builder.http1().max_buf_size(64 * 1024);
+    ///     builder.http2().max_concurrent_streams(250).keep_alive_interval(Duration::from_secs(20));
     /// });
     /// # drop(server);
     /// ```
@@ -253,7 +293,10 @@ impl<S> fmt::Debug for HttpServer<S> {
 
 impl<S, B> Service for HttpServer<S>
 where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S: tower_service::Service<Request<RequestBody>, Response = Response<B>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: http_body::Body + Send + 'static,
@@ -273,7 +316,8 @@ where
             builder: builder(self.protocols, self.configure),
             grpc: self.grpc,
             protocols: self.protocols,
-            handshake_timeout: self.limits.handshake_timeout,
+            timeouts: Timeouts::new(&self.limits),
+            body_timeout: limits::on(self.limits.body_timeout),
             closing: CancellationToken::new(),
             open_listeners: AtomicUsize::new(listeners.len()),
             slots: Slots::new(self.limits.max_connections),
@@ -323,8 +367,10 @@ pub(crate) struct Shared {
     pub(crate) grpc: bool,
     /// The HTTP versions spoken: a connection that starts with another is closed at once.
     pub(crate) protocols: Protocols,
-    /// See [`HttpServer::handshake_timeout`].
-    pub(crate) handshake_timeout: Duration,
+    /// The handshake, header and idle timeouts.
+    pub(crate) timeouts: Timeouts,
+    /// See [`HttpServer::body_timeout`] (`None`: off).
+    pub(crate) body_timeout: Option<Duration>,
     /// Cancelled once every listener of the server is closed (or handed over): only then do
     /// connections begin to end, so that a client that reconnects when its connection closes
     /// finds the port refusing (and goes elsewhere), not a listener about to reset it.
@@ -362,7 +408,12 @@ pub(crate) enum Protocols {
 /// need one), the protocols chosen, the user's tuning applied.
 fn builder(protocols: Protocols, configure: Option<Configure>) -> auto::Builder<ConnExecutor> {
     let mut builder = auto::Builder::new(ConnExecutor);
-    builder.http1().timer(TokioTimer::new());
+    // The header and idle timeouts are the connection's (hyper's would close an idle
+    // connection at 30 s, and cost a timer per request).
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None);
     builder.http2().timer(TokioTimer::new());
     builder = match protocols {
         Protocols::Both => builder,
@@ -395,7 +446,10 @@ async fn accept<S, B>(
     open: ListenerOpen,
 ) -> Result<(), BoxError>
 where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S: tower_service::Service<Request<RequestBody>, Response = Response<B>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: http_body::Body + Send + 'static,
