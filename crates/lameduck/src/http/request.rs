@@ -243,9 +243,7 @@ where
                 Ok(polled) => match polled {
                     // The body stalled: the request ends, whatever the app is doing or
                     // answered (its read failed).
-                    Poll::Pending | Poll::Ready(Ok(_))
-                        if body.as_ref().is_some_and(|b| b.timed_out(cx)) =>
-                    {
+                    _ if body.as_ref().is_some_and(|b| b.timed_out(cx)) => {
                         let h2 = guard.as_ref().is_some_and(|g| g.conn.is_h2());
                         guard.take();
                         Poll::Ready(body_timed_out(body.as_deref(), *grpc, h2))
