@@ -2,9 +2,12 @@
 //!
 //! Start: the store opens SQLite while the HTTP server and both gRPC servers bind; ready when all
 //! four have. Serve: writes are acknowledged from the cache and flushed every
-//! `--flush-interval`. Shutdown (SIGINT, SIGTERM, SIGQUIT): readiness off, `--lame-duck` delay,
-//! drain under `--drain-timeout`, then the hooks in order: the final flush of everything
-//! acknowledged, then the database's close (WAL checkpoint). A second signal exits at once.
+//! `--flush-interval`; a flush that fails is retried (100 ms, doubling, at most 5 s or the
+//! interval), logged at WARN each time, and holds the process not ready (`/readyz` 503 naming
+//! `store`, gRPC NOT_SERVING) until one works, logged at INFO. Shutdown (SIGINT, SIGTERM,
+//! SIGQUIT): readiness off, `--lame-duck` delay, drain under `--drain-timeout`, then the hooks
+//! in order: the final flush of everything acknowledged, then the database's close (WAL
+//! checkpoint). A second signal exits at once.
 //!
 //! Under systemd the servers take the sockets passed as `http`, `grpc-a` and `grpc-b`, and the
 //! lifecycle tells systemd when it is ready and stopping (`deploy/systemd/`).
@@ -17,6 +20,7 @@ use lameduck::grpc::GrpcServer;
 use lameduck::http::HttpServer;
 use lameduck::{Lifecycle, Phase, Report, StartContext};
 use lameduck_demo::config::{Config, LogFormat};
+use lameduck_demo::flusher;
 use lameduck_demo::grpc_api::{EchoService, StoreService};
 use lameduck_demo::http_api::{self, Api};
 use lameduck_demo::proto::{self, echo_server::EchoServer, store_server::StoreServer};
@@ -88,23 +92,14 @@ async fn main() {
         lifecycle = lifecycle.pid_file(path);
     }
     if !write_through {
+        // A failed flush keeps the writes, is retried with a backoff, and holds the process not
+        // ready until one works (`flusher`); the final flush reports.
         let flushing = store.clone();
         let interval = config.flush_interval;
+        let handle = lifecycle.handle();
         lifecycle = lifecycle.task("flusher", move |stop| async move {
-            let mut tick =
-                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    biased;
-                    () = stop.cancelled() => return Ok(()),
-                    _ = tick.tick() => {}
-                }
-                // A failed flush keeps the writes for the next one; the final flush reports.
-                if let Err(error) = flushing.flush().await {
-                    tracing::warn!("periodic flush failed, will retry: {error}");
-                }
-            }
+            flusher::run(flushing, interval, handle, stop.cancelled_owned()).await;
+            Ok(())
         });
     }
     let final_flush = store.clone();

@@ -2,9 +2,11 @@
 //!
 //! A write is acknowledged as soon as it is in the in-memory cache; [`Store::flush`] moves what
 //! the cache holds to SQLite in one transaction. Reads see the cache first, then the database.
-//! The lifecycle flushes periodically (a background task) and once more after the last request
-//! (a FLUSH hook), then closes the database (a CLOSE hook), so a graceful exit loses nothing that
-//! was acknowledged. A SIGKILL loses what was acknowledged since the last flush.
+//! The lifecycle flushes periodically (a background task: [`crate::flusher`], which retries a
+//! failed flush with a backoff and holds the process not ready until one works) and once more
+//! after the last request (a FLUSH hook), then closes the database (a CLOSE hook), so a graceful
+//! exit loses nothing that was acknowledged. A SIGKILL loses what was acknowledged since the
+//! last flush.
 //!
 //! The cache is bounded in bytes (keys and values): a write that would go past the bound
 //! flushes first and waits, a bounded time, for room; if there is none by then it is refused

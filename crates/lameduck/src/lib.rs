@@ -5,8 +5,9 @@
 //!
 //! 1. **start** ([`Service`], [`service_fn`], [`StartContext`]): every start step (bind, prepare) runs
 //!    concurrently; a failure stops the rest, releases every port, and names the culprit.
-//! 2. **ready** ([`LifecycleHandle`], [`State`]): ready only when all started; observable by
-//!    waiting, watching, or the log line with the time it took.
+//! 2. **ready** ([`LifecycleHandle`], [`State`], [`Impairment`]): ready only when all started;
+//!    observable by waiting, watching, or the log line with the time it took; held down while
+//!    the application says it is impaired (a dependency down, a flush failing).
 //! 3. **signal** ([`Signal`]): SIGINT, SIGTERM, SIGQUIT (Ctrl+C, Ctrl+Break on Windows), the
 //!    handle, or a failing service start the shutdown; a second signal forces it.
 //! 4. **drain** ([`Drain`]): readiness off, lame-duck delay, listeners closed, in-flight work
@@ -54,6 +55,7 @@ mod hooks;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
+mod impair;
 mod lifecycle;
 mod listen;
 mod notify;
@@ -68,6 +70,7 @@ mod upgrade;
 
 pub use drain::{Drain, WorkGuard};
 pub use error::{BindError, BoxError, InheritError, ListenError, NotReady, StartError};
+pub use impair::{Impaired, Impairment};
 pub use lifecycle::Lifecycle;
 pub use listen::ListenFdsError;
 pub use phase::Phase;

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::NotReady;
+use crate::impair::{Impaired, Impairment, Impairments};
 use crate::service::Addresses;
 
 /// Where the lifecycle is.
@@ -56,9 +57,9 @@ pub struct LifecycleHandle {
     became_ready: Arc<AtomicBool>,
     /// Each service's addresses, as its start step records them.
     addresses: Published,
-    /// Servers that cannot accept right now (out of descriptors, say): not ready meanwhile.
-    /// A watch, so that health streams follow it.
-    impaired: Arc<watch::Sender<usize>>,
+    /// What holds readiness down now ([`impair`](Self::impair)): application code, and
+    /// servers that cannot accept (out of descriptors, say).
+    impaired: Arc<Impairments>,
 }
 
 /// Each service's name and addresses, shared by every handle.
@@ -88,7 +89,7 @@ impl Control {
                 start_error: Arc::new(OnceLock::new()),
                 became_ready: Arc::new(AtomicBool::new(false)),
                 addresses: Arc::default(),
-                impaired: Arc::new(watch::Sender::new(0)),
+                impaired: Arc::new(Impairments::new()),
             },
         }
     }
@@ -136,33 +137,74 @@ impl LifecycleHandle {
         *self.state.borrow()
     }
 
-    /// Whether the lifecycle is ready (every service started, no shutdown begun, and no server
-    /// failing to accept connections right now): what a readiness probe should answer.
+    /// Whether the lifecycle is ready (every service started, no shutdown begun, and nothing
+    /// [impaired](Self::impair) right now, a server failing to accept connections included):
+    /// what a readiness probe should answer. No mutex, no allocation.
     pub fn is_ready(&self) -> bool {
-        self.state() == State::Ready && self.accepting()
+        self.state() == State::Ready && !self.is_impaired()
     }
 
-    /// Whether every server can accept connections now (none is out of descriptors, say).
-    pub fn accepting(&self) -> bool {
-        *self.impaired.borrow() == 0
+    /// Whether anything holds readiness down now: an [`Impairment`] of the application's, or a
+    /// server that cannot accept connections (out of descriptors, say). No mutex, no
+    /// allocation.
+    pub fn is_impaired(&self) -> bool {
+        self.impaired.any()
     }
 
-    /// How many servers cannot accept now, and every change of it.
+    /// Says that this process should get no traffic right now, and why: while the returned
+    /// guard (or any other) lives, [`is_ready`](Self::is_ready) is false, `/readyz` answers
+    /// 503 with a line `not ready: <who>: <reason>` for each, and gRPC health says NOT_SERVING.
+    /// The process serves on, and nothing else changes: dropping the last guard makes it ready
+    /// again, if it still is in [`State::Ready`]. For a dependency that is down, a backlog
+    /// past its bound, a cache that cannot be flushed: what a load balancer should route
+    /// around, not a reason to stop.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use lameduck::{Lifecycle, StartContext};
+    ///
+    /// let lifecycle = Lifecycle::new()
+    ///     .handle_signals(false)
+    ///     .service("api", |ctx: StartContext| async move {
+    ///         let drain = ctx.drain();
+    ///         Ok(async move { drain.draining().await; Ok(()) })
+    ///     });
+    /// let handle = lifecycle.handle();
+    /// let run = tokio::spawn(lifecycle.run());
+    /// handle.wait_ready().await.unwrap();
+    /// assert!(handle.is_ready());
+    ///
+    /// let failing = handle.impair("store", "flush failing: database is locked");
+    /// assert!(!handle.is_ready());
+    /// assert_eq!(handle.impairments()[0].who, "store");
+    /// failing.set_reason("flush failing: disk I/O error");
+    /// drop(failing);
+    /// assert!(handle.is_ready());
+    ///
+    /// handle.shutdown();
+    /// run.await.unwrap();
+    /// # }
+    /// ```
+    pub fn impair(&self, who: impl Into<String>, reason: impl Into<String>) -> Impairment {
+        self.impaired.add(who.into(), reason.into())
+    }
+
+    /// What is [impaired](Self::impair) now, oldest first: the application's impairments, and
+    /// the servers that cannot accept connections (named after the server).
+    pub fn impairments(&self) -> Vec<Impaired> {
+        self.impaired.list()
+    }
+
+    /// How many impairments there are, and a wake-up at each addition and removal.
     #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
     pub(crate) fn subscribe_impaired(&self) -> watch::Receiver<usize> {
         self.impaired.subscribe()
     }
 
-    /// A server could not accept (`true`), or can again (`false`).
+    /// `/readyz`'s lines naming each impairment (sanitized, cut short); `None` if there is none.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    pub(crate) fn impaired(&self, on: bool) {
-        self.impaired.send_modify(|failing| {
-            *failing = if on {
-                *failing + 1
-            } else {
-                failing.saturating_sub(1)
-            };
-        });
+    pub(crate) fn impaired_text(&self) -> Option<String> {
+        self.impaired.text()
     }
 
     /// Waits until the lifecycle has become ready: `Ok` once every service has started, even if
@@ -238,9 +280,10 @@ impl LifecycleHandle {
     /// process's path is started with every listener, and once it is ready this process shuts
     /// down (the report's trigger is [`Trigger::Upgraded`](crate::Trigger::Upgraded)); if it
     /// fails or is not ready in time, it is stopped and this one serves on, as the log says.
-    /// Only while ready; a request during an upgrade is ignored. Linux only.
+    /// Only in [`State::Ready`] (an [impaired](Self::impair) process may be upgraded: the new
+    /// binary may be the fix); a request during an upgrade is ignored. Linux only.
     pub fn upgrade(&self) {
-        if self.is_ready() {
+        if self.state() == State::Ready {
             self.upgrade.notify_one();
         } else {
             tracing::warn!(target: "lameduck", state = ?self.state(), "upgrade asked for while not ready: ignored");
@@ -276,5 +319,50 @@ impl LifecycleHandle {
     /// [`ExitCode::Forced`](crate::ExitCode::Forced).
     pub fn force(&self) {
         self.force.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ready_again_only_once_the_last_impairment_is_dropped() {
+        let control = Control::new();
+        let handle = control.handle.clone();
+        let mut changes = handle.subscribe_impaired();
+        control.set(State::Ready);
+        assert!(handle.is_ready());
+
+        let store = handle.impair("store", "flush failing: database is locked");
+        let queue = handle.impair(String::from("queue"), format!("behind by {} jobs", 12));
+        assert!(!handle.is_ready());
+        assert!(handle.is_impaired());
+        assert_eq!(handle.state(), State::Ready, "the state is not changed");
+        changes.changed().await.unwrap();
+        let who: Vec<String> = handle.impairments().into_iter().map(|i| i.who).collect();
+        assert_eq!(who, ["store", "queue"]);
+
+        drop(store);
+        assert!(!handle.is_ready(), "one is left");
+        assert_eq!(handle.impairments()[0].reason, "behind by 12 jobs");
+        drop(queue);
+        assert!(handle.is_ready());
+        assert!(handle.impairments().is_empty());
+        changes.changed().await.unwrap();
+        assert_eq!(*changes.borrow(), 0);
+
+        // Impaired or not, a lifecycle that is not in `Ready` is not ready.
+        control.set(State::Draining);
+        assert!(!handle.is_ready());
+    }
+
+    #[test]
+    fn an_impairment_outlives_its_lifecycle_harmlessly() {
+        let control = Control::new();
+        let impairment = control.handle.impair("late", "after the end");
+        drop(control);
+        impairment.set_reason("still fine");
+        drop(impairment);
     }
 }

@@ -1,6 +1,7 @@
 //! `grpc.health.v1`, answered from the lifecycle's state: SERVING once ready, NOT_SERVING
-//! before, and from the first moment of the shutdown. `Watch` streams end at the shutdown, after
-//! saying NOT_SERVING, so that they never hold a drain open.
+//! before, from the first moment of the shutdown, and while anything is
+//! [impaired](crate::LifecycleHandle::impair) (a server that cannot accept included). `Watch`
+//! streams end at the shutdown, after saying NOT_SERVING, so that they never hold a drain open.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -67,11 +68,11 @@ impl Health for LifecycleHealth {
     ) -> Result<Response<HealthCheckResponse>, Status> {
         self.known(&request)?;
         Ok(Response::new(HealthCheckResponse {
-            // Not serving while a server cannot accept (out of descriptors): as `/readyz`.
-            status: if self.handle.accepting() {
-                status_of(self.handle.state())
-            } else {
+            // Not serving while impaired (a server out of descriptors, say): as `/readyz`.
+            status: if self.handle.is_impaired() {
                 ServingStatus::NotServing
+            } else {
+                status_of(self.handle.state())
             } as i32,
         }))
     }
@@ -87,9 +88,9 @@ impl Health for LifecycleHealth {
         let unknown = self.known(&request).is_err();
         Ok(Response::new(HealthWatch {
             states: WatchStream::new(self.handle.subscribe()),
-            impaired: WatchStream::new(self.handle.subscribe_impaired()),
+            impairments: WatchStream::new(self.handle.subscribe_impaired()),
             state: None,
-            accepting: true,
+            impaired: false,
             unknown,
             last: None,
             ended: false,
@@ -98,14 +99,15 @@ impl Health for LifecycleHealth {
 }
 
 /// The status now, then every change, until the shutdown's NOT_SERVING: then the stream ends
-/// (status OK), so a watching client holds no connection open through the drain. A server that
-/// cannot accept (out of descriptors) makes it NOT_SERVING until it can again.
+/// (status OK), so a watching client holds no connection open through the drain. An
+/// impairment (a server that cannot accept, one of the application's) makes it NOT_SERVING
+/// until the last one is gone.
 pub(crate) struct HealthWatch {
     states: WatchStream<State>,
-    /// How many servers cannot accept now.
-    impaired: WatchStream<usize>,
+    /// How many impairments there are now, at each change.
+    impairments: WatchStream<usize>,
     state: Option<State>,
-    accepting: bool,
+    impaired: bool,
     unknown: bool,
     last: Option<ServingStatus>,
     ended: bool,
@@ -128,8 +130,8 @@ impl Stream for HealthWatch {
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => {}
             }
-            if let Poll::Ready(Some(failing)) = Pin::new(&mut self.impaired).poll_next(cx) {
-                self.accepting = failing == 0;
+            if let Poll::Ready(Some(count)) = Pin::new(&mut self.impairments).poll_next(cx) {
+                self.impaired = count != 0;
                 changed = true;
             }
             if !changed {
@@ -139,7 +141,7 @@ impl Stream for HealthWatch {
             self.ended = matches!(state, State::Draining | State::Stopped);
             let status = if self.unknown {
                 ServingStatus::ServiceUnknown
-            } else if !self.accepting && state == State::Ready {
+            } else if self.impaired && state == State::Ready {
                 ServingStatus::NotServing
             } else {
                 status_of(state)
@@ -163,7 +165,7 @@ mod tests {
     use crate::ready::Control;
 
     #[tokio::test]
-    async fn a_watch_follows_readiness_and_a_server_that_cannot_accept() {
+    async fn a_watch_follows_readiness_and_impairments() {
         let control = Control::new();
         control.set(State::Ready);
         let health = LifecycleHealth::new(control.handle.clone(), Vec::new());
@@ -174,9 +176,20 @@ mod tests {
             .into_inner();
         let mut next = async || watch.next().await.unwrap().unwrap().status;
         assert_eq!(next().await, ServingStatus::Serving as i32);
-        control.handle.impaired(true);
+        let accept = control
+            .handle
+            .impair("grpc-a", "cannot accept connections: EMFILE");
         assert_eq!(next().await, ServingStatus::NotServing as i32);
-        control.handle.impaired(false);
+        let store = control.handle.impair("store", "flush failing");
+        drop(accept);
+        // Still impaired: nothing to say until the last one goes.
+        let check = || async {
+            let request = Request::new(HealthCheckRequest::default());
+            health.check(request).await.unwrap().into_inner().status
+        };
+        assert_eq!(check().await, ServingStatus::NotServing as i32);
+        drop(store);
+        assert_eq!(check().await, ServingStatus::Serving as i32);
         assert_eq!(next().await, ServingStatus::Serving as i32);
         control.set(State::Draining);
         assert_eq!(next().await, ServingStatus::NotServing as i32);

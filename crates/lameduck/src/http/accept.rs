@@ -7,8 +7,9 @@
 //!   at most once a second.
 //! - **Accept errors** (EMFILE, ENFILE, ENOBUFS, ENOMEM): the loop waits 1 ms, doubling up to
 //!   1 s, and back to 1 ms at the next success; one log line a second at most, with the count;
-//!   and while it cannot accept, the lifecycle is not ready (`/readyz` 503, gRPC health
-//!   NOT_SERVING), back once it can.
+//!   and while it cannot accept, the server holds an [`Impairment`] (named after it, the reason
+//!   `cannot accept connections: <the error>`): the lifecycle is not ready (`/readyz` 503
+//!   naming it, gRPC health NOT_SERVING), back once it can.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::drain::Drain;
 use crate::events::Event;
+use crate::impair::Impairment;
 use crate::ready::LifecycleHandle;
 
 /// The first wait after an accept error.
@@ -60,7 +62,9 @@ pub(crate) struct Gate {
     drain: Drain,
     handle: LifecycleHandle,
     backoff: Duration,
-    failing: bool,
+    /// Held while the server cannot accept; dropped (ready again) at the next success, or
+    /// with the loop at the drain.
+    impairment: Option<Impairment>,
     failures: u64,
     said_failing: Option<Instant>,
     said_at_cap: Option<Instant>,
@@ -73,7 +77,7 @@ impl Gate {
             drain,
             handle,
             backoff: FIRST_BACKOFF,
-            failing: false,
+            impairment: None,
             failures: 0,
             said_failing: None,
             said_at_cap: None,
@@ -98,9 +102,9 @@ impl Gate {
         self.failures += 1;
         // Out of a resource, the server cannot take anyone: not ready until it can. Any other
         // error is waited out the same way, without saying so.
-        if !self.failing && out_of_resources(error) {
-            self.failing = true;
-            self.handle.impaired(true);
+        if self.impairment.is_none() && out_of_resources(error) {
+            let reason = format!("cannot accept connections: {error}");
+            self.impairment = Some(self.handle.impair(&*self.service, reason));
         }
         if due(&mut self.said_failing) {
             tracing::error!(
@@ -117,31 +121,20 @@ impl Gate {
         wait
     }
 
-    /// Whether the last accept failed.
+    /// Whether the server cannot accept (out of resources) since its last success.
     pub(crate) fn failing(&self) -> bool {
-        self.failing
+        self.impairment.is_some()
     }
 
     /// After an accept that succeeded.
     pub(crate) fn succeeded(&mut self) {
-        if self.failing {
-            self.failing = false;
+        if self.impairment.take().is_some() {
             self.backoff = FIRST_BACKOFF;
-            self.handle.impaired(false);
             tracing::info!(
                 target: "lameduck",
                 service = %self.service,
                 "accepting again"
             );
-        }
-    }
-}
-
-impl Drop for Gate {
-    /// A loop that ends while failing (the drain) no longer holds readiness down.
-    fn drop(&mut self) {
-        if self.failing {
-            self.handle.impaired(false);
         }
     }
 }
