@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper_util::rt::TokioIo;
 use socket2::SockRef;
@@ -86,7 +87,7 @@ pub(crate) fn serve<S, B>(
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: http_body::Body + Send + 'static,
-    B::Data: From<&'static str> + Send,
+    B::Data: From<Bytes> + Send,
     B::Error: Into<BoxError>,
 {
     if nodelay {

@@ -1,9 +1,8 @@
 //! Liveness and readiness endpoints, answered before the app sees the request.
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
-use std::sync::{Mutex, PoisonError};
 
+use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 
 use crate::ready::{LifecycleHandle, State};
@@ -67,17 +66,17 @@ impl Health {
         self
     }
 
-    /// The answer to `req`, if it is a health check, with a body that lives for good (what the
-    /// response body takes today): [`respond`](Self::respond)'s, interned.
+    /// The answer to `req`, if it is a health check: [`respond`](Self::respond)'s, as the
+    /// response body takes it.
     pub(crate) fn answer<B>(
         &self,
         req: &Request<B>,
         handle: &LifecycleHandle,
-    ) -> Option<(StatusCode, &'static str)> {
+    ) -> Option<(StatusCode, Bytes)> {
         self.respond(req, handle).map(|(status, body)| {
             let body = match body {
-                Cow::Borrowed(body) => body,
-                Cow::Owned(body) => interned(body),
+                Cow::Borrowed(body) => Bytes::from_static(body.as_bytes()),
+                Cow::Owned(body) => Bytes::from(body),
             };
             (status, body)
         })
@@ -116,39 +115,6 @@ impl Health {
     }
 }
 
-/// At most this many distinct impaired answers are kept, for the life of the process (each at
-/// most 9 lines of at most 200 characters: below 2 KB in ASCII, 7 KB at worst): under 1 MB in
-/// all. Past that, a new text is answered with [`TOO_MANY`], which does not name them.
-const MAX_INTERNED: usize = 128;
-
-/// The answer naming the impairments once [`MAX_INTERNED`] distinct ones have been given.
-const TOO_MANY: &str = "not ready: impaired (the reasons changed too often to show them here)\n";
-
-/// `text` as a `&'static str`, each distinct text leaked once, at most [`MAX_INTERNED`] of them.
-///
-/// Why: the response body of the server's own answers takes a `&'static str` (no allocation
-/// per probe), and the impaired answer is built at run time. The texts repeat (the same
-/// reasons, while they last), so a few are kept for good; a reason that changes at every
-/// probe (a counter in it, say) ends at [`TOO_MANY`] instead of growing the memory. Gone once
-/// the body can carry an owned text ([`Health::respond`]'s `Cow`).
-fn interned(text: String) -> &'static str {
-    static KEPT: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
-    intern(&KEPT, text)
-}
-
-fn intern(kept: &Mutex<BTreeSet<&'static str>>, text: String) -> &'static str {
-    let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(known) = kept.get(text.as_str()) {
-        return known;
-    }
-    if kept.len() >= MAX_INTERNED {
-        return TOO_MANY;
-    }
-    let leaked: &'static str = Box::leak(text.into_boxed_str());
-    kept.insert(leaked);
-    leaked
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,10 +129,16 @@ mod tests {
         let control = Control::new();
         let handle = control.handle.clone();
         let health = Health::new();
-        let readyz = || health.answer(&get("/readyz"), &handle).unwrap();
-        assert_eq!(readyz(), (StatusCode::SERVICE_UNAVAILABLE, "starting\n"));
+        let readyz = || {
+            let (status, body) = health.answer(&get("/readyz"), &handle).unwrap();
+            (status, String::from_utf8(body.to_vec()).unwrap())
+        };
+        assert_eq!(
+            readyz(),
+            (StatusCode::SERVICE_UNAVAILABLE, "starting\n".to_owned())
+        );
         control.set(State::Ready);
-        assert_eq!(readyz(), (StatusCode::OK, "ready\n"));
+        assert_eq!(readyz(), (StatusCode::OK, "ready\n".to_owned()));
         assert!(matches!(
             health.respond(&get("/readyz"), &handle),
             Some((StatusCode::OK, Cow::Borrowed("ready\n")))
@@ -180,50 +152,31 @@ mod tests {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: store: flush failing: database is locked\n\
                  not ready: http: cannot accept connections:  EMFILE\n"
+                    .to_owned()
             )
         );
-        // The same text is the same leaked one.
-        assert!(std::ptr::eq(readyz().1, readyz().1));
         drop(store);
         assert_eq!(
             readyz(),
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: http: cannot accept connections:  EMFILE\n"
+                "not ready: http: cannot accept connections:  EMFILE\n".to_owned()
             )
         );
         assert_eq!(
             health.answer(&get("/livez"), &handle),
-            Some((StatusCode::OK, "ok\n")),
+            Some((StatusCode::OK, Bytes::from_static(b"ok\n"))),
             "alive all along"
         );
         drop(http);
-        assert_eq!(readyz(), (StatusCode::OK, "ready\n"));
+        assert_eq!(readyz(), (StatusCode::OK, "ready\n".to_owned()));
 
         // Impaired or not, the shutdown says it is one.
         let _late = handle.impair("store", "flush failing");
         control.set(State::Draining);
-        assert_eq!(readyz(), (StatusCode::SERVICE_UNAVAILABLE, "draining\n"));
-    }
-
-    #[test]
-    fn interning_keeps_a_bounded_number_of_texts() {
-        let kept = Mutex::new(BTreeSet::new());
-        let first = intern(&kept, "text 0".to_owned());
-        assert_eq!(first, "text 0");
-        assert!(std::ptr::eq(first, intern(&kept, "text 0".to_owned())));
-        let answers: Vec<&str> = (1..=MAX_INTERNED)
-            .map(|i| intern(&kept, format!("text {i}")))
-            .collect();
         assert_eq!(
-            answers[MAX_INTERNED - 2],
-            format!("text {}", MAX_INTERNED - 1)
-        );
-        assert_eq!(answers[MAX_INTERNED - 1], TOO_MANY, "past the bound");
-        assert_eq!(kept.lock().unwrap().len(), MAX_INTERNED);
-        assert!(
-            std::ptr::eq(first, intern(&kept, "text 0".to_owned())),
-            "kept"
+            readyz(),
+            (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned())
         );
     }
 }

@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -70,7 +71,7 @@ where
     S: tower_service::Service<Request<RequestBody>, Response = Response<B>> + Clone,
     S::Error: Into<BoxError>,
     B: Body,
-    B::Data: From<&'static str>,
+    B::Data: From<Bytes>,
 {
     type Response = Response<ResponseBody<B>>;
     type Error = BoxError;
@@ -332,7 +333,7 @@ pin_project! {
             // response is cut off.
             request_body: Option<Arc<BodyShared>>,
         },
-        Text { text: Option<&'static str> },
+        Text { text: Option<Bytes> },
     }
 }
 
@@ -346,7 +347,7 @@ impl<B> Default for ResponseBody<B> {
 impl<B> Body for ResponseBody<B>
 where
     B: Body,
-    B::Data: From<&'static str>,
+    B::Data: From<Bytes>,
     B::Error: Into<BoxError>,
 {
     type Data = B::Data;
@@ -425,7 +426,9 @@ where
     fn size_hint(&self) -> SizeHint {
         match self {
             ResponseBody::App { body, .. } => body.size_hint(),
-            ResponseBody::Text { text } => SizeHint::with_exact(text.map_or(0, |t| t.len() as u64)),
+            ResponseBody::Text { text } => {
+                SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
+            }
         }
     }
 }
@@ -448,7 +451,7 @@ fn body_timed_out<B>(
     } else {
         *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
         *response.body_mut() = ResponseBody::Text {
-            text: Some("request body timed out\n"),
+            text: Some(Bytes::from_static(b"request body timed out\n")),
         };
         let headers = response.headers_mut();
         headers.insert(CONNECTION, HeaderValue::from_static("close"));

@@ -300,7 +300,7 @@ where
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: http_body::Body + Send + 'static,
-    B::Data: From<&'static str> + Send,
+    B::Data: From<Bytes> + Send,
     B::Error: Into<BoxError>,
 {
     type Serve = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
@@ -453,7 +453,7 @@ where
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: http_body::Body + Send + 'static,
-    B::Data: From<&'static str> + Send,
+    B::Data: From<Bytes> + Send,
     B::Error: Into<BoxError>,
 {
     let drain = shared.drain.clone();
