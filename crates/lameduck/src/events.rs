@@ -29,7 +29,8 @@ pub(crate) enum Event {
     /// A request body the app waited for brought no data for the body timeout: the request
     /// ended (408, a reset stream, or gRPC status CANCELLED).
     BodyTimeout,
-    /// An HTTP/1 request head over the size limit: answered 431 and closed.
+    /// An HTTP/1 request head over the size limit: answered 431 (or 414 for its URI) and
+    /// closed.
     HeadersTooLarge,
     /// An HTTP/2 connection closed with GOAWAY ENHANCE_YOUR_CALM: a flood of resets, pings
     /// or settings (the rapid-reset attack among them).

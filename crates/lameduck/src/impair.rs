@@ -129,7 +129,8 @@ impl Impairments {
         self.count.send_replace(entries.list.len());
     }
 
-    /// Whether any is held: no mutex, no allocation (a readiness probe asks it).
+    /// Whether any is held: no allocation, and only a watch's read lock (a readiness probe asks
+    /// it).
     pub(crate) fn any(&self) -> bool {
         *self.count.borrow() != 0
     }

@@ -139,16 +139,27 @@ impl LifecycleHandle {
 
     /// Whether the lifecycle is ready (every service started, no shutdown begun, and nothing
     /// [impaired](Self::impair) right now, a server failing to accept connections included):
-    /// what a readiness probe should answer. No mutex, no allocation.
+    /// what a readiness probe should answer. No allocation, and no lock but a watch's read
+    /// lock.
     pub fn is_ready(&self) -> bool {
         self.state() == State::Ready && !self.is_impaired()
     }
 
     /// Whether anything holds readiness down now: an [`Impairment`] of the application's, or a
-    /// server that cannot accept connections (out of descriptors, say). No mutex, no
-    /// allocation.
+    /// server that cannot accept connections (out of descriptors, say). No allocation, and no
+    /// lock but a watch's read lock.
     pub fn is_impaired(&self) -> bool {
         self.impaired.any()
+    }
+
+    /// Whether every server can accept connections now, and nothing else holds readiness down.
+    #[deprecated(
+        since = "0.1.0",
+        note = "impairments now include the application's own: use `!is_impaired()`, and \
+                `impairments()` for who and why"
+    )]
+    pub fn accepting(&self) -> bool {
+        !self.is_impaired()
     }
 
     /// Says that this process should get no traffic right now, and why: while the returned
@@ -157,7 +168,8 @@ impl LifecycleHandle {
     /// The process serves on, and nothing else changes: dropping the last guard makes it ready
     /// again, if it still is in [`State::Ready`]. For a dependency that is down, a backlog
     /// past its bound, a cache that cannot be flushed: what a load balancer should route
-    /// around, not a reason to stop.
+    /// around, not a reason to stop. `/readyz` shows `who` and `reason` to anyone who asks:
+    /// keep secrets (credentials in a database URL, say) out of them.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {

@@ -175,7 +175,7 @@ pub struct ServingReport {
     /// waited for it (HTTP/1: answered 408).
     #[serde(default)]
     pub body_timeouts: u64,
-    /// HTTP/1 request heads over the size limit, answered 431.
+    /// HTTP/1 request heads over the size limit, answered 431 (or 414, when it is the URI).
     #[serde(default)]
     pub headers_too_large: u64,
     /// HTTP/2 connections closed with GOAWAY ENHANCE_YOUR_CALM (a flood of resets: the
@@ -473,7 +473,7 @@ impl fmt::Display for Report {
                     ("header timeouts", u.serving.header_timeouts),
                     ("idle timeouts", u.serving.idle_timeouts),
                     ("body timeouts", u.serving.body_timeouts),
-                    ("heads too large (431)", u.serving.headers_too_large),
+                    ("heads too large (431/414)", u.serving.headers_too_large),
                     (
                         "HTTP/2 floods (ENHANCE_YOUR_CALM)",
                         u.serving.h2_too_many_resets,

@@ -134,9 +134,21 @@ async fn the_idle_timeout_and_the_header_timeout_are_apart() {
     );
     let trickled_took = began.elapsed();
     assert!(trickled_took >= header, "{trickled_took:?}");
+    // A body the app did not read (a 404): hyper drains it, and the connection is idle after.
+    let mut unread = TcpStream::connect(running.addr).await.unwrap();
+    let post =
+        b"POST /nowhere HTTP/1.1\r\nHost: t\r\nContent-Length: 20\r\n\r\n01234567890123456789";
+    unread.write_all(post).await.unwrap();
+    let mut buf = [0u8; 512];
+    let n = unread.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
     assert!(
         !closed_within(&mut idle_conn, header * 2, &mut got).await,
         "closed by a header timeout while idle"
+    );
+    assert!(
+        !closed_within(&mut unread, Duration::from_millis(50), &mut got).await,
+        "closed by a header timeout after an unread body"
     );
     // A busy client: a request every 300 ms keeps its connection for longer than the idle
     // timeout, as the idle time counts from the last response.
@@ -147,6 +159,10 @@ async fn the_idle_timeout_and_the_header_timeout_are_apart() {
         get_fast(&mut busy).await;
     }
     assert!(closed_within(&mut idle_conn, WAIT, &mut got).await, "idle");
+    assert!(
+        closed_within(&mut unread, WAIT, &mut got).await,
+        "idle after its body"
+    );
     let idle_took = began.elapsed();
     assert!(idle_took >= idle, "{idle_took:?}");
     assert!(got.is_empty(), "closed quietly: {got:?}");
@@ -155,7 +171,7 @@ async fn the_idle_timeout_and_the_header_timeout_are_apart() {
     assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
     let serving = report.services[0].serving;
     assert_eq!(serving.header_timeouts, 1, "{report}");
-    assert_eq!(serving.idle_timeouts, 1, "{report}");
+    assert_eq!(serving.idle_timeouts, 2, "{report}");
     assert_eq!(serving.handshake_timeouts, 0, "{report}");
 }
 

@@ -128,8 +128,9 @@ impl Gate {
 
     /// After an accept that succeeded.
     pub(crate) fn succeeded(&mut self) {
+        // Whatever the failure was, the next one starts the backoff afresh.
+        self.backoff = FIRST_BACKOFF;
         if self.impairment.take().is_some() {
-            self.backoff = FIRST_BACKOFF;
             tracing::info!(
                 target: "lameduck",
                 service = %self.service,

@@ -359,7 +359,8 @@ impl ConnState {
         Snapshot {
             handshake_done: self.handshake_done(),
             upgraded: self.upgraded(),
-            h2: self.is_h2(),
+            // Only once the whole preface has come: until then it may still turn out HTTP/1.
+            h2: self.is_h2() && self.prefix_read.load(Ordering::Acquire) >= H2_PREFACE_LEN,
             busy: !self.quiet(),
             last_end: at(self.last_end_us.load(Ordering::Acquire)).unwrap_or_default(),
             head_began: at(self.head_began_us.load(Ordering::Acquire)),
@@ -498,9 +499,10 @@ impl ConnState {
         self.active.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// A request's response has ended (or it was cut off).
-    pub(crate) fn request_ended(&self) {
-        self.ended_now();
+    /// A request's response has ended (or it was cut off); `body_done`: its body was read to
+    /// its end (or had none).
+    pub(crate) fn request_ended(&self, body_done: bool) {
+        self.ended_now(body_done);
         self.active.fetch_sub(1, Ordering::AcqRel);
         self.drain.request_finished();
     }
@@ -510,7 +512,7 @@ impl ConnState {
     pub(crate) fn answered(&self) {
         self.request_seen.store(true, Ordering::Release);
         self.head_done();
-        self.ended_now();
+        self.ended_now(true);
     }
 
     /// A request head is complete: no header timeout runs until the next one begins.
@@ -519,11 +521,12 @@ impl ConnState {
         self.head_began_us.store(u64::MAX, Ordering::Release);
     }
 
-    /// A request ended now: the idle time counts from here, and (HTTP/1) the next bytes
-    /// begin a head.
-    fn ended_now(&self) {
+    /// A request ended now: the idle time counts from here, and (HTTP/1) if its body was read
+    /// to its end, the next bytes begin a head. (If not, hyper may still be reading the rest of
+    /// the body: those bytes begin nothing, and the idle timeout bounds the connection.)
+    fn ended_now(&self, body_done: bool) {
         self.last_end_us.store(self.now_us(), Ordering::Release);
-        if !self.is_h2() {
+        if body_done && !self.is_h2() {
             self.between.store(true, Ordering::Relaxed);
         }
     }

@@ -102,7 +102,7 @@ impl Health {
         let unavailable =
             |body: &'static str| (StatusCode::SERVICE_UNAVAILABLE, Cow::Borrowed(body));
         Some(match handle.state() {
-            // The probe's hot path: no mutex, no allocation.
+            // The probe's hot path: no allocation.
             State::Ready if !handle.is_impaired() => (StatusCode::OK, Cow::Borrowed("ready\n")),
             // Gone since, maybe: then ready.
             State::Ready => match handle.impaired_text() {

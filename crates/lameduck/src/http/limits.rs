@@ -36,8 +36,8 @@ pub(crate) struct Limits {
     pub(crate) handshake_timeout: Duration,
     /// HTTP/1: from the first byte of a request head to its end (after the first request).
     pub(crate) header_timeout: Duration,
-    /// From the end of the last response (or the handshake) with nothing in flight, to the
-    /// close (HTTP/1) or GOAWAY (HTTP/2).
+    /// From the end of the last response (or the accept) with nothing in flight, to the close
+    /// (HTTP/1) or GOAWAY (HTTP/2).
     pub(crate) idle_timeout: Duration,
     /// How long a request body the app waits for may go without data.
     pub(crate) body_timeout: Duration,

@@ -22,7 +22,7 @@ use pin_project_lite::pin_project;
 
 use crate::drain::Drain;
 use crate::error::BoxError;
-use crate::http::body::{BodyShared, BodyTimer, RequestBody};
+use crate::http::body::{BodyShared, BodyWatch, RequestBody};
 use crate::http::connection::{ConnState, Deadline};
 use crate::http::panic;
 use crate::http::server::Shared;
@@ -32,20 +32,29 @@ use crate::http::server::Shared;
 /// the request is only counted (one atomic add each way on the service's counters).
 pub(crate) struct RequestGuard {
     conn: Arc<ConnState>,
+    /// Its body, if one was still to come at the head (and is watched).
+    body: Option<Arc<BodyShared>>,
 }
 
 impl RequestGuard {
-    fn new(conn: &Arc<ConnState>) -> Self {
+    fn new(conn: &Arc<ConnState>, body: Option<Arc<BodyShared>>) -> Self {
         conn.request_began();
         RequestGuard {
             conn: Arc::clone(conn),
+            body,
         }
+    }
+
+    /// Its body, if it timed out (`cx` is woken when it does).
+    fn body_timed_out(&self, cx: &mut Context<'_>) -> Option<&BodyShared> {
+        self.body.as_deref().filter(|b| b.timed_out(cx))
     }
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.conn.request_ended();
+        let body_done = self.body.as_ref().is_none_or(|b| b.complete());
+        self.conn.request_ended(body_done);
     }
 }
 
@@ -93,15 +102,14 @@ where
                 response: Some(response),
             };
         }
-        let guard = RequestGuard::new(&self.conn);
-        // A body still to come is timed while the app waits for it.
-        let body = self
-            .shared
-            .body_timeout
-            .filter(|_| !req.body().is_end_stream())
-            .map(|timeout| BodyShared::new(self.shared.drain.clone(), timeout));
-        let timer = body.as_ref().map(BodyTimer::new);
-        let mut req = req.map(|incoming| RequestBody::new(incoming, timer));
+        // A body still to come is watched: timed while the app waits for it, and (HTTP/1) for
+        // its end, after which the next bytes begin a head.
+        let timeout = self.shared.body_timeout;
+        let body = (!req.body().is_end_stream() && (timeout.is_some() || !self.conn.is_h2()))
+            .then(|| BodyShared::new(self.shared.drain.clone(), timeout));
+        let watch = body.as_ref().map(BodyWatch::new);
+        let guard = RequestGuard::new(&self.conn, body);
+        let mut req = req.map(|incoming| RequestBody::new(incoming, watch));
         if self.shared.grpc {
             // tonic handlers read it from the request; axum's extractor finds it while the
             // handler runs (`serving`), without an allocation per request.
@@ -121,7 +129,6 @@ where
             connect,
             last,
             watch: None,
-            body,
         }
     }
 }
@@ -207,8 +214,6 @@ pin_project! {
             // The connection's last request: its answer carries `Connection: close`.
             last: bool,
             watch: Option<Watch>,
-            // Its body, if it has one under the body timeout.
-            body: Option<Arc<BodyShared>>,
         },
         Ready { response: Option<Response<ResponseBody<B>>> },
     }
@@ -231,23 +236,32 @@ where
                 connect,
                 last,
                 watch,
-                body,
             } => match panic::catch(|| serving(guard, || future.poll(cx))) {
                 Err(message) => {
                     // Answered now; hyper polls a ready future no more.
                     let h2 = guard.as_ref().is_some_and(|g| g.conn.is_h2());
-                    if let Some(guard) = guard.take() {
-                        panic::report(&guard.conn, asked, &message, "before answering");
-                    }
-                    Poll::Ready(Ok(panic::answer(*grpc, h2)))
+                    let Some(guard) = guard.take() else {
+                        return Poll::Ready(Ok(panic::answer(*grpc, h2)));
+                    };
+                    panic::report(&guard.conn, asked, &message, "before answering");
+                    // A handler that panics on its body's error: the body's timeout is what
+                    // the client is told.
+                    Poll::Ready(match guard.body_timed_out(cx) {
+                        Some(body) => body_timed_out(Some(body), *grpc, h2),
+                        None => Ok(panic::answer(*grpc, h2)),
+                    })
                 }
                 Ok(polled) => match polled {
                     // The body stalled: the request ends, whatever the app is doing or
                     // answered (its read failed).
-                    _ if body.as_ref().is_some_and(|b| b.timed_out(cx)) => {
+                    _ if guard
+                        .as_ref()
+                        .is_some_and(|g| g.body_timed_out(cx).is_some()) =>
+                    {
+                        let guard = guard.take();
                         let h2 = guard.as_ref().is_some_and(|g| g.conn.is_h2());
-                        guard.take();
-                        Poll::Ready(body_timed_out(body.as_deref(), *grpc, h2))
+                        let body = guard.as_ref().and_then(|g| g.body.as_deref());
+                        Poll::Ready(body_timed_out(body, *grpc, h2))
                     }
                     Poll::Pending => {
                         let mut response = Response::new(ResponseBody::Text { text: None });
@@ -291,14 +305,12 @@ where
                         }
                         let asked =
                             std::mem::replace(asked, (http::Method::GET, http::Uri::default()));
-                        let request_body = body.take();
                         Poll::Ready(Ok(response.map(|body| ResponseBody::App {
                             body,
                             guard: guard.take(),
                             grpc: *grpc,
                             watch: watch.take(),
                             asked,
-                            request_body,
                         })))
                     }
                     // Dropping the guard ends the request: hyper closes the connection.
@@ -329,9 +341,6 @@ pin_project! {
             watch: Option<Watch>,
             // The request's method and URI, for the event if the body panics.
             asked: (http::Method, http::Uri),
-            // The request's body, if it has one under the body timeout: if it stalls, the
-            // response is cut off.
-            request_body: Option<Arc<BodyShared>>,
         },
         Text { text: Option<Bytes> },
     }
@@ -364,7 +373,6 @@ where
                 grpc,
                 watch,
                 asked,
-                request_body,
             } => {
                 if guard.is_none() {
                     // Ended: by the body itself, or by the deadline.
@@ -381,13 +389,14 @@ where
                         return Poll::Ready(Some(Err(message.into())));
                     }
                 };
-                if let Some(stalled) = request_body.as_deref()
-                    && !matches!(polled, Poll::Ready(None | Some(Err(_))))
-                    && stalled.timed_out(cx)
+                // The request's body stalled: the response is cut off.
+                if !matches!(polled, Poll::Ready(None | Some(Err(_))))
+                    && let Some(g) = guard.as_ref()
+                    && let Some(stalled) = g.body_timed_out(cx)
                 {
-                    let h2 = guard.as_ref().is_some_and(|g| g.conn.is_h2());
+                    let end = body_timed_out_midway(stalled, *grpc, g.conn.is_h2());
                     guard.take();
-                    return Poll::Ready(Some(body_timed_out_midway(stalled, *grpc, h2)));
+                    return Poll::Ready(Some(end));
                 }
                 match &polled {
                     Poll::Ready(None | Some(Err(_))) => {

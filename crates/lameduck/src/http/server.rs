@@ -131,7 +131,8 @@ impl<S> HttpServer<S> {
     }
 
     /// HTTP/1.1: how long a request head may take, from its first byte to its end (the first
-    /// request's is under the [handshake timeout](Self::handshake_timeout) instead). A
+    /// request's is under the [handshake timeout](Self::handshake_timeout) instead, unless
+    /// that is off). A
     /// connection whose head is not complete by then (a client trickling its headers) is
     /// closed quietly and counted (`serving.header_timeouts`). Default 30 s, as hyper's
     /// header-read timeout; unlike hyper's, it does not run while the connection is idle
@@ -142,7 +143,7 @@ impl<S> HttpServer<S> {
     }
 
     /// How long a connection may stay with nothing in flight (no request running, no response
-    /// being written), from the end of its last response: then an HTTP/1.1 connection is
+    /// being written), from the end of its last response (or its accept): then an HTTP/1.1 connection is
     /// closed, and an HTTP/2 connection is sent GOAWAY (and closed once the client has gone,
     /// or a second later), however often the client pings. Counted (`serving.idle_timeouts`).
     /// Default 120 s: above the idle timeouts of the balancers and proxies in front of most

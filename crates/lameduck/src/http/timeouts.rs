@@ -87,14 +87,19 @@ impl Timeouts {
         let mut next: Option<Duration> = None;
         let mut sooner = |at: Duration| next = Some(next.map_or(at, |n| n.min(at)));
         match (s.head_began, self.header, self.idle) {
-            (Some(began), Some(header), _) => {
-                if now >= began + header {
-                    return Verdict::Close(Event::HeaderTimeout);
+            (Some(began), header, idle) => {
+                if let Some(header) = header {
+                    if now >= began + header {
+                        return Verdict::Close(Event::HeaderTimeout);
+                    }
+                    sooner(began + header);
                 }
-                sooner(began + header);
+                // The head may be done in a moment, its request answered, and the idle time
+                // begin: look again by then.
+                if let Some(idle) = idle {
+                    sooner(now + idle);
+                }
             }
-            // A head partway, with no header timeout: nothing to time until it is done.
-            (Some(_), None, _) => {}
             (None, header, idle) => {
                 if let Some(idle) = idle {
                     if now >= s.last_end + idle {
@@ -186,9 +191,13 @@ mod tests {
             t.judge(&head, 130 * S),
             Verdict::Close(Event::HeaderTimeout)
         );
-        // Without a header timeout it is not timed at all.
+        // Without a header timeout it is not timed, but looked at again by the idle time.
         let t = timeouts(10, 0, 120);
-        assert_eq!(t.judge(&head, 1000 * S), Verdict::Off);
+        assert_eq!(t.judge(&head, 1000 * S), Verdict::At(1120 * S));
+        // A header timeout longer than the idle one does not delay the idle one's next look.
+        let t = timeouts(10, 300, 5);
+        assert_eq!(t.judge(&head, 126 * S), Verdict::At(131 * S));
+        assert_eq!(timeouts(10, 0, 0).judge(&head, 1000 * S), Verdict::Off);
     }
 
     #[test]
