@@ -37,10 +37,13 @@ pub(crate) enum Event {
     H2TooManyResets,
     /// An HTTP/2 connection closed for another protocol error of the client's.
     H2ProtocolError,
+    /// A TLS handshake that failed (a client that does not trust the certificate, speaks no
+    /// common version, or presents no valid client certificate; not TLS at all).
+    TlsHandshakeFailed,
 }
 
 /// How many kinds there are.
-const KINDS: usize = 11;
+const KINDS: usize = 12;
 
 /// The counts, one per kind.
 #[derive(Debug, Default)]
@@ -73,6 +76,7 @@ impl Events {
             headers_too_large: self.get(Event::HeadersTooLarge),
             h2_too_many_resets: self.get(Event::H2TooManyResets),
             h2_protocol_errors: self.get(Event::H2ProtocolError),
+            tls_handshake_failures: self.get(Event::TlsHandshakeFailed),
         }
     }
 }

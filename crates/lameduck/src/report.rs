@@ -185,6 +185,9 @@ pub struct ServingReport {
     /// HTTP/2 connections closed for another protocol error of the client's.
     #[serde(default)]
     pub h2_protocol_errors: u64,
+    /// TLS handshakes that failed (those that timed out are `handshake_timeouts`).
+    #[serde(default)]
+    pub tls_handshake_failures: u64,
 }
 
 impl ServingReport {
@@ -479,6 +482,7 @@ impl fmt::Display for Report {
                         u.serving.h2_too_many_resets,
                     ),
                     ("HTTP/2 protocol errors", u.serving.h2_protocol_errors),
+                    ("TLS handshakes failed", u.serving.tls_handshake_failures),
                 ];
                 for (what, n) in closed.into_iter().filter(|(_, n)| *n > 0) {
                     write!(f, ", {what}: {n}")?;

@@ -16,9 +16,9 @@ use http::StatusCode;
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use lameduck::ExitCode;
 use lameduck::grpc::GrpcServer;
 use lameduck::http::HttpServer;
-use lameduck::{ExitCode, Lifecycle, LifecycleHandle, Report};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -27,6 +27,9 @@ use tokio_stream::wrappers::ReceiverStream;
 
 /// Generous: the machines are shared and noisy. Speed is measured in benchmarks.
 const WAIT: Duration = Duration::from_secs(10);
+
+mod support;
+use support::InProcess;
 
 fn app() -> Router {
     Router::new()
@@ -45,33 +48,6 @@ fn app() -> Router {
             "/upload",
             post(|body: Bytes| async move { format!("{} bytes\n", body.len()) }),
         )
-}
-
-struct Running {
-    handle: LifecycleHandle,
-    run: JoinHandle<Report>,
-    addr: SocketAddr,
-}
-
-impl Running {
-    async fn report(self) -> Report {
-        self.handle.shutdown();
-        tokio::time::timeout(WAIT, self.run)
-            .await
-            .expect("the run ends")
-            .unwrap()
-    }
-}
-
-async fn start(service: impl lameduck::Service) -> Running {
-    let lifecycle = Lifecycle::new()
-        .handle_signals(false)
-        .service("web", service);
-    let handle = lifecycle.handle();
-    let run = tokio::spawn(lifecycle.run());
-    handle.wait_ready().await.unwrap();
-    let addr = handle.addresses("web")[0].parse().unwrap();
-    Running { handle, run, addr }
 }
 
 /// A keep-alive connection that has had one `GET /fast` answered: idle now.
@@ -110,7 +86,7 @@ async fn closed_within(stream: &mut TcpStream, within: Duration, got: &mut Vec<u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_idle_timeout_and_the_header_timeout_are_apart() {
     let (header, idle) = (Duration::from_millis(400), Duration::from_millis(1500));
-    let running = start(
+    let running = InProcess::start(
         HttpServer::bind("127.0.0.1:0", app())
             .header_timeout(header)
             .idle_timeout(idle),
@@ -204,7 +180,7 @@ async fn get_h2(send: &mut H2, path: &str) -> Result<StatusCode, hyper::Error> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http2_connection_gets_goaway_although_it_pings_and_a_busy_one_does_not() {
     let idle = Duration::from_millis(800);
-    let running = start(HttpServer::bind("127.0.0.1:0", app()).idle_timeout(idle)).await;
+    let running = InProcess::start(HttpServer::bind("127.0.0.1:0", app()).idle_timeout(idle)).await;
     let (mut send, conn) = h2_pinging(running.addr).await;
     // A stream that runs for longer than the idle timeout: the connection is busy, not idle.
     assert_eq!(
@@ -228,7 +204,8 @@ async fn an_idle_http2_connection_gets_goaway_although_it_pings_and_a_busy_one_d
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_http1_body_gets_408_and_a_slow_one_is_read_to_its_end() {
     let timeout = Duration::from_millis(400);
-    let running = start(HttpServer::bind("127.0.0.1:0", app()).body_timeout(timeout)).await;
+    let running =
+        InProcess::start(HttpServer::bind("127.0.0.1:0", app()).body_timeout(timeout)).await;
     let head = b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 20\r\n\r\n";
 
     // Stalled after 5 of its 20 bytes: 408 and the connection closed.
@@ -295,7 +272,8 @@ async fn chunked(first: &'static [u8]) -> (Chunked, Chunks) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_http2_body_resets_its_stream_and_the_connection_goes_on() {
     let timeout = Duration::from_millis(400);
-    let running = start(HttpServer::bind("127.0.0.1:0", app()).body_timeout(timeout)).await;
+    let running =
+        InProcess::start(HttpServer::bind("127.0.0.1:0", app()).body_timeout(timeout)).await;
     let mut send = h2_streaming(running.addr).await;
     let (chunks, body) = chunked(b"12345").await;
     let request = http::Request::post("http://t/upload").body(body).unwrap();
@@ -335,7 +313,7 @@ async fn a_stalled_grpc_request_ends_with_status_cancelled_and_grpc_has_no_body_
         } else {
             server
         };
-        let running = start(server).await;
+        let running = InProcess::start(server).await;
         let mut send = h2_streaming(running.addr).await;
         // A health check whose message stops after 3 of its 5-byte frame header.
         let (chunks, body) = chunked(b"\x00\x00\x00").await;
@@ -402,7 +380,7 @@ async fn goaway_for(addr: SocketAddr, frames: &[u8]) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heads_too_large_and_http2_floods_and_protocol_errors_are_counted() {
-    let running = start(HttpServer::bind("127.0.0.1:0", app())).await;
+    let running = InProcess::start(HttpServer::bind("127.0.0.1:0", app())).await;
 
     // HTTP/1: a head over hyper's buffer limit gets 431.
     let mut big = TcpStream::connect(running.addr).await.unwrap();

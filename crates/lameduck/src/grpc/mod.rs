@@ -163,6 +163,14 @@ impl GrpcServer {
         self
     }
 
+    /// Serves over TLS (features `grpc` and `tls`), with ALPN `h2` only; see
+    /// [`HttpServer::tls`]. Clients connect with `https://` (tonic: `ClientTlsConfig`).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::http::Tls) -> Self {
+        self.server = self.server.tls(tls);
+        self
+    }
+
     /// How many connections it holds open at once; see [`HttpServer::max_connections`]
     /// (default 16,384).
     pub fn max_connections(mut self, max: usize) -> Self {

@@ -32,7 +32,7 @@ use crate::http::timeouts::{Snapshot, Verdict};
 /// How long after its accept a connection that has sent nothing yet may still deliver its first
 /// request once the drain has begun: a client that connected just before the drain is most
 /// likely sending it. Older silent connections are closed at once.
-const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(50);
+pub(crate) const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(50);
 
 /// How long after its last response an idle HTTP/1.1 keep-alive connection may still deliver
 /// its next request once the drain has begun: a busy client sends it at once, and closing the
@@ -100,26 +100,60 @@ pub(crate) fn serve<S, B>(
         peer,
         Arc::clone(&shared.name),
     ));
-    let io = TokioIo::new(ConnIo::new(
-        stream,
-        (drain.track(), slot),
-        drain.hard_stop_token(),
-        Arc::clone(&state),
-    ));
+    let guard = (drain.track(), slot);
+    let raw = Raw::new(stream, Arc::clone(&state));
     let service = RequestService::new(app, Arc::clone(shared), Arc::clone(&state));
     let shared = Arc::clone(shared);
     drain.clone().spawn_attached(async move {
-        let conn = shared.builder.serve_connection_with_upgrades(io, service);
-        tokio::pin!(conn);
-        // The timeouts of normal serving (handshake, header, idle), on one timer that is
-        // looked at lazily (see `timeouts`). When every one is off, it is never polled.
-        let born = state.born();
-        let mut next = shared.timeouts.judge(&state.snapshot(), Duration::ZERO);
-        let timer = tokio::time::sleep_until(born + at(next));
-        tokio::pin!(timer);
-        // Sent GOAWAY for being idle: it closes once the client has gone, or after a grace.
-        let mut going_away = false;
-        let result = loop { break tokio::select! {
+        let abort = drain.hard_stop_token();
+        #[cfg(feature = "tls")]
+        if let Some(acceptor) = &shared.tls {
+            // The handshake first, inside the drain's rules; the guard is held meanwhile.
+            let Some(tls) = crate::http::tls::handshake(acceptor, raw, &state, &shared).await
+            else {
+                return;
+            };
+            let io = TokioIo::new(ConnIo::new(tls, guard, abort, Arc::clone(&state)));
+            return drive(io, service, shared, state, peer).await;
+        }
+        let io = TokioIo::new(ConnIo::new(raw, guard, abort, Arc::clone(&state)));
+        drive(io, service, shared, state, peer).await;
+    });
+}
+
+/// Serves a connection (its handshake, if TLS, done) until it ends: the timeouts of normal
+/// serving, and how it ends at the drain.
+async fn drive<T, S, B>(
+    io: TokioIo<ConnIo<T>>,
+    service: RequestService<S>,
+    shared: Arc<Shared>,
+    state: Arc<ConnState>,
+    peer: SocketAddr,
+) where
+    T: Transport,
+    S: tower_service::Service<Request<RequestBody>, Response = Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: From<Bytes> + Send,
+    B::Error: Into<BoxError>,
+{
+    let drain = shared.drain.clone();
+    let conn = shared.builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    // The timeouts of normal serving (handshake, header, idle), on one timer that is
+    // looked at lazily (see `timeouts`). When every one is off, it is never polled.
+    let born = state.born();
+    let mut next = shared.timeouts.judge(&state.snapshot(), Duration::ZERO);
+    let timer = tokio::time::sleep_until(born + at(next));
+    tokio::pin!(timer);
+    // Sent GOAWAY for being idle: it closes once the client has gone, or after a grace.
+    let mut going_away = false;
+    let result = loop {
+        break tokio::select! {
             biased;
             result = conn.as_mut() => result,
             () = &mut timer, if matches!(next, Verdict::At(_)) => {
@@ -225,9 +259,8 @@ pub(crate) fn serve<S, B>(
                 }
             }
         };
-        };
-        log_end(&drain, peer, result);
-    });
+    };
+    log_end(&drain, peer, result);
 }
 
 /// The time a verdict looks again at (since the accept); zero for one that does not.
@@ -309,6 +342,9 @@ pub(crate) struct ConnState {
     /// HTTP/1: when the first byte of the coming request head was read, in microseconds since
     /// `born` (`u64::MAX`: none is coming).
     head_began_us: AtomicU64,
+    /// The chain the client presented in its TLS handshake.
+    #[cfg(feature = "tls")]
+    peer_certificates: std::sync::OnceLock<crate::http::tls::PeerCertificates>,
 }
 
 /// The HTTP/2 client preface (RFC 9113 §3.4).
@@ -340,7 +376,23 @@ impl ConnState {
             last_end_us: AtomicU64::new(u64::MAX),
             between: AtomicBool::new(true),
             head_began_us: AtomicU64::new(u64::MAX),
+            #[cfg(feature = "tls")]
+            peer_certificates: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Notes the chain the client presented in its TLS handshake.
+    #[cfg(feature = "tls")]
+    pub(crate) fn set_peer_certificates(&self, chain: Option<crate::http::tls::PeerCertificates>) {
+        if let Some(chain) = chain {
+            let _ = self.peer_certificates.set(chain);
+        }
+    }
+
+    /// The chain the client presented in its TLS handshake, if it did.
+    #[cfg(feature = "tls")]
+    pub(crate) fn peer_certificates(&self) -> Option<&crate::http::tls::PeerCertificates> {
+        self.peer_certificates.get()
     }
 
     /// When it was accepted.
@@ -572,14 +624,104 @@ impl Deadline {
     }
 }
 
-/// The accepted socket, as the connection (and, after an upgrade, the WebSocket or tunnel)
-/// sees it. It holds the connection's unit of work, so the drain waits for an upgraded
-/// connection too until it ends. Once upgraded, it watches the abort that follows the drain
-/// deadline: from then on every read and write fails and the socket is closed (at the next
-/// read or write its task polls; a waiting one is woken for it), so that nothing outlives the
-/// shutdown.
-pub(crate) struct ConnIo {
-    stream: Option<TcpStream>,
+/// The accepted socket at the bottom of a connection (under TLS, if any): while the drain asks
+/// ([`ConnState::read_now`]), reads go straight to the kernel, without waiting for the reactor
+/// to report what it holds.
+pub(crate) struct Raw {
+    stream: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl Raw {
+    fn new(stream: TcpStream, state: Arc<ConnState>) -> Self {
+        Raw { stream, state }
+    }
+
+    /// The socket.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn socket(&self) -> &TcpStream {
+        &self.stream
+    }
+}
+
+impl AsyncRead for Raw {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.state.reading_now() {
+            // The reactor reports readiness on its next turn; the kernel knows now. Reads go
+            // straight to it until it has nothing more (the socket is non-blocking), however
+            // small the reader's buffer (hyper-util's protocol sniffing reads 24 bytes).
+            match (&*SockRef::from(&this.stream)).read(buf.initialize_unfilled()) {
+                // End of stream: the client is gone.
+                Ok(0) => {
+                    this.state.read_now_done();
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => this.state.read_now_done(),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Raw {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// What a connection's bytes travel over: the socket itself, or TLS on it.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The connection is being closed without hyper's shutdown (at once, at the drain or a
+    /// timeout): a last word, if the protocol has one (TLS's close_notify), written only if the
+    /// socket takes it now.
+    fn closing(&mut self) {}
+}
+
+impl Transport for Raw {}
+
+/// The connection as hyper (and, after an upgrade, the WebSocket or tunnel) sees it. It holds
+/// the connection's unit of work, so the drain waits for an upgraded connection too until it
+/// ends. Once upgraded, it watches the abort that follows the drain deadline: from then on
+/// every read and write fails and the socket is closed (at the next read or write its task
+/// polls; a waiting one is woken for it), so that nothing outlives the shutdown. What it reads
+/// (the plaintext, under TLS) tells the connection's state which protocol the client speaks
+/// and when a request head begins.
+pub(crate) struct ConnIo<T: Transport> {
+    stream: Option<T>,
     /// The connection's unit of work, and its slot under the server's connection cap: both
     /// held until the socket closes (an upgraded one included).
     guard: Option<(WorkGuard, Option<OwnedSemaphorePermit>)>,
@@ -590,9 +732,9 @@ pub(crate) struct ConnIo {
     write_abort: Deadline,
 }
 
-impl ConnIo {
+impl<T: Transport> ConnIo<T> {
     fn new(
-        stream: TcpStream,
+        stream: T,
         guard: (WorkGuard, Option<OwnedSemaphorePermit>),
         abort: CancellationToken,
         state: Arc<ConnState>,
@@ -610,8 +752,7 @@ impl ConnIo {
     /// an answer in either version.
     fn refuse(&mut self) -> io::Error {
         self.state.drain().count(Event::WrongProtocol);
-        self.stream = None;
-        self.guard = None;
+        self.drop_stream();
         io::Error::new(
             io::ErrorKind::ConnectionAborted,
             "an HTTP version this server does not speak",
@@ -620,20 +761,26 @@ impl ConnIo {
 
     /// Closes the socket and lets the drain go.
     fn close(&mut self) -> io::Error {
-        self.stream = None;
-        self.guard = None;
+        self.drop_stream();
         io::Error::new(
             io::ErrorKind::ConnectionAborted,
             "connection closed at the drain deadline",
         )
     }
 
-    fn poll_io<T>(
+    fn drop_stream(&mut self) {
+        if let Some(mut stream) = self.stream.take() {
+            stream.closing();
+        }
+        self.guard = None;
+    }
+
+    fn poll_io<R>(
         &mut self,
         cx: &mut Context<'_>,
         write: bool,
-        op: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<T>>,
-    ) -> Poll<io::Result<T>> {
+        op: impl FnOnce(Pin<&mut T>, &mut Context<'_>) -> Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
         // Past the abort nothing more goes out: a response the abort cut short must not
         // reach the client looking complete.
         if self.read_abort.passed() {
@@ -662,47 +809,32 @@ impl ConnIo {
     }
 }
 
-impl AsyncRead for ConnIo {
+impl<T: Transport> Drop for ConnIo<T> {
+    fn drop(&mut self) {
+        // However it ends, a last word first (TLS's close_notify) if the socket takes it.
+        self.drop_stream();
+    }
+}
+
+impl<T: Transport> AsyncRead for ConnIo<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.state.reading_now()
-            && let Some(stream) = &this.stream
-        {
-            // The reactor reports readiness on its next turn; the kernel knows now. Reads go
-            // straight to it until it has nothing more (the socket is non-blocking), however
-            // small the reader's buffer (hyper-util's protocol sniffing reads 24 bytes).
-            let filled = buf.filled().len();
-            match (&*SockRef::from(stream)).read(buf.initialize_unfilled()) {
-                // End of stream: the client is gone.
-                Ok(0) => {
-                    this.state.read_now_done();
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(n) => {
-                    buf.advance(n);
-                    if !this.state.note_read(&buf.filled()[filled..]) {
-                        return Poll::Ready(Err(this.refuse()));
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => this.state.read_now_done(),
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
         let filled = buf.filled().len();
         let polled = this.poll_io(cx, false, |stream, cx| stream.poll_read(cx, buf));
-        if polled.is_ready() && !this.state.note_read(&buf.filled()[filled..]) {
+        if let Poll::Ready(Ok(())) = polled
+            && !this.state.note_read(&buf.filled()[filled..])
+        {
             return Poll::Ready(Err(this.refuse()));
         }
         polled
     }
 }
 
-impl AsyncWrite for ConnIo {
+impl<T: Transport> AsyncWrite for ConnIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -722,7 +854,7 @@ impl AsyncWrite for ConnIo {
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        self.stream.as_ref().is_some_and(T::is_write_vectored)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

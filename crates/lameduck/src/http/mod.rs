@@ -38,8 +38,16 @@ mod panic;
 mod request;
 mod server;
 mod timeouts;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use body::{BodyTimedOut, RequestBody};
 pub use connection::ConnExecutor;
 pub use health::Health;
 pub use server::{HttpServer, NotFound};
+#[cfg(feature = "tls")]
+pub use tls::{PeerCertificates, Tls, TlsError};
+/// The rustls this crate's TLS is built on, for a `ServerConfig` given as it is
+/// ([`Tls::from_config`]).
+#[cfg(feature = "tls")]
+pub use tokio_rustls::rustls;

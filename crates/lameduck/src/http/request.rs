@@ -110,6 +110,10 @@ where
         let watch = body.as_ref().map(BodyWatch::new);
         let guard = RequestGuard::new(&self.conn, body);
         let mut req = req.map(|incoming| RequestBody::new(incoming, watch));
+        #[cfg(feature = "tls")]
+        if let Some(chain) = self.conn.peer_certificates() {
+            req.extensions_mut().insert(chain.clone());
+        }
         if self.shared.grpc {
             // tonic handlers read it from the request; axum's extractor finds it while the
             // handler runs (`serving`), without an allocation per request.

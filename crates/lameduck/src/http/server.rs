@@ -82,6 +82,8 @@ pub struct HttpServer<S> {
     protocols: Protocols,
     limits: Limits,
     configure: Option<Configure>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::http::tls::Tls>,
 }
 
 impl<S> HttpServer<S> {
@@ -115,7 +117,28 @@ impl<S> HttpServer<S> {
             protocols: Protocols::Both,
             limits: Limits::default(),
             configure: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// Serves over TLS (feature `tls`): rustls, TLS 1.2 and 1.3, ALPN `h2` and `http/1.1` (or
+    /// only the one protocol of an `http1_only` or `http2_only` server). The configuration is
+    /// loaded at the start (before the listener is bound: a pair that cannot be loaded fails
+    /// the start, naming the file) and, from files, reloaded when they change
+    /// ([`Tls::from_pem_files`](crate::http::Tls::from_pem_files)).
+    ///
+    /// The handshake is inside the drain's rules: a connection still in its handshake when
+    /// the drain begins has begun no request, and is closed at once (one accepted in the last
+    /// 50 ms first gets the rest of them); the [handshake timeout](Self::handshake_timeout)
+    /// covers it (and the first request after it). A connection the drain closes sends
+    /// close_notify. Failed handshakes are counted (`serving.tls_handshake_failures`); a
+    /// client's certificate chain is in its requests' extensions
+    /// ([`PeerCertificates`](crate::http::PeerCertificates)).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::http::tls::Tls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// How long a new connection may take to show it speaks HTTP: from the accept to its
@@ -269,6 +292,8 @@ impl<S> HttpServer<S> {
             protocols: self.protocols,
             limits: self.limits,
             configure: self.configure,
+            #[cfg(feature = "tls")]
+            tls: self.tls,
         }
     }
 }
@@ -307,6 +332,12 @@ where
     type Serve = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
 
     async fn start(self, ctx: StartContext) -> Result<Self::Serve, BoxError> {
+        // TLS first: a pair that cannot be loaded fails the start before anything is bound.
+        #[cfg(feature = "tls")]
+        let tls = match &self.tls {
+            Some(tls) => Some(tls.start(self.protocols).await?),
+            None => None,
+        };
         let mut listeners = ctx.listen(self.listen, self.socket).await?;
         let name: Arc<str> = ctx.name().into();
         let shared = Arc::new(Shared {
@@ -322,6 +353,8 @@ where
             closing: CancellationToken::new(),
             open_listeners: AtomicUsize::new(listeners.len()),
             slots: Slots::new(self.limits.max_connections),
+            #[cfg(feature = "tls")]
+            tls,
         });
         let (app, nodelay) = (self.app, self.nodelay);
         // One accept loop per listener: one, unless the process was passed several under the
@@ -380,6 +413,9 @@ pub(crate) struct Shared {
     open_listeners: AtomicUsize,
     /// The connection cap.
     slots: Slots,
+    /// The TLS handshakes' configuration, if it serves TLS.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::http::tls::Acceptor>,
 }
 
 /// Held by an accept loop while its listener is open: however the loop ends (the drain, an

@@ -56,6 +56,12 @@ impl Timeouts {
         }
     }
 
+    /// The handshake timeout (`None`: off).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn handshake(&self) -> Option<Duration> {
+        self.handshake
+    }
+
     /// The verdict at `now` for a connection in the state `s`.
     pub(crate) fn judge(&self, s: &Snapshot, now: Duration) -> Verdict {
         if s.upgraded {

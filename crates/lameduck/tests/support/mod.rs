@@ -209,3 +209,34 @@ pub async fn accept_lines(listener: tokio::net::TcpListener, drain: Drain) -> Re
         }
     }
 }
+
+/// A lifecycle of one service named `web`, running in this process, once ready.
+pub struct InProcess {
+    pub handle: lameduck::LifecycleHandle,
+    pub run: tokio::task::JoinHandle<lameduck::Report>,
+    /// The service's first address.
+    pub addr: SocketAddr,
+}
+
+impl InProcess {
+    /// Starts `service` as `web` (no signal handling) and waits until it is ready.
+    pub async fn start(service: impl lameduck::Service) -> InProcess {
+        let lifecycle = lameduck::Lifecycle::new()
+            .handle_signals(false)
+            .service("web", service);
+        let handle = lifecycle.handle();
+        let run = tokio::spawn(lifecycle.run());
+        handle.wait_ready().await.unwrap();
+        let addr = handle.addresses("web")[0].parse().unwrap();
+        InProcess { handle, run, addr }
+    }
+
+    /// Shuts down, and the report (bounded by [`WAIT`]).
+    pub async fn report(self) -> lameduck::Report {
+        self.handle.shutdown();
+        tokio::time::timeout(WAIT, self.run)
+            .await
+            .expect("the run ends")
+            .unwrap()
+    }
+}
