@@ -63,6 +63,16 @@ pub struct Config {
     /// refused (503 with `Retry-After`, gRPC UNAVAILABLE), never taken and dropped.
     #[arg(long, env = "LAMEDUCK_CACHE_MAX_BYTES", default_value = "64MiB", value_parser = bytes)]
     pub cache_max_bytes: usize,
+    /// Serve all three ports over TLS with this certificate chain (PEM, leaf first), re-read
+    /// when it changes; needs `--tls-key`.
+    #[arg(long, env = "LAMEDUCK_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "LAMEDUCK_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// With TLS: require client certificates signed by a CA of this PEM bundle (mTLS).
+    #[arg(long, env = "LAMEDUCK_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// A file naming the serving process: written once ready, taken over by the new process of
     /// an upgrade (SIGHUP), removed at exit if it still names this one.
     #[arg(long, env = "LAMEDUCK_PID_FILE")]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use lameduck::grpc::GrpcServer;
-use lameduck::http::HttpServer;
+use lameduck::http::{HttpServer, Tls};
 use lameduck::{Lifecycle, Phase, Report, StartContext};
 use lameduck_demo::config::{Config, LogFormat};
 use lameduck_demo::flusher;
@@ -43,6 +43,31 @@ async fn main() {
         store: store.clone(),
     };
     let opening = store.clone();
+    // One TLS source for the three servers: the files are loaded (and watched) once.
+    let tls = config
+        .tls_cert
+        .as_ref()
+        .zip(config.tls_key.as_ref())
+        .map(|(cert, key)| {
+            let tls = Tls::from_pem_files(cert, key);
+            match &config.tls_client_ca {
+                Some(ca) => tls.client_ca(ca),
+                None => tls,
+            }
+        });
+    let grpc = |addr: &str| {
+        let server = GrpcServer::bind(addr)
+            .file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .reflection(true)
+            .handshake_timeout(config.handshake_timeout)
+            .idle_timeout(config.idle_timeout)
+            .body_timeout(config.body_timeout.unwrap_or_default())
+            .max_connections(config.max_connections as usize);
+        match &tls {
+            Some(tls) => server.tls(tls.clone()),
+            None => server,
+        }
+    };
     let mut lifecycle = Lifecycle::new()
         .drain_deadline(config.drain_timeout)
         .lame_duck_delay(config.lame_duck)
@@ -61,32 +86,22 @@ async fn main() {
                 .header_timeout(config.header_timeout)
                 .idle_timeout(config.idle_timeout)
                 .max_connections(config.max_connections as usize);
-            match config.body_timeout {
+            let server = match config.body_timeout {
                 Some(timeout) => server.body_timeout(timeout),
+                None => server,
+            };
+            match &tls {
+                Some(tls) => server.tls(tls.clone()),
                 None => server,
             }
         })
         .service(
             "grpc-a",
-            GrpcServer::bind(&config.grpc_a)
-                .add_service(EchoServer::new(EchoService))
-                .file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-                .reflection(true)
-                .handshake_timeout(config.handshake_timeout)
-                .idle_timeout(config.idle_timeout)
-                .body_timeout(config.body_timeout.unwrap_or_default())
-                .max_connections(config.max_connections as usize),
+            grpc(&config.grpc_a).add_service(EchoServer::new(EchoService)),
         )
         .service(
             "grpc-b",
-            GrpcServer::bind(&config.grpc_b)
-                .add_service(StoreServer::new(store_service))
-                .file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-                .reflection(true)
-                .handshake_timeout(config.handshake_timeout)
-                .idle_timeout(config.idle_timeout)
-                .body_timeout(config.body_timeout.unwrap_or_default())
-                .max_connections(config.max_connections as usize),
+            grpc(&config.grpc_b).add_service(StoreServer::new(store_service)),
         );
     if let Some(path) = &config.pid_file {
         lifecycle = lifecycle.pid_file(path);
