@@ -365,3 +365,59 @@ async fn a_method_the_server_does_not_have_is_a_clear_error_and_the_service_is_s
     // The drill stopped the demo it started: its port is free again.
     TcpListener::bind(&ports.http).expect("the demo was stopped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_load_and_writes_over_tls_pass_a_restart_with_the_ca_trusted_and_insecure() {
+    let dir = temp_dir("https");
+    let Some((cert, key)) = tools::self_signed(&dir) else {
+        return;
+    };
+    let cert = cert.display().to_string();
+    for trust in [vec!["--cacert", cert.as_str()], vec!["--insecure"]] {
+        let ports = Ports::new();
+        let port = ports.http.rsplit(':').next().unwrap_or_default().to_owned();
+        let base = format!("https://localhost:{port}");
+        let (ready, slow) = (format!("{base}/readyz"), format!("{base}/slow?ms=150"));
+        let (write, read) = (
+            format!("PUT {base}/kv/{{n}}"),
+            format!("GET {base}/kv/{{n}}"),
+        );
+        let mut flags = trust.clone();
+        flags.extend([
+            "--ready-url",
+            &ready,
+            "--url",
+            &slow,
+            "--write",
+            &write,
+            "--read",
+            &read,
+            "--signal-after",
+            "600ms",
+            "--restart",
+        ]);
+        let mut demo = ports.demo(&dir);
+        demo.extend(["--tls-cert".into(), cert.clone(), "--tls-key".into()]);
+        demo.push(key.display().to_string());
+        let report = run(&flags, demo).await;
+        assert!(report.passed, "{trust:?}: {report}");
+        assert!(report.requests.ok > 5, "{report}");
+        assert_eq!(report.requests.failed, 0, "{report}");
+        let audit = report.audit.as_ref().expect("the audit ran");
+        assert!(audit.acknowledged > 5, "{report}");
+        assert_eq!(audit.found, audit.acknowledged, "{report}");
+    }
+    // Without a way to trust the server, an https:// URL is a usage error, before anything starts.
+    let ports = Ports::new();
+    let cli = [
+        "lameduck-drill",
+        "--quiet",
+        "--url",
+        "https://localhost:1/",
+        "--",
+        "true",
+    ];
+    let error = drill(&DrillArgs::parse_from(cli)).await.unwrap_err();
+    assert!(error.to_string().contains("--cacert"), "{error}");
+    let _ = ports;
+}

@@ -47,35 +47,14 @@ fn curl(curl: &Path, ca: &Path, args: &[&str]) -> (i32, String) {
 
 #[test]
 fn all_three_ports_serve_tls_with_a_self_signed_pair_and_curl_trusts_it() {
-    let (Some(openssl), Some(curl_bin)) = (
-        tools::tool("openssl", "openssl"),
-        tools::tool("curl", "curl"),
-    ) else {
-        return;
-    };
     let dir = std::env::temp_dir().join(format!("lameduck-demo-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    // The README's command.
-    let made = Command::new(openssl)
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(made.success());
+    // The README's pair.
+    let (Some((cert, key)), Some(curl_bin)) =
+        (tools::self_signed(&dir), tools::tool("curl", "curl"))
+    else {
+        return;
+    };
     let ports = [free_port(), free_port(), free_port()];
     let addr = |port: u16| format!("127.0.0.1:{port}");
     let demo = Command::new(env!("CARGO_BIN_EXE_lameduck-demo"))

@@ -36,9 +36,18 @@ pub struct DrillArgs {
     )]
     pub urls: Vec<String>,
     /// Speak HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1 (for `--url`, `--write`
-    /// and `--read`).
+    /// and `--read`); over `https://`, offer only `h2` by ALPN (otherwise `h2` and
+    /// `http/1.1`, and the server picks).
     #[arg(long)]
     pub http2: bool,
+    /// For `https://` URLs (load, audit, `--ready-url`, `--front`): trust the CAs of this PEM
+    /// bundle.
+    #[arg(long, value_name = "PEM", conflicts_with = "insecure")]
+    pub cacert: Option<PathBuf>,
+    /// For `https://` URLs: take any certificate (the handshake's signatures are still
+    /// checked).
+    #[arg(long)]
+    pub insecure: bool,
     /// Concurrent HTTP workers, each on its own keep-alive connection.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,

@@ -16,6 +16,7 @@ use crate::grpc_load;
 use crate::load::{self, Attempt, Request, Shared, Slot, Target};
 use crate::report::{AuditReport, Kind, Outcome};
 use crate::schema::{self, Call};
+use crate::tls::Trust;
 
 /// Reads at once during the read-back.
 const READERS: usize = 8;
@@ -32,12 +33,18 @@ const SAMPLES: usize = 10;
 pub(crate) struct Template {
     method: Method,
     url: String,
+    trust: Trust,
 }
 
 impl Template {
     /// Parses `METHOD URL` (or a bare URL, which takes `default`), checking that `{n}` is in
     /// the URL and that it makes a usable URL.
-    pub(crate) fn parse(text: &str, flag: &str, default: Method) -> Result<Template, String> {
+    pub(crate) fn parse(
+        text: &str,
+        flag: &str,
+        default: Method,
+        trust: &Trust,
+    ) -> Result<Template, String> {
         let text = text.trim();
         let (method, url) = match text.split_once(char::is_whitespace) {
             Some((method, url)) => (
@@ -56,6 +63,7 @@ impl Template {
         let template = Template {
             method,
             url: url.to_owned(),
+            trust: trust.clone(),
         };
         template
             .request(0, Bytes::new())
@@ -66,7 +74,7 @@ impl Template {
     fn request(&self, n: u64, body: Bytes) -> Result<Request, String> {
         Ok(Request {
             method: self.method.clone(),
-            target: Target::parse(&self.url.replace("{n}", &n.to_string()))?,
+            target: Target::parse(&self.url.replace("{n}", &n.to_string()), &self.trust)?,
             body,
         })
     }
@@ -376,7 +384,7 @@ async fn read_one(
     let mut last = String::new();
     for _ in 0..READ_TRIES {
         if conn.as_ref().is_none_or(load::Conn::is_closed) {
-            *conn = load::connect(&request.target.authority, http2).await;
+            *conn = load::connect(&request.target, http2).await;
         }
         let Some(c) = conn.as_mut() else {
             last = format!("{} refused the connection", request.target.authority);
@@ -470,19 +478,48 @@ mod tests {
 
     #[test]
     fn templates_take_a_method_and_need_the_placeholder() {
-        let t =
-            Template::parse("PUT http://127.0.0.1:8080/kv/{n}", "--write", Method::PUT).unwrap();
+        let t = Template::parse(
+            "PUT http://127.0.0.1:8080/kv/{n}",
+            "--write",
+            Method::PUT,
+            &Trust::default(),
+        )
+        .unwrap();
         assert_eq!(t.method, Method::PUT);
         let r = t.request(42, Bytes::new()).unwrap();
         assert_eq!(r.target.uri.path(), "/kv/42");
         assert_eq!(t.authority().unwrap(), "127.0.0.1:8080");
-        let bare = Template::parse("http://h:1/kv/{n}", "--read", Method::GET).unwrap();
+        let bare = Template::parse(
+            "http://h:1/kv/{n}",
+            "--read",
+            Method::GET,
+            &Trust::default(),
+        )
+        .unwrap();
         assert_eq!(bare.method, Method::GET);
-        let e = Template::parse("PUT http://h:1/kv", "--write", Method::PUT).unwrap_err();
+        let e = Template::parse(
+            "PUT http://h:1/kv",
+            "--write",
+            Method::PUT,
+            &Trust::default(),
+        )
+        .unwrap_err();
         assert!(e.contains("placeholder {n}"), "{e}");
-        let e = Template::parse("PUT https://h/kv/{n}", "--write", Method::PUT).unwrap_err();
-        assert!(e.contains("only http://"), "{e}");
-        let e = Template::parse("P(T http://h/{n}", "--write", Method::PUT).unwrap_err();
+        let e = Template::parse(
+            "PUT https://h/kv/{n}",
+            "--write",
+            Method::PUT,
+            &Trust::default(),
+        )
+        .unwrap_err();
+        assert!(e.contains("needs --cacert"), "{e}");
+        let e = Template::parse(
+            "P(T http://h/{n}",
+            "--write",
+            Method::PUT,
+            &Trust::default(),
+        )
+        .unwrap_err();
         assert!(e.contains("the method"), "{e}");
     }
 

@@ -34,6 +34,7 @@ mod rollout;
 mod run;
 mod schema;
 mod svg;
+mod tls;
 mod traffic;
 
 pub use args::{DrillArgs, SignalName};

@@ -12,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use crate::report::{Kind, Outcome, RequestRecord};
+use crate::tls::Trust;
 
 /// How long a worker waits after a refused connection before it tries again, so that a closed
 /// listener does not turn the drill into a busy loop.
@@ -55,20 +56,39 @@ pub(crate) struct Target {
     pub(crate) uri: Uri,
     /// `host:port`, to connect to.
     pub(crate) authority: String,
+    /// The host, for TLS's server name.
+    host: String,
+    /// For an `https://` URL: how its certificate is trusted.
+    tls: Option<Trust>,
 }
 
 impl Target {
-    pub(crate) fn parse(url: &str) -> Result<Target, String> {
+    /// An `http://` URL, or an `https://` one if `trust` can (`--cacert`, `--insecure`).
+    pub(crate) fn parse(url: &str, trust: &Trust) -> Result<Target, String> {
         let uri: Uri = url.parse().map_err(|e| format!("`{url}`: {e}"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(format!(
-                "`{url}`: only http:// URLs (cleartext HTTP/1.1, or h2c with --http2)"
-            ));
-        }
+        let (tls, default_port) = match uri.scheme_str() {
+            Some("http") => (None, 80),
+            Some("https") if trust.usable() => (Some(trust.clone()), 443),
+            Some("https") => {
+                return Err(format!(
+                    "`{url}`: an https:// URL needs --cacert PEM (or --insecure)"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "`{url}`: only http:// (HTTP/1.1, or h2c with --http2) and https:// URLs"
+                ));
+            }
+        };
         let host = uri.host().ok_or_else(|| format!("`{url}`: no host"))?;
-        let port = uri.port_u16().unwrap_or(80);
+        let port = uri.port_u16().unwrap_or(default_port);
         Ok(Target {
             authority: format!("{host}:{port}"),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            tls,
             uri,
         })
     }
@@ -178,10 +198,22 @@ enum SendError {
     Truncated(u16, String),
 }
 
-/// Connects to `authority`; `None` if nothing listens (or the connection was closed before
-/// the handshake finished).
-pub(crate) async fn connect(authority: &str, http2: bool) -> Option<Conn> {
-    let io = TokioIo::new(tcp(authority).await?);
+/// Connects to `target`'s address (with TLS for an `https://` one, speaking what ALPN chose);
+/// `None` if nothing listens, or the connection was closed before the handshake finished.
+pub(crate) async fn connect(target: &Target, http2: bool) -> Option<Conn> {
+    let tcp = tcp(&target.authority).await?;
+    let Some(trust) = &target.tls else {
+        return handshake(TokioIo::new(tcp), http2).await;
+    };
+    let (stream, h2) = trust.connect(&target.host, tcp, http2).await?;
+    handshake(TokioIo::new(stream), h2).await
+}
+
+/// hyper's handshake on `io`, HTTP/2 or HTTP/1.1.
+async fn handshake<T>(io: TokioIo<T>, http2: bool) -> Option<Conn>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     if http2 {
         let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
@@ -315,7 +347,7 @@ impl Slot {
         };
         let reused = self.conn.as_ref().is_some_and(|c| !c.is_closed());
         if !reused {
-            self.conn = connect(&request.target.authority, shared.http2).await;
+            self.conn = connect(&request.target, shared.http2).await;
             if self.conn.is_none() {
                 return Some(Sent {
                     record: record(Outcome::Refused, None, None, false),
@@ -338,7 +370,7 @@ impl Slot {
                 // A reused connection closed under a request sent after the signal, with no
                 // response: the keep-alive race every HTTP client retries for idempotent
                 // requests. Retry once on a new connection; its outcome counts.
-                self.conn = connect(&request.target.authority, shared.http2).await;
+                self.conn = connect(&request.target, shared.http2).await;
                 match self.conn.as_mut() {
                     None => (Attempt::NotSent, true),
                     Some(fresh) => match send(fresh, request, timeout).await {

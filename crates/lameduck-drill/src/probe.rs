@@ -5,12 +5,10 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::load::Target;
+use crate::load::{self, Target};
+use crate::tls::Trust;
 
 /// How often a probe asks.
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(2);
@@ -37,7 +35,10 @@ impl Readiness {
         let fill = |text: &str| fill.map_or_else(|| text.to_owned(), |fill| fill(text));
         Ok(match (&args.ready_url, &args.ready_tcp, &args.ready_grpc) {
             (Some(url), _, _) => {
-                Readiness::Http(Target::parse(&fill(url)).map_err(|e| format!("--ready-url {e}"))?)
+                let trust = Trust::from_args(args)?;
+                Readiness::Http(
+                    Target::parse(&fill(url), &trust).map_err(|e| format!("--ready-url {e}"))?,
+                )
             }
             (_, Some(addr), _) => Readiness::Tcp(fill(addr)),
             (_, _, Some(addr)) => Readiness::Grpc(fill(addr)),
@@ -50,7 +51,7 @@ impl Readiness {
         let probe = async {
             match self {
                 Readiness::Tcp(addr) => TcpStream::connect(addr).await.is_ok(),
-                Readiness::Http(target) => http_ok(target).await.unwrap_or(false),
+                Readiness::Http(target) => http_ok(target).await,
                 Readiness::Grpc(addr) => grpc_serving(addr).await.unwrap_or(false),
             }
         };
@@ -60,14 +61,15 @@ impl Readiness {
     }
 }
 
-async fn http_ok(target: &Target) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
-    let io = TokioIo::new(TcpStream::connect(&target.authority).await?);
-    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
-    tokio::spawn(conn);
-    let request = http::Request::get(target.uri.clone())
-        .header(http::header::HOST, target.authority.as_str())
-        .body(Empty::<Bytes>::new())?;
-    Ok(send.send_request(request).await?.status() == http::StatusCode::OK)
+async fn http_ok(target: &Target) -> bool {
+    let Some(mut conn) = load::connect(target, false).await else {
+        return false;
+    };
+    let request = load::Request::get(target);
+    matches!(
+        load::send(&mut conn, &request, Duration::from_secs(2)).await,
+        load::Attempt::Answered(200, _)
+    )
 }
 
 async fn grpc_serving(addr: &str) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {

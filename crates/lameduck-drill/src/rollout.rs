@@ -114,7 +114,8 @@ pub(crate) async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
         .front
         .as_deref()
         .ok_or_else(|| DrillError::BadTarget("--rollout needs --front".into()))?;
-    let front = Target::parse(front).map_err(DrillError::BadTarget)?;
+    let trust = crate::tls::Trust::from_args(args).map_err(DrillError::BadTarget)?;
+    let front = Target::parse(front, &trust).map_err(DrillError::BadTarget)?;
     check_placeholders(args, count)?;
     let mut specs = Vec::new();
     for i in 1..=count {
@@ -314,7 +315,7 @@ async fn start_fleet(
 
 async fn front_answers(front: &Target, http2: bool) -> bool {
     let request = load::Request::get(front);
-    let Some(mut conn) = load::connect(&front.authority, http2).await else {
+    let Some(mut conn) = load::connect(front, http2).await else {
         return false;
     };
     matches!(

@@ -16,6 +16,7 @@ use crate::load::{self, Shared, Target};
 use crate::report::{Counts, FailureSample, GrpcReport, Kind, Outcome, RequestRecord};
 use crate::run::DrillError;
 use crate::schema::{self, Source};
+use crate::tls::Trust;
 
 /// What the flags ask to send.
 #[derive(Debug)]
@@ -32,17 +33,18 @@ impl Plan {
     /// Reads and checks the flags; `--proto` is compiled here, before anything starts.
     pub(crate) fn from_args(args: &DrillArgs) -> Result<Plan, DrillError> {
         let bad = DrillError::BadTarget;
+        let trust = Trust::from_args(args).map_err(bad)?;
         let mut urls = args
             .urls
             .iter()
-            .map(|u| Target::parse(u))
+            .map(|u| Target::parse(u, &trust))
             .collect::<Result<Vec<_>, _>>()
             .map_err(bad)?;
         if urls.is_empty()
             && args.grpc.is_none()
             && let Some(front) = &args.front
         {
-            urls.push(Target::parse(front).map_err(bad)?);
+            urls.push(Target::parse(front, &trust).map_err(bad)?);
         }
         let grpc = args.grpc.as_ref().map(|addr| {
             let source = match &args.proto {
@@ -56,8 +58,8 @@ impl Plan {
         });
         let writes = match (&args.write, &args.read) {
             (Some(write), Some(read)) => Some(Arc::new(Writes::new(Store::Http {
-                write: Template::parse(write, "--write", Method::PUT).map_err(bad)?,
-                read: Template::parse(read, "--read", Method::GET).map_err(bad)?,
+                write: Template::parse(write, "--write", Method::PUT, &trust).map_err(bad)?,
+                read: Template::parse(read, "--read", Method::GET, &trust).map_err(bad)?,
             }))),
             _ => None,
         };

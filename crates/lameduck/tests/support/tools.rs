@@ -38,3 +38,31 @@ pub fn alive(pid: u32) -> bool {
             != Some("Z")
     })
 }
+
+/// A self-signed pair for `localhost` and 127.0.0.1, made by `openssl` in `dir` as the README
+/// shows: `(cert, key)`, or `None` (said) without openssl. `CA:FALSE`, as rustls clients want.
+pub fn self_signed(dir: &std::path::Path) -> Option<(PathBuf, PathBuf)> {
+    let openssl = tool("openssl", "openssl")?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new(openssl)
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .ok()?;
+    assert!(made.success(), "openssl could not make a pair");
+    Some((cert, key))
+}
