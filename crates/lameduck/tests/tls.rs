@@ -532,3 +532,34 @@ async fn grpc_over_tls_with_a_tonic_client() {
     assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
     let _: &Path = &pki.dir;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tls_source_serves_each_server_its_own_alpn_protocols() {
+    let pki = Pki::new("shared");
+    let (cert, key) = pki.put_pair(&pki.issue(&["localhost"]));
+    let tls = Tls::from_pem_files(&cert, &key);
+    // The gRPC server (h2 only) starts first, then an HTTP server with the same source.
+    let grpc = InProcess::start(GrpcServer::bind("127.0.0.1:0").tls(tls.clone())).await;
+    let web = InProcess::start(HttpServer::bind("127.0.0.1:0", app()).tls(tls)).await;
+    let stream = connect(web.addr, &pki.client(&[b"http/1.1"], None)).await;
+    let stream = stream.expect("the HTTP server offers http/1.1");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut send, _) = h1(stream).await;
+    assert_eq!(
+        fetch_h1(&mut send, "/fast").await.unwrap().0,
+        StatusCode::OK
+    );
+    // And the gRPC server still offers h2 only.
+    assert!(
+        connect(grpc.addr, &pki.client(&[b"http/1.1"], None))
+            .await
+            .is_err()
+    );
+    let stream = connect(grpc.addr, &pki.client(&[b"h2", b"http/1.1"], None))
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    for running in [web, grpc] {
+        assert_eq!(running.report().await.exit_code, ExitCode::Clean);
+    }
+}

@@ -52,10 +52,9 @@ pub struct Tls {
 
 struct Inner {
     source: Source,
-    /// The configuration handshakes use now; `None` until the first server starts.
+    /// The configuration handshakes use now (each server sets its own ALPN protocols on
+    /// it); `None` until the first server starts.
     current: RwLock<Option<Arc<ServerConfig>>>,
-    /// The ALPN protocols, fixed at the first start.
-    alpn: Mutex<Option<Vec<Vec<u8>>>>,
     /// What the files were at the last load (or the last failed attempt), to see a change.
     stamps: Mutex<Option<Vec<Stamp>>>,
     /// The watcher is running.
@@ -157,7 +156,6 @@ impl Tls {
             inner: Arc::new(Inner {
                 source,
                 current: RwLock::new(None),
-                alpn: Mutex::new(None),
                 stamps: Mutex::new(None),
                 watching: Mutex::new(false),
             }),
@@ -204,29 +202,19 @@ impl Tls {
         let Source::Files(files) = &self.inner.source else {
             return Ok(());
         };
-        let alpn = self.alpn();
         let stamps = stamps(files).await;
         *self
             .inner
             .stamps
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(stamps);
-        let config = load(files, alpn).await?;
+        let config = load(files).await?;
         *self
             .inner
             .current
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(config));
         Ok(())
-    }
-
-    fn alpn(&self) -> Vec<Vec<u8>> {
-        self.inner
-            .alpn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .unwrap_or_default()
     }
 
     /// At a server's start: the configuration loaded (the first server's start loads it, and
@@ -237,11 +225,11 @@ impl Tls {
             Protocols::Http1 => vec![b"http/1.1".to_vec()],
             Protocols::Http2 => vec![b"h2".to_vec()],
         };
-        self.inner
-            .alpn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_or_insert(alpn);
+        // A configuration given as it is keeps its own ALPN protocols, if it has any.
+        let alpn = match &self.inner.source {
+            Source::Config(config) if !config.alpn_protocols.is_empty() => None,
+            _ => Some(alpn),
+        };
         let loaded = self
             .inner
             .current
@@ -251,21 +239,21 @@ impl Tls {
         if !loaded {
             match &self.inner.source {
                 Source::Config(config) => {
-                    let mut config = Arc::clone(config);
-                    if config.alpn_protocols.is_empty() {
-                        Arc::make_mut(&mut config).alpn_protocols = self.alpn();
-                    }
                     *self
                         .inner
                         .current
                         .write()
-                        .unwrap_or_else(PoisonError::into_inner) = Some(config);
+                        .unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(config));
                 }
                 Source::Files(_) => self.reload().await?,
             }
         }
         self.watch();
-        Ok(Acceptor { tls: self.clone() })
+        Ok(Acceptor {
+            tls: self.clone(),
+            alpn: alpn.map(Arc::from),
+            made: Arc::default(),
+        })
     }
 
     /// Starts looking at the files every `reload_every` (once, whoever asks first). The task
@@ -346,22 +334,46 @@ impl fmt::Debug for Tls {
     }
 }
 
-/// What a server's connections take their handshakes from.
+/// What a server's connections take their handshakes from: the configuration of the moment,
+/// with this server's ALPN protocols (one source may serve an HTTP server and a gRPC one).
 #[derive(Clone)]
 pub(crate) struct Acceptor {
     tls: Tls,
+    /// The server's ALPN protocols (`None`: the configuration's own).
+    alpn: Option<Arc<[Vec<u8>]>>,
+    /// The acceptor made from the configuration last seen: made again only when it changes.
+    made: Arc<Mutex<Option<Made>>>,
 }
+
+/// An acceptor, and the configuration it was made from.
+type Made = (Arc<ServerConfig>, TlsAcceptor);
 
 impl Acceptor {
     /// The acceptor with the configuration of this moment.
     pub(crate) fn now(&self) -> Option<TlsAcceptor> {
-        self.tls
+        let current = self
+            .tls
             .inner
             .current
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .map(TlsAcceptor::from)
+            .clone()?;
+        let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((from, acceptor)) = made.as_ref()
+            && Arc::ptr_eq(from, &current)
+        {
+            return Some(acceptor.clone());
+        }
+        let acceptor = match &self.alpn {
+            None => TlsAcceptor::from(Arc::clone(&current)),
+            Some(alpn) => {
+                let mut config = (*current).clone();
+                config.alpn_protocols = alpn.to_vec();
+                TlsAcceptor::from(Arc::new(config))
+            }
+        };
+        *made = Some((current, acceptor.clone()));
+        Some(acceptor)
     }
 }
 
@@ -481,7 +493,7 @@ fn certificates(
 }
 
 /// The pair (and client CA bundle) of `files`, as a server configuration.
-async fn load(files: &Files, alpn: Vec<Vec<u8>>) -> Result<ServerConfig, TlsError> {
+async fn load(files: &Files) -> Result<ServerConfig, TlsError> {
     let chain = certificates(
         "certificate chain",
         &files.cert_chain,
@@ -527,9 +539,7 @@ async fn load(files: &Files, alpn: Vec<Vec<u8>>) -> Result<ServerConfig, TlsErro
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_single_cert(chain, key).map_err(invalid)?;
-    config.alpn_protocols = alpn;
-    Ok(config)
+    builder.with_single_cert(chain, key).map_err(invalid)
 }
 
 /// A connection's TLS handshake, inside the drain's rules and under the handshake timeout
