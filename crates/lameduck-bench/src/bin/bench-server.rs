@@ -8,6 +8,11 @@
 //! - `lameduck`: a `Lifecycle` with an `HttpServer` (`--pid-file PATH` after the address: for
 //!   the upgrade in place of the deploy benchmark, on SIGHUP).
 //!
+//! The same over TLS (`bench-server <kind> ADDR CERT KEY`, PEM files; ALPN `h2` and
+//! `http/1.1`, TLS 1.2 and 1.3, rustls with ring in both):
+//! - `hyper-tls`: the bare hyper-util loop with a tokio-rustls acceptor in front: the baseline;
+//! - `lameduck-tls`: an `HttpServer` with `Tls::from_pem_files`.
+//!
 //! gRPC kinds serve the demo's `demo.v1.Echo`:
 //! - `tonic`: `tonic::transport::Server`, shut down on SIGTERM;
 //! - `lameduck-grpc`: a `Lifecycle` with a `GrpcServer`.
@@ -62,11 +67,27 @@ fn ready(addr: std::net::SocketAddr) {
 async fn main() {
     let mut args = std::env::args().skip(1);
     let (Some(kind), Some(addr)) = (args.next(), args.next()) else {
-        eprintln!("usage: bench-server hyper|axum|lameduck|tonic|lameduck-grpc ADDR");
+        eprintln!(
+            "usage: bench-server hyper|axum|lameduck|tonic|lameduck-grpc ADDR, \
+             or hyper-tls|lameduck-tls ADDR CERT KEY"
+        );
         std::process::exit(2);
     };
     match kind.as_str() {
         "hyper" => hyper_server(&addr).await,
+        "hyper-tls" | "lameduck-tls" => {
+            let (Some(cert), Some(key)) = (args.next(), args.next()) else {
+                eprintln!("usage: bench-server {kind} ADDR CERT KEY");
+                std::process::exit(2);
+            };
+            if kind == "hyper-tls" {
+                hyper_tls_server(&addr, &cert, &key).await
+            } else {
+                let tls = lameduck::http::Tls::from_pem_files(cert, key);
+                lameduck(Lifecycle::new().service("web", HttpServer::bind(&addr, app()).tls(tls)))
+                    .await
+            }
+        }
         "axum" => {
             let listener = TcpListener::bind(&addr).await.expect("bind");
             ready(listener.local_addr().expect("addr"));
@@ -150,6 +171,55 @@ async fn hyper_server(addr: &str) {
                 let conn = graceful.watch(conn.into_owned());
                 tokio::spawn(async move {
                     let _ = conn.await;
+                });
+            }
+            () = &mut stop => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// The TLS baseline: the same loop as [`hyper_server`] with a tokio-rustls handshake (on the
+/// connection's task) in front; the configuration as lameduck's `Tls::from_pem_files` makes it
+/// (ring, TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`).
+async fn hyper_tls_server(addr: &str, cert: &str, key: &str) {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{ServerConfig, crypto};
+
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .expect("cert")
+        .collect::<Result<_, _>>()
+        .expect("cert");
+    let key = PrivateKeyDer::from_pem_file(key).expect("key");
+    let provider = std::sync::Arc::new(crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("pair");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = TcpListener::bind(addr).await.expect("bind");
+    ready(listener.local_addr().expect("addr"));
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let service = TowerToHyperService::new(app());
+    let stop = sigterm();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                let Ok((stream, _)) = conn else { continue };
+                let _ = stream.set_nodelay(true);
+                let (acceptor, builder, service) = (acceptor.clone(), builder.clone(), service.clone());
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else { return };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                    let _ = watcher.watch(conn.into_owned()).await;
                 });
             }
             () = &mut stop => break,
