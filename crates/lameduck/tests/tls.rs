@@ -563,3 +563,36 @@ async fn one_tls_source_serves_each_server_its_own_alpn_protocols() {
         assert_eq!(running.report().await.exit_code, ExitCode::Clean);
     }
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_style_symlink_swap_is_seen_by_the_next_handshake() {
+    use std::os::unix::fs::symlink;
+
+    // A secret volume: tls.crt -> ..data/tls.crt, ..data -> ..2026_1; an update writes
+    // ..2026_2 and swaps ..data by a rename.
+    let pki = Pki::new("symlink");
+    let write_version = |name: &str, pair: &Pair| {
+        let dir = pki.dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("tls.crt"), &pair.cert).unwrap();
+        std::fs::write(dir.join("tls.key"), &pair.key).unwrap();
+    };
+    write_version("..2026_1", &pki.issue(&["localhost"]));
+    symlink("..2026_1", pki.dir.join("..data")).unwrap();
+    symlink("..data/tls.crt", pki.dir.join("tls.crt")).unwrap();
+    symlink("..data/tls.key", pki.dir.join("tls.key")).unwrap();
+    let tls = Tls::from_pem_files(pki.dir.join("tls.crt"), pki.dir.join("tls.key"))
+        .reload_every(Duration::from_millis(100));
+    let running = InProcess::start(HttpServer::bind("127.0.0.1:0", app()).tls(tls)).await;
+    let client = pki.client(&[b"h2"], None);
+    let first = server_leaf(&connect(running.addr, &client).await.unwrap());
+
+    write_version("..2026_2", &pki.issue(&["localhost", "v2.example"]));
+    symlink("..2026_2", pki.dir.join("..data_tmp")).unwrap();
+    std::fs::rename(pki.dir.join("..data_tmp"), pki.dir.join("..data")).unwrap();
+    let second = until_new_leaf(running.addr, &client, &first).await;
+    assert_ne!(second, first);
+    let report = running.report().await;
+    assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
+}
