@@ -18,7 +18,9 @@
 //!
 //! Servers that fit this flow come with the features: `http` (`http::HttpServer`: any tower
 //! service, an axum `Router` as it is, with a connection-level drain and health endpoints) and
-//! `grpc` (`grpc::GrpcServer`: tonic services with `grpc.health.v1`, reflection and GOAWAY).
+//! `grpc` (`grpc::GrpcServer`: tonic services with `grpc.health.v1`, reflection and GOAWAY);
+//! `tls` puts either on rustls (`http::Tls`: certificate files reloaded when they change,
+//! client certificates, the handshake inside the drain's rules).
 //!
 //! ```
 //! use lameduck::{Lifecycle, Phase, ExitCode};
