@@ -822,6 +822,20 @@ async fn every_write_acknowledged_across_an_upgrade_is_stored_and_served_by_the_
     }
 }
 
+/// Whether the call's stream was above the last one the server's GOAWAY said it processed
+/// (RFC 9113 §6.8: not processed, safe to send again; gRPC clients retry it transparently).
+/// tonic reports it as INTERNAL with h2's `GoAway(NO_ERROR, Remote)` behind it.
+fn above_goaway(status: &tonic::Status) -> bool {
+    let mut cause = std::error::Error::source(status);
+    while let Some(error) = cause {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR);
+        }
+        cause = error.source();
+    }
+    false
+}
+
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_calls_across_an_upgrade_all_succeed_and_the_new_process_serves_their_writes() {
@@ -856,7 +870,8 @@ async fn grpc_calls_across_an_upgrade_all_succeed_and_the_new_process_serves_the
                         Err(status)
                             if status.code() == tonic::Code::Unavailable
                                 || (status.code() == tonic::Code::Cancelled
-                                    && std::error::Error::source(&status).is_some()) =>
+                                    && std::error::Error::source(&status).is_some())
+                                || above_goaway(&status) =>
                         {
                             retried += 1;
                             client.put(put()).await.map(|_| ())
