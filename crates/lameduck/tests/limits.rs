@@ -203,7 +203,7 @@ async fn an_idle_http2_connection_gets_goaway_although_it_pings_and_a_busy_one_d
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_http1_body_gets_408_and_a_slow_one_is_read_to_its_end() {
-    let timeout = Duration::from_millis(400);
+    let timeout = Duration::from_secs(1);
     let running =
         InProcess::start(HttpServer::bind("127.0.0.1:0", app()).body_timeout(timeout)).await;
     let head = b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 20\r\n\r\n";
@@ -225,7 +225,8 @@ async fn a_stalled_http1_body_gets_408_and_a_slow_one_is_read_to_its_end() {
     let mut slow = TcpStream::connect(running.addr).await.unwrap();
     slow.write_all(head).await.unwrap();
     for chunk in [b"1234", b"5678", b"9012", b"3456", b"7890"] {
-        tokio::time::sleep(timeout / 2).await;
+        // A fifth of the timeout apart: room for a slow machine.
+        tokio::time::sleep(timeout / 5).await;
         slow.write_all(chunk).await.unwrap();
     }
     let mut buf = [0u8; 1024];

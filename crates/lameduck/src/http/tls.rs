@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -58,7 +59,7 @@ struct Inner {
     /// What the files were at the last load (or the last failed attempt), to see a change.
     stamps: Mutex<Option<Vec<Stamp>>>,
     /// The watcher is running.
-    watching: Mutex<bool>,
+    watching: AtomicBool,
 }
 
 enum Source {
@@ -157,7 +158,7 @@ impl Tls {
                 source,
                 current: RwLock::new(None),
                 stamps: Mutex::new(None),
-                watching: Mutex::new(false),
+                watching: AtomicBool::new(false),
             }),
         }
     }
@@ -202,12 +203,17 @@ impl Tls {
         let Source::Files(files) = &self.inner.source else {
             return Ok(());
         };
-        let stamps = stamps(files).await;
+        let now = stamps(files).await;
+        self.load_as(files, now).await
+    }
+
+    /// Loads the files, whose state is `now` (kept, so that a failure is said once for it).
+    async fn load_as(&self, files: &Files, now: Vec<Stamp>) -> Result<(), TlsError> {
         *self
             .inner
             .stamps
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(stamps);
+            .unwrap_or_else(PoisonError::into_inner) = Some(now);
         let config = load(files).await?;
         *self
             .inner
@@ -266,12 +272,7 @@ impl Tls {
         if every.is_zero() {
             return;
         }
-        let mut watching = self
-            .inner
-            .watching
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if std::mem::replace(&mut *watching, true) {
+        if self.inner.watching.swap(true, Ordering::AcqRel) {
             return;
         }
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
@@ -300,7 +301,7 @@ impl Tls {
         if !changed {
             return;
         }
-        match self.reload().await {
+        match self.load_as(files, now).await {
             Ok(()) => tracing::info!(
                 target: "lameduck",
                 cert_chain = %files.cert_chain.display(),
