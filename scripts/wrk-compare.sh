@@ -12,29 +12,8 @@ old=${1:?the older bench-server binary}
 rounds=${2:-5}
 cargo build --release --quiet -p lameduck-bench
 new=target/release/bench-server
-if [ "${H2:-0}" = 1 ]; then
-  command -v h2load >/dev/null || { echo "h2load is missing: apt-get install nghttp2-client" >&2; exit 1; }
-else
-  command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
-fi
-load() {
-  if [ "${H2:-0}" = 1 ]; then
-    h2load -c16 -m16 -D4 "http://127.0.0.1:$1/" 2>/dev/null | awk '/^finished in/ {print $4}'
-  else
-    wrk -t1 -c64 -d4s "http://127.0.0.1:$1/" 2>/dev/null | awk '/Requests\/sec/ {print $2}'
-  fi
-}
-run() {
-  local bin=$1 kind=$2 port=$3 out pid rps
-  out=$(mktemp)
-  "$bin" "$kind" "127.0.0.1:$port" >"$out" 2>&1 &
-  pid=$!
-  for _ in $(seq 1 200); do grep -q READY "$out" && break; sleep 0.05; done
-  rps=$(load "$port")
-  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
-  rm -f "$out"
-  echo "$rps"
-}
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 echo "| round | hyper | lameduck before | lameduck after | before / hyper | after / hyper | after / before |"
 echo "|---|---|---|---|---|---|---|"
 for i in $(seq 1 "$rounds"); do

@@ -22,6 +22,16 @@ pub struct Config {
     /// named `grpc-b` is passed.
     #[arg(long, env = "LAMEDUCK_GRPC_B", default_value = "127.0.0.1:50052")]
     pub grpc_b: String,
+    /// Admin listener address (`/metrics` in the Prometheus text format, `/livez`, `/readyz`):
+    /// it serves through the whole shutdown (lame duck, drain, hooks) and closes last. Off
+    /// when not given. Not bound when a socket named `admin` is passed.
+    #[arg(long, env = "LAMEDUCK_ADMIN")]
+    pub admin: Option<String>,
+    /// How long the admin listener serves on after the last hook, so that a last scrape sees
+    /// the end of the shutdown (the drain's duration, each hook's): a little more than the
+    /// scrape interval. It delays the exit by as much.
+    #[arg(long, env = "LAMEDUCK_ADMIN_LINGER", default_value = "0s", value_parser = duration)]
+    pub admin_linger: Duration,
     /// SQLite database file (created if missing).
     #[arg(long, env = "LAMEDUCK_DB", default_value = "lameduck-demo.db")]
     pub db: PathBuf,

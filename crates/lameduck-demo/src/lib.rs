@@ -8,6 +8,7 @@
 //! public so that the end-to-end tests can use the generated gRPC clients.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod flusher;
 pub mod grpc_api;

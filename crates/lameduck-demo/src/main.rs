@@ -106,6 +106,22 @@ async fn main() {
     if let Some(path) = &config.pid_file {
         lifecycle = lifecycle.pid_file(path);
     }
+    if let Some(addr) = &config.admin {
+        let metrics = match lameduck_demo::admin::install() {
+            Ok(metrics) => metrics,
+            Err(error) => {
+                eprintln!("lameduck-demo: cannot install the metrics recorder: {error}");
+                std::process::exit(2);
+            }
+        };
+        let admin = HttpServer::bind(addr, lameduck_demo::admin::router(metrics))
+            .handshake_timeout(config.handshake_timeout)
+            .header_timeout(config.header_timeout)
+            .idle_timeout(config.idle_timeout);
+        lifecycle = lifecycle
+            .service_drained_last("admin", admin)
+            .last_drain_delay(config.admin_linger);
+    }
     if !write_through {
         // A failed flush keeps the writes, is retried with a backoff, and holds the process not
         // ready until one works (`flusher`); the final flush reports.

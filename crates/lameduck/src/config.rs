@@ -17,6 +17,8 @@ pub(crate) type TaskFn =
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) drain_deadline: Duration,
+    pub(crate) last_drain_deadline: Duration,
+    pub(crate) last_drain_delay: Duration,
     pub(crate) lame_duck_delay: Duration,
     pub(crate) hook_timeout: Duration,
     pub(crate) force_on_second_signal: bool,
@@ -32,6 +34,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             drain_deadline: Duration::from_secs(30),
+            last_drain_deadline: Duration::from_secs(1),
+            last_drain_delay: Duration::ZERO,
             lame_duck_delay: Duration::ZERO,
             hook_timeout: Duration::from_secs(5),
             force_on_second_signal: true,

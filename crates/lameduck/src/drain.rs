@@ -15,6 +15,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 use crate::events::{Event, Events};
+use crate::metrics::{RequestEnd, ServiceMetrics};
 use crate::report::ServingReport;
 use crate::report::WorkReport;
 
@@ -79,6 +80,8 @@ struct Inner {
     requests: Counter,
     /// What the server's limits closed or refused.
     events: Events,
+    /// The live series of all this (feature `metrics`).
+    metrics: ServiceMetrics,
 }
 
 /// Two monotonic counts; in flight is their difference. Atomics on the service's own `Drain`:
@@ -118,6 +121,7 @@ impl Drain {
 
     /// `deadline` must be cancelled whenever `hard_stop` is (a child token of it).
     pub(crate) fn new(
+        service: &str,
         draining: CancellationToken,
         deadline: CancellationToken,
         hard_stop: CancellationToken,
@@ -133,6 +137,7 @@ impl Drain {
                 work: Counter::default(),
                 requests: Counter::default(),
                 events: Events::default(),
+                metrics: ServiceMetrics::new(service),
             }),
         }
     }
@@ -232,11 +237,20 @@ impl Drain {
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn request_started(&self) {
         self.inner.requests.started.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.request_started();
     }
 
+    /// A request counted with [`request_started`](Drain::request_started) ended so.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    pub(crate) fn request_finished(&self) {
+    pub(crate) fn request_finished(&self, end: RequestEnd) {
         self.inner.requests.finished.fetch_add(1, Ordering::AcqRel);
+        self.inner.metrics.request_finished(end);
+    }
+
+    /// The service's live series.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn metrics(&self) -> &ServiceMetrics {
+        &self.inner.metrics
     }
 
     fn guard(&self, kind: Kind) -> WorkGuard {
@@ -244,6 +258,10 @@ impl Drain {
             .counter(kind)
             .started
             .fetch_add(1, Ordering::Relaxed);
+        match kind {
+            Kind::Work => self.inner.metrics.unit(true),
+            Kind::Request => self.inner.metrics.request_started(),
+        }
         WorkGuard {
             inner: Arc::clone(&self.inner),
             kind,
@@ -285,6 +303,7 @@ impl Drain {
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn count(&self, event: Event) {
         self.inner.events.count(event);
+        self.inner.metrics.event(event);
     }
 
     /// The events so far, as the report shows them.
@@ -370,6 +389,14 @@ impl Drop for WorkGuard {
             .counter(self.kind)
             .finished
             .fetch_add(1, Ordering::AcqRel);
+        let metrics = &self.inner.metrics;
+        match self.kind {
+            Kind::Work => metrics.unit(false),
+            Kind::Request if self.inner.deadline.is_cancelled() => {
+                metrics.request_finished(RequestEnd::Aborted)
+            }
+            Kind::Request => metrics.request_finished(RequestEnd::Completed),
+        }
     }
 }
 
@@ -382,6 +409,7 @@ mod tests {
         let (d, h) = (CancellationToken::new(), CancellationToken::new());
         (
             Drain::new(
+                "test",
                 d.clone(),
                 h.child_token(),
                 h.clone(),

@@ -42,8 +42,45 @@ pub(crate) enum Event {
     TlsHandshakeFailed,
 }
 
+impl Event {
+    /// Every kind, in the order of their numbers.
+    pub(crate) const ALL: [Event; 12] = [
+        Event::HandshakeTimeout,
+        Event::WrongProtocol,
+        Event::Panic,
+        Event::AtCap,
+        Event::AcceptError,
+        Event::HeaderTimeout,
+        Event::IdleTimeout,
+        Event::BodyTimeout,
+        Event::HeadersTooLarge,
+        Event::H2TooManyResets,
+        Event::H2ProtocolError,
+        Event::TlsHandshakeFailed,
+    ];
+
+    /// Its name in the metrics (the report's field, in the singular).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Event::HandshakeTimeout => "handshake_timeout",
+            Event::WrongProtocol => "wrong_protocol",
+            Event::Panic => "panic",
+            Event::AtCap => "at_cap",
+            Event::AcceptError => "accept_error",
+            Event::HeaderTimeout => "header_timeout",
+            Event::IdleTimeout => "idle_timeout",
+            Event::BodyTimeout => "body_timeout",
+            Event::HeadersTooLarge => "headers_too_large",
+            Event::H2TooManyResets => "h2_too_many_resets",
+            Event::H2ProtocolError => "h2_protocol_error",
+            Event::TlsHandshakeFailed => "tls_handshake_failed",
+        }
+    }
+}
+
 /// How many kinds there are.
-const KINDS: usize = 12;
+const KINDS: usize = Event::ALL.len();
 
 /// The counts, one per kind.
 #[derive(Debug, Default)]
@@ -84,6 +121,13 @@ impl Events {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_lists_each_kind_at_its_number() {
+        for (i, event) in Event::ALL.iter().enumerate() {
+            assert_eq!(*event as usize, i, "{event:?}");
+        }
+    }
 
     #[test]
     fn each_kind_counts_apart() {

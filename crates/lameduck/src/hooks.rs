@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use tokio_util::task::AbortOnDropHandle;
 
@@ -96,6 +97,8 @@ impl Hooks {
             // Until the phase is done, its hooks are abandoned if this future is dropped.
             let first = self.reports.len();
             let mut set = JoinSet::new();
+            // A span per phase, and one per hook inside it (the hook's own events are in it).
+            let span = tracing::info_span!(target: "lameduck", "hook_phase", %phase);
             for (i, hook) in hooks.into_iter().enumerate() {
                 let timeout = hook.timeout.unwrap_or(self.default_timeout);
                 self.reports.push(HookReport {
@@ -104,15 +107,23 @@ impl Hooks {
                     outcome: HookOutcome::Abandoned,
                     duration: Duration::ZERO,
                 });
-                set.spawn(async move { (first + i, run_one(hook, timeout).await) });
+                let hook_span = tracing::info_span!(target: "lameduck", parent: &span, "hook", hook = %hook.name);
+                set.spawn(
+                    async move { (first + i, run_one(hook, timeout).await) }.instrument(hook_span),
+                );
             }
-            while let Some(done) = set.join_next().await {
-                // `run_one` catches the hook's own panics; a JoinError here would be our bug,
-                // and the hook then stays reported as abandoned.
-                if let Ok((slot, report)) = done {
-                    self.reports[slot] = report;
+            let reports = &mut self.reports;
+            async {
+                while let Some(done) = set.join_next().await {
+                    // `run_one` catches the hook's own panics; a JoinError here would be our
+                    // bug, and the hook then stays reported as abandoned.
+                    if let Ok((slot, report)) = done {
+                        reports[slot] = report;
+                    }
                 }
             }
+            .instrument(span)
+            .await;
         }
     }
 
@@ -149,7 +160,7 @@ impl Hooks {
 /// The task is aborted if this future is dropped (a forced exit): an abandoned hook stops.
 async fn run_one(hook: Hook, timeout: Duration) -> HookReport {
     let started = Instant::now();
-    let mut task = AbortOnDropHandle::new(tokio::spawn((hook.run)()));
+    let mut task = AbortOnDropHandle::new(tokio::spawn((hook.run)().in_current_span()));
     let result = match tokio::time::timeout(timeout, &mut task).await {
         Ok(res) => Some(res),
         Err(_) => {
@@ -188,6 +199,7 @@ async fn run_one(hook: Hook, timeout: Duration) -> HookReport {
             duration_ms = ms(duration), outcome = ?other, "hook did not complete"
         ),
     }
+    crate::metrics::hook_ended(hook.phase, &hook.name, &outcome, duration);
     HookReport {
         phase: hook.phase,
         name: hook.name,

@@ -22,6 +22,12 @@
 //! `tls` puts either on rustls (`http::Tls`: certificate files reloaded when they change,
 //! client certificates, the handshake inside the drain's rules).
 //!
+//! With `metrics`, all of it is recorded live through the `metrics` facade (readiness, state,
+//! in-flight work, how requests ended and why connections closed, the drain, each hook), and
+//! [`Lifecycle::service_drained_last`] runs an admin listener that serves through the whole
+//! shutdown and closes last, so that it can be scraped while it happens. The run's phases are
+//! tracing spans (`start`, `shutdown` with `lame_duck`, `drain`, `hooks`, `drain_last`).
+//!
 //! ```
 //! use lameduck::{Lifecycle, Phase, ExitCode};
 //!
@@ -60,6 +66,7 @@ pub mod http;
 mod impair;
 mod lifecycle;
 mod listen;
+mod metrics;
 mod notify;
 mod phase;
 mod pid_file;
@@ -68,6 +75,7 @@ mod report;
 mod run;
 mod service;
 mod signal;
+mod stage;
 mod upgrade;
 
 pub use drain::{Drain, WorkGuard};

@@ -54,7 +54,8 @@ use crate::upgrade::UpgradeSignal;
 /// }
 /// ```
 pub struct Lifecycle {
-    pub(crate) services: Vec<(Arc<str>, StartFn)>,
+    /// With whether each is drained last.
+    pub(crate) services: Vec<(Arc<str>, StartFn, bool)>,
     pub(crate) tasks: Vec<(Arc<str>, TaskFn)>,
     pub(crate) hooks: Vec<Hook>,
     pub(crate) config: Config,
@@ -84,7 +85,54 @@ impl Lifecycle {
     /// when every one has succeeded. See [`Service`].
     pub fn service(mut self, name: impl Into<String>, service: impl Service) -> Self {
         self.services
-            .push((name.into().into(), service::erase(service)));
+            .push((name.into().into(), service::erase(service), false));
+        self
+    }
+
+    /// Adds a service that outlives the drain: for admin and debug endpoints (metrics,
+    /// `/livez`, `/readyz`) that observers of a shutdown scrape while it happens.
+    ///
+    /// It starts with the others (the readiness barrier waits for it, and its failure fails
+    /// the start), and serves on through the lame-duck delay, the drain and the hooks: its
+    /// [`Drain`](crate::Drain) begins only once the last hook has ended. Its listener closes
+    /// then, and what it still serves gets the [last drain's
+    /// deadline](Self::last_drain_deadline) (1 s by default) before it is aborted. It never
+    /// holds up the drain of the others, and its connections (a scraper's keep-alive one)
+    /// never delay the exit by more than that deadline; an idle one is closed at once. A
+    /// deadline cut there is in its report, but does not make the exit code unclean. Readiness
+    /// is the process's: an HTTP server's `/readyz` here says 503 from the shutdown's start,
+    /// while `/livez` says 200 to the end.
+    ///
+    /// ```
+    /// use lameduck::{Lifecycle, StartContext};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let lifecycle = Lifecycle::new()
+    ///     .handle_signals(false)
+    ///     .service("api", |ctx: StartContext| async move {
+    ///         let drain = ctx.drain();
+    ///         Ok(async move { drain.draining().await; Ok(()) })
+    ///     })
+    ///     .service_drained_last("admin", |ctx: StartContext| async move {
+    ///         let (drain, handle) = (ctx.drain(), ctx.handle());
+    ///         Ok(async move {
+    ///             drain.draining().await;
+    ///             // The api service is drained and every hook has run.
+    ///             assert_eq!(handle.state(), lameduck::State::Draining);
+    ///             Ok(())
+    ///         })
+    ///     });
+    /// let handle = lifecycle.handle();
+    /// let run = tokio::spawn(lifecycle.run());
+    /// handle.wait_ready().await.unwrap();
+    /// handle.shutdown();
+    /// let report = run.await.unwrap();
+    /// assert_eq!(report.exit_code, lameduck::ExitCode::Clean);
+    /// # }
+    /// ```
+    pub fn service_drained_last(mut self, name: impl Into<String>, service: impl Service) -> Self {
+        self.services
+            .push((name.into().into(), service::erase(service), true));
         self
     }
 
@@ -138,6 +186,25 @@ impl Lifecycle {
     /// How long the drain may take before remaining work is aborted. Default 30 s.
     pub fn drain_deadline(mut self, deadline: Duration) -> Self {
         self.config.drain_deadline = deadline;
+        self
+    }
+
+    /// How long the [services drained last](Self::service_drained_last) may take to finish
+    /// what they serve once their drain begins (after the hooks), before it is aborted.
+    /// Default 1 s: a scrape or a health check takes milliseconds, and the exit waits for
+    /// nothing else.
+    pub fn last_drain_deadline(mut self, deadline: Duration) -> Self {
+        self.config.last_drain_deadline = deadline;
+        self
+    }
+
+    /// How long the [services drained last](Self::service_drained_last) keep serving after the
+    /// last hook has ended, before their drain begins: time for one more scrape, so that the
+    /// values only the end sets (`lameduck_drain_duration_seconds`, each hook's duration) reach
+    /// the monitoring. Default 0 s: nothing delays the exit; set it to a little more than the
+    /// scrape interval where those values matter.
+    pub fn last_drain_delay(mut self, delay: Duration) -> Self {
+        self.config.last_drain_delay = delay;
         self
     }
 

@@ -7,9 +7,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::{Id, JoinError, JoinSet};
+use tokio::task::{AbortHandle, Id, JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span};
 
 use crate::budget::{ABORT_GRACE, ABORT_NOTICE, drain_bound};
 use crate::config::{Config, TaskFn};
@@ -18,12 +19,14 @@ use crate::error::{BoxError, Failure, StartError, chain, errno_of, panic_message
 use crate::hooks::Hook;
 use crate::hooks::{Hooks, ms};
 use crate::listen::{Handover, Inherited, ListenFdsError};
+use crate::metrics::{LifecycleMetrics, Upgrade};
 use crate::notify::Notifier;
 use crate::pid_file::PidFile;
 use crate::ready::{Control, State};
 use crate::report::{ExitCode, Outcome, Report, Trigger, UnitReport};
 use crate::service::{Addresses, ServeFuture, StartContext, StartFn};
 use crate::signal::{Signal, Signals};
+use crate::stage::Stage;
 use crate::upgrade::{Attempt, Upgrader};
 
 /// A service or background task, as the run sees it.
@@ -32,6 +35,11 @@ struct Unit {
     addresses: Addresses,
     /// Services only; tasks track no work.
     drain: Option<Drain>,
+    /// A service drained last, after the hooks.
+    last: bool,
+    /// Its serve step or task, once spawned; then the wait for its in-flight work.
+    running: Option<AbortHandle>,
+    idle: Option<AbortHandle>,
     started_in: Option<Duration>,
     drained_in: Option<Duration>,
     /// `None` while it runs (or never ran).
@@ -46,11 +54,14 @@ struct Unit {
 }
 
 impl Unit {
-    fn new(name: Arc<str>, drain: Option<Drain>) -> Self {
+    fn new(name: Arc<str>, drain: Option<Drain>, last: bool) -> Self {
         Unit {
             name,
             addresses: Addresses::default(),
             drain,
+            last,
+            running: None,
+            idle: None,
             started_in: None,
             drained_in: None,
             outcome: None,
@@ -179,13 +190,13 @@ pub(crate) struct Run {
     starts: Vec<StartFn>,
     tasks: Vec<TaskFn>,
     hooks: Hooks,
-    /// Cancelled when the drain begins: services' `Drain` and tasks' tokens hang off it.
-    draining: CancellationToken,
-    /// Cancelled at the drain deadline (`Drain::deadline_passed`); a child of `hard_stop`.
-    deadline: CancellationToken,
-    /// Cancelled [`ABORT_NOTICE`] after the deadline, or at once on a forced or cut-short end:
-    /// aborts work spawned through `Drain::spawn`.
-    hard_stop: CancellationToken,
+    /// The drain's tokens (its start, its deadline, and the abort [`ABORT_NOTICE`] after it):
+    /// services' `Drain` and tasks' tokens hang off them.
+    first: Stage,
+    /// The tokens of the services drained last, after the hooks.
+    last: Stage,
+    /// The live series (feature `metrics`).
+    metrics: LifecycleMetrics,
     /// The serve steps and the tasks.
     running: JoinSet<Result<(), BoxError>>,
     ids: HashMap<Id, usize>,
@@ -194,6 +205,8 @@ pub(crate) struct Run {
     began: Instant,
     ready_after: Option<Duration>,
     drain_began: Option<Instant>,
+    /// When the services drained last began to drain.
+    last_drain_began: Option<Instant>,
     drain_took: Option<Duration>,
     deadline_exceeded: bool,
     /// When the trigger arrived: what the report's shutdown duration counts from.
@@ -220,14 +233,14 @@ pub(crate) struct Run {
 
 impl Run {
     pub(crate) fn new(
-        services: Vec<(Arc<str>, StartFn)>,
+        services: Vec<(Arc<str>, StartFn, bool)>,
         tasks: Vec<(Arc<str>, TaskFn)>,
         hooks: Vec<Hook>,
         config: Config,
         control: Control,
     ) -> Self {
         let mut names = std::collections::HashSet::new();
-        let service_names = services.iter().map(|(name, _)| name);
+        let service_names = services.iter().map(|(name, _, _)| name);
         for name in service_names.chain(tasks.iter().map(|(name, _)| name)) {
             if !names.insert(name) {
                 tracing::warn!(
@@ -237,27 +250,23 @@ impl Run {
                 );
             }
         }
-        let draining = CancellationToken::new();
-        let hard_stop = CancellationToken::new();
+        // Before any series is resolved: the descriptions first.
+        let metrics = LifecycleMetrics::new();
+        let (first, last) = (Stage::new(), Stage::new());
         let handed_over = CancellationToken::new();
-        let deadline = hard_stop.child_token();
         let mut units = Vec::with_capacity(services.len() + tasks.len());
         let mut starts = Vec::with_capacity(services.len());
-        for (name, start) in services {
-            let drain = Drain::new(
-                draining.clone(),
-                deadline.clone(),
-                hard_stop.clone(),
-                handed_over.clone(),
-            );
-            let unit = Unit::new(name, Some(drain));
+        for (name, start, drained_last) in services {
+            let stage = if drained_last { &last } else { &first };
+            let drain = stage.drain(&name, &handed_over);
+            let unit = Unit::new(name, Some(drain), drained_last);
             control.publish_addresses(Arc::clone(&unit.name), unit.addresses.clone());
             units.push(unit);
             starts.push(start);
         }
         let mut task_fns = Vec::with_capacity(tasks.len());
         for (name, task) in tasks {
-            units.push(Unit::new(name, None));
+            units.push(Unit::new(name, None, false));
             task_fns.push(task);
         }
         Run {
@@ -267,15 +276,16 @@ impl Run {
             units,
             starts,
             tasks: task_fns,
-            draining,
-            deadline,
-            hard_stop,
+            first,
+            last,
+            metrics,
             running: JoinSet::new(),
             ids: HashMap::new(),
             idle: JoinSet::new(),
             began: Instant::now(),
             ready_after: None,
             drain_began: None,
+            last_drain_began: None,
             drain_took: None,
             deadline_exceeded: false,
             triggered_at: None,
@@ -293,6 +303,7 @@ impl Run {
 
     pub(crate) async fn execute(mut self) -> Report {
         self.began = Instant::now();
+        self.metrics.follow(&self.control.handle);
         // Passed descriptors first, before anything of ours opens one at a number they use.
         let inherited = if self.config.inherit_listeners {
             Inherited::from_env()
@@ -374,7 +385,11 @@ impl Run {
                     error,
                 }
             }
-            Ok(()) => match self.start(&mut triggers).await {
+            Ok(()) => match self
+                .start(&mut triggers)
+                .instrument(info_span!(target: "lameduck", "start"))
+                .await
+            {
                 Ok(()) => self.serve(&mut triggers).await,
                 Err(trigger) => trigger,
             },
@@ -398,10 +413,11 @@ impl Run {
                 .stopping(&format!("shutting down ({trigger}): readiness off"), bound);
         }
 
+        let span = info_span!(target: "lameduck", "shutdown", %trigger);
         self.forced = tokio::select! {
             biased;
             () = triggers.forced() => true,
-            () = self.shut_down() => false,
+            () = self.shut_down().instrument(span) => false,
         };
         // New processes of upgrades still being stopped: waited for, but a second signal still
         // forces (they are then killed at once).
@@ -474,6 +490,7 @@ impl Run {
         // one that started a socket-activated process) finds `/readyz` ready.
         let took = self.began.elapsed();
         self.ready_after = Some(took);
+        self.metrics.ready_after(took);
         // Before anyone hears of readiness (READY=1 to an upgrading parent, a waiter on the
         // handle): they may read the file then.
         if let Some(pid_file) = &self.pid_file {
@@ -490,13 +507,15 @@ impl Run {
                 let handle = self.running.spawn(serve);
                 self.ids.insert(handle.id(), i);
                 self.units[i].live = true;
+                self.units[i].running = Some(handle);
             }
         }
         let first_task = self.units.len() - self.tasks.len();
         for (j, task) in std::mem::take(&mut self.tasks).into_iter().enumerate() {
-            let handle = self.running.spawn(task(self.draining.child_token()));
+            let handle = self.running.spawn(task(self.first.draining.child_token()));
             self.ids.insert(handle.id(), first_task + j);
             self.units[first_task + j].live = true;
+            self.units[first_task + j].running = Some(handle);
         }
         tracing::info!(
             target: "lameduck",
@@ -551,8 +570,8 @@ impl Run {
             unit.snapshot_end(true);
             drains.extend(unit.drain.clone());
         }
-        self.draining.cancel();
-        self.hard_stop.cancel();
+        self.first.cut();
+        self.last.cut();
         if !self.forced {
             let idle = async {
                 for drain in &drains {
@@ -661,10 +680,12 @@ impl Run {
         };
         match upgrader.begin(&self.handover, self.config.inherit_listeners) {
             Ok(started) => {
+                self.metrics.upgrade(Upgrade::Started);
                 self.control.upgrade_started(started.pid());
                 *attempt = Some(started);
             }
             Err(error) => {
+                self.metrics.upgrade(Upgrade::Failed);
                 tracing::error!(target: "lameduck", "upgrade failed, serving on: {error}")
             }
         }
@@ -699,6 +720,7 @@ impl Run {
                     let done = attempt.take();
                     match ready {
                         Ok(new_pid) => {
+                            self.metrics.upgrade(Upgrade::HandedOver);
                             self.triggered_at = Some(Instant::now());
                             self.handed_over.cancel();
                             self.notify.handed_over(new_pid);
@@ -706,6 +728,7 @@ impl Run {
                             return Trigger::Upgraded { new_pid };
                         }
                         Err(error) => {
+                            self.metrics.upgrade(Upgrade::Failed);
                             tracing::error!(target: "lameduck", "upgrade failed, serving on: {error}");
                             if let Some(done) = done {
                                 self.stop_in_background(done, ABORT_GRACE);
@@ -739,7 +762,11 @@ impl Run {
             Err(join) => (join.id(), Err(join)),
         };
         let i = *self.ids.get(&id)?;
-        let draining = self.draining.is_cancelled();
+        // Aborted and written off already (at a deadline): nothing more to record.
+        if !self.units[i].live {
+            return None;
+        }
+        let draining = self.first.draining.is_cancelled();
         // During the lame-duck delay a shutdown is under way, though the drain has not begun.
         let shutting_down = self.triggered_at.is_some();
         let unit = &mut self.units[i];
@@ -778,10 +805,11 @@ impl Run {
             // Its serve step is over; its in-flight work may not be.
             Some(drain) => {
                 let drain = drain.clone();
-                self.idle.spawn(async move {
+                let idle = self.idle.spawn(async move {
                     drain.idle().await;
                     i
                 });
+                self.units[i].idle = Some(idle);
             }
             None => self.done(i),
         }
@@ -817,11 +845,20 @@ impl Run {
         }
     }
 
-    /// Records ends until nothing runs any more (`true`) or `limit` has passed (`false`).
-    async fn ends_within(&mut self, limit: Duration) -> bool {
+    /// Whether a unit of the stage (`last`: the services drained last) still runs.
+    fn live_in(&self, last: bool) -> bool {
+        self.units.iter().any(|u| u.live && u.last == last)
+    }
+
+    /// Records ends until nothing of the stage runs any more (`true`) or `limit` has passed
+    /// (`false`). The other stage's ends are recorded too, as they come.
+    async fn ends_within(&mut self, limit: Duration, last: bool) -> bool {
         let timer = tokio::time::sleep(limit);
         tokio::pin!(timer);
         loop {
+            if !self.live_in(last) {
+                return true;
+            }
             tokio::select! {
                 biased;
                 more = self.next_end() => if !more { return true },
@@ -833,8 +870,17 @@ impl Run {
     /// A unit has nothing running any more.
     fn done(&mut self, i: usize) {
         let unit = &mut self.units[i];
+        if !unit.live {
+            // Written off at a deadline already.
+            return;
+        }
         unit.live = false;
-        if let Some(began) = self.drain_began {
+        let drain_began = if unit.last {
+            self.last_drain_began
+        } else {
+            self.drain_began
+        };
+        if let Some(began) = drain_began {
             unit.drained_in = Some(began.elapsed());
             tracing::info!(
                 target: "lameduck", unit = %unit.name,
@@ -847,19 +893,40 @@ impl Run {
         }
     }
 
-    /// Lame duck, drain, hooks. Dropped as a whole when the shutdown is forced.
+    /// Lame duck, drain, hooks, and the services drained last, each a span. Dropped as a whole when the
+    /// shutdown is forced.
     async fn shut_down(&mut self) {
         let began = self.triggered_at.unwrap_or_else(Instant::now);
+        self.metrics.shutdown_started();
         // A failed start never served: there is nothing to be a lame duck about, or to drain.
         if self.ready_after.is_none() {
-            self.hooks.run(began, &self.notify).await;
+            let hooks = info_span!(target: "lameduck", "hooks");
+            self.hooks.run(began, &self.notify).instrument(hooks).await;
             return;
         }
-        let serving = |units: &[Unit]| units.iter().any(|u| u.live && u.drain.is_some());
         // After an upgrade the port serves on, from the new process: no balancer needs to
         // notice anything, so there is no lame duck to be.
         let handed_over = self.handed_over.is_cancelled();
         if serving(&self.units) && !handed_over && !self.config.lame_duck_delay.is_zero() {
+            self.lame_duck()
+                .instrument(info_span!(target: "lameduck", "lame_duck"))
+                .await;
+        }
+        self.drain(began)
+            .instrument(info_span!(target: "lameduck", "drain"))
+            .await;
+        self.hooks
+            .run(began, &self.notify)
+            .instrument(info_span!(target: "lameduck", "hooks"))
+            .await;
+        self.drain_last()
+            .instrument(info_span!(target: "lameduck", "drain_last"))
+            .await;
+    }
+
+    /// The lame-duck delay: not ready, still serving, while load balancers notice.
+    async fn lame_duck(&mut self) {
+        {
             tracing::info!(
                 target: "lameduck",
                 delay_ms = ms(self.config.lame_duck_delay),
@@ -867,6 +934,7 @@ impl Run {
             );
             // Services still serve, and may still end: record that as it happens (it is not a
             // drain), and stop waiting once none serves any more.
+            self.metrics.lame_duck(true);
             let delay = tokio::time::sleep(self.config.lame_duck_delay);
             tokio::pin!(delay);
             while serving(&self.units) {
@@ -876,22 +944,18 @@ impl Run {
                     more = self.next_end() => if !more { break },
                 }
             }
+            self.metrics.lame_duck(false);
         }
-        self.drain(began).await;
-        self.hooks.run(began, &self.notify).await;
     }
 
-    /// Tells every service and task to stop, and waits until they have, or the deadline.
+    /// Tells every service and task to stop (but those drained last), and waits until they
+    /// have, or the deadline.
     async fn drain(&mut self, began: Instant) {
         let drain_began = Instant::now();
         self.drain_began = Some(drain_began);
-        for unit in &mut self.units {
-            if let (true, Some(drain)) = (unit.live, &unit.drain) {
-                unit.at_drain = Some(drain.counts());
-            }
-        }
-        self.draining.cancel();
-        let live = self.units.iter().filter(|u| u.live).count();
+        self.snapshot_at_drain(false);
+        self.first.draining.cancel();
+        let live = self.units.iter().filter(|u| u.live && !u.last).count();
         self.notify.step(
             &format!("draining: listeners closed, {live} services and tasks finishing"),
             drain_bound(self.config.drain_deadline),
@@ -902,22 +966,67 @@ impl Run {
             since_trigger_ms = ms(began.elapsed()),
             "draining: listeners closing, in-flight work finishing"
         );
-        let drained = self.ends_within(self.config.drain_deadline).await;
+        let drained = self.ends_within(self.config.drain_deadline, false).await;
         if !drained {
-            self.abort_remaining().await;
+            self.deadline_exceeded = true;
+            self.metrics.deadline_exceeded();
+            self.abort_remaining(false).await;
         }
         let took = drain_began.elapsed();
         self.drain_took = Some(took);
+        self.metrics.drained(took, !drained);
         tracing::info!(
             target: "lameduck", took_ms = ms(took), deadline_exceeded = !drained,
             "drain finished"
         );
     }
 
-    /// The deadline: abort what is left, and name it.
-    async fn abort_remaining(&mut self) {
-        self.deadline_exceeded = true;
-        for unit in self.units.iter_mut().filter(|u| u.live) {
+    /// The drain of the services drained last (admin endpoints), once the hooks are over:
+    /// their listeners close now, and what they still serve gets the last drain's deadline.
+    /// Cutting it short there is no failure of the shutdown: they serve its observers only.
+    async fn drain_last(&mut self) {
+        if !self.live_in(true) {
+            return;
+        }
+        let delay = self.config.last_drain_delay;
+        if !delay.is_zero() {
+            tracing::info!(
+                target: "lameduck", delay_ms = ms(delay),
+                "the services drained last serve on a moment (a last scrape)"
+            );
+            // They may still end meanwhile: that is recorded as it happens.
+            if self.ends_within(delay, true).await {
+                return;
+            }
+        }
+        let began = Instant::now();
+        self.last_drain_began = Some(began);
+        self.snapshot_at_drain(true);
+        self.last.draining.cancel();
+        let deadline = self.config.last_drain_deadline;
+        self.notify
+            .step("closing the services drained last", drain_bound(deadline));
+        tracing::info!(
+            target: "lameduck", deadline_ms = ms(deadline),
+            "draining the services drained last"
+        );
+        if !self.ends_within(deadline, true).await {
+            self.abort_remaining(true).await;
+        }
+    }
+
+    /// The counters of the stage's live services, as the drain begins.
+    fn snapshot_at_drain(&mut self, last: bool) {
+        for unit in self.units.iter_mut().filter(|u| u.live && u.last == last) {
+            if let Some(drain) = &unit.drain {
+                unit.at_drain = Some(drain.counts());
+            }
+        }
+    }
+
+    /// A stage's deadline: abort what is left of it, and name it.
+    async fn abort_remaining(&mut self, last: bool) {
+        for unit in self.units.iter_mut().filter(|u| u.live && u.last == last) {
             tracing::warn!(
                 target: "lameduck", unit = %unit.name,
                 in_flight = unit.drain.as_ref().map(Drain::in_flight),
@@ -926,23 +1035,34 @@ impl Run {
             unit.snapshot_end(true);
             unit.set_outcome(Outcome::Aborted);
         }
+        let stage = if last { &self.last } else { &self.first }.clone();
         // Tell the work first: a response can still end with a status of its own.
-        self.deadline.cancel();
-        self.ends_within(ABORT_NOTICE).await;
-        self.hard_stop.cancel();
-        self.running.abort_all();
+        stage.deadline.cancel();
+        self.ends_within(ABORT_NOTICE, last).await;
+        stage.hard_stop.cancel();
+        for unit in self.units.iter().filter(|u| u.live && u.last == last) {
+            if let Some(running) = &unit.running {
+                running.abort();
+            }
+        }
         // Aborts land at each task's next poll. Wait for them, so that listeners and connections
         // are closed before the hooks run, but not forever: work held by a guard outside
         // `Drain::spawn`, or a task stuck in blocking code, cannot be aborted from here.
-        if !self.ends_within(ABORT_GRACE).await {
+        if !self.ends_within(ABORT_GRACE, last).await {
             tracing::error!(target: "lameduck", "aborted work did not stop within {ABORT_GRACE:?}");
         }
-        self.idle.abort_all();
-        while self.idle.join_next().await.is_some() {}
         let now = Instant::now();
-        for unit in self.units.iter_mut().filter(|u| u.live) {
+        let began = if last {
+            self.last_drain_began
+        } else {
+            self.drain_began
+        };
+        for unit in self.units.iter_mut().filter(|u| u.live && u.last == last) {
+            if let Some(idle) = &unit.idle {
+                idle.abort();
+            }
             unit.live = false;
-            if let Some(began) = self.drain_began {
+            if let Some(began) = began {
                 unit.drained_in = Some(now - began);
             }
         }
@@ -955,8 +1075,8 @@ impl Run {
             for unit in self.units.iter_mut().filter(|u| u.live) {
                 unit.snapshot_end(true);
             }
-            self.draining.cancel();
-            self.hard_stop.cancel();
+            self.first.cut();
+            self.last.cut();
             self.running.abort_all();
             self.idle.abort_all();
         }
@@ -991,10 +1111,15 @@ impl Drop for Run {
     /// A run dropped before its end (its future dropped by a `select!` or a timeout) must not
     /// leave work running or the handle saying it is ready. The JoinSets abort their tasks.
     fn drop(&mut self) {
-        self.draining.cancel();
-        self.hard_stop.cancel();
+        self.first.cut();
+        self.last.cut();
         self.control.set(State::Stopped);
     }
+}
+
+/// Whether a service still serves (one drained last aside).
+fn serving(units: &[Unit]) -> bool {
+    units.iter().any(|u| u.live && u.drain.is_some() && !u.last)
 }
 
 /// Waits for aborted work at most [`ABORT_GRACE`]; returns whether a force came first.

@@ -6,7 +6,9 @@
 //!   `GracefulShutdown` on SIGTERM: the baseline;
 //! - `axum`: `axum::serve(..).with_graceful_shutdown(SIGTERM)`;
 //! - `lameduck`: a `Lifecycle` with an `HttpServer` (`--pid-file PATH` after the address: for
-//!   the upgrade in place of the deploy benchmark, on SIGHUP).
+//!   the upgrade in place of the deploy benchmark, on SIGHUP);
+//! - `lameduck-metrics`: the same with the Prometheus exporter installed, so that every series
+//!   is recorded (`/metrics` answers it; the load does not ask for it).
 //!
 //! The same over TLS (`bench-server <kind> ADDR CERT KEY`, PEM files; ALPN `h2` and
 //! `http/1.1`, TLS 1.2 and 1.3, rustls with ring in both):
@@ -68,7 +70,7 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let (Some(kind), Some(addr)) = (args.next(), args.next()) else {
         eprintln!(
-            "usage: bench-server hyper|axum|lameduck|tonic|lameduck-grpc ADDR, \
+            "usage: bench-server hyper|axum|lameduck|lameduck-metrics|tonic|lameduck-grpc ADDR, \
              or hyper-tls|lameduck-tls ADDR CERT KEY"
         );
         std::process::exit(2);
@@ -99,6 +101,19 @@ async fn main() {
                 .with_graceful_shutdown(sigterm())
                 .await
                 .expect("serve");
+        }
+        "lameduck-metrics" => {
+            let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("the metrics recorder");
+            let app = app().route(
+                "/metrics",
+                get(move || {
+                    let metrics = metrics.clone();
+                    async move { metrics.render() }
+                }),
+            );
+            lameduck(Lifecycle::new().service("web", HttpServer::bind(&addr, app))).await
         }
         "lameduck" => {
             let mut lifecycle = Lifecycle::new().service("web", HttpServer::bind(&addr, app()));

@@ -7,7 +7,7 @@ use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use crate::http::body::RequestBody;
 use crate::http::request::RequestService;
 use crate::http::server::{Protocols, Shared};
 use crate::http::timeouts::{Snapshot, Verdict};
+use crate::metrics::{Closed, RequestEnd};
 
 /// How long after its accept a connection that has sent nothing yet may still deliver its first
 /// request once the drain has begun: a client that connected just before the drain is most
@@ -160,6 +161,7 @@ async fn drive<T, S, B>(
                 let now = born.elapsed();
                 if going_away {
                     if state.quiet() {
+                        state.close_as(Closed::IdleTimeout);
                         return;
                     }
                     // A stream begun before the GOAWAY is still running: it finishes.
@@ -175,7 +177,7 @@ async fn drive<T, S, B>(
                     let polled =
                         std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await;
                     if let Poll::Ready(result) = polled {
-                        log_end(&drain, peer, result);
+                        log_end(&state, peer, result);
                         return;
                     }
                     next = shared.timeouts.judge(&state.snapshot(), now);
@@ -185,12 +187,14 @@ async fn drive<T, S, B>(
                     Verdict::Off => {}
                     Verdict::Close(event) => {
                         drain.count(event);
+                        state.close_as(Closed::of(event));
                         tracing::debug!(target: "lameduck", %peer, ?event, "connection closed");
                         // Dropping the connection closes the socket.
                         return;
                     }
                     Verdict::GoAway => {
                         drain.count(Event::IdleTimeout);
+                        state.close_as(Closed::IdleTimeout);
                         conn.as_mut().graceful_shutdown();
                         going_away = true;
                         next = Verdict::At(now + IDLE_CLOSE_GRACE);
@@ -208,7 +212,7 @@ async fn drive<T, S, B>(
                 state.read_now();
                 let polled = std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await;
                 if let Poll::Ready(result) = polled {
-                    log_end(&drain, peer, result);
+                    log_end(&state, peer, result);
                     return;
                 }
                 if state.closable_at_once() {
@@ -220,7 +224,8 @@ async fn drive<T, S, B>(
                         tokio::select! {
                             biased;
                             result = conn.as_mut() => {
-                                log_end(&drain, peer, result);
+                                state.close_as(state.drained());
+                                log_end(&state, peer, result);
                                 return;
                             }
                             () = tokio::time::sleep(FIRST_REQUEST_GRACE - age) => {}
@@ -228,6 +233,7 @@ async fn drive<T, S, B>(
                     }
                     if state.closable_at_once() {
                         // Dropping the connection closes the socket.
+                        state.close_as(Closed::IdleAtDrain);
                         return;
                     }
                 }
@@ -237,7 +243,8 @@ async fn drive<T, S, B>(
                     tokio::select! {
                         biased;
                         result = conn.as_mut() => {
-                            log_end(&drain, peer, result);
+                            state.close_as(state.drained());
+                            log_end(&state, peer, result);
                             return;
                         }
                         () = tokio::time::sleep(left) => {}
@@ -247,20 +254,23 @@ async fn drive<T, S, B>(
                 // With nothing in flight, an HTTP/2 connection still waits for the client to
                 // acknowledge the GOAWAY; a client that never does must not hold the drain. A
                 // response still being written is in flight: it is not cut off here.
-                tokio::select! {
+                let result = tokio::select! {
                     biased;
                     result = conn.as_mut() => result,
                     () = tokio::time::sleep(IDLE_CLOSE_GRACE) => {
-                        if state.quiet() {
-                            return;
+                        if !state.quiet() {
+                            conn.as_mut().await
+                        } else {
+                            Ok(())
                         }
-                        conn.as_mut().await
                     }
-                }
+                };
+                state.close_as(state.drained());
+                result
             }
         };
     };
-    log_end(&drain, peer, result);
+    log_end(&state, peer, result);
 }
 
 /// The time a verdict looks again at (since the accept); zero for one that does not.
@@ -273,10 +283,11 @@ fn at(verdict: Verdict) -> Duration {
 
 /// Counts what ended a connection with an error the client caused (a head too large, an
 /// HTTP/2 flood or protocol error), and logs it.
-fn log_end(drain: &Drain, peer: SocketAddr, result: Result<(), BoxError>) {
+fn log_end(state: &ConnState, peer: SocketAddr, result: Result<(), BoxError>) {
     let Err(error) = result else { return };
     if let Some(event) = client_error(&*error) {
-        drain.count(event);
+        state.drain().count(event);
+        state.close_as(Closed::of(event));
     }
     tracing::debug!(target: "lameduck", %peer, "connection ended: {error}");
 }
@@ -342,6 +353,9 @@ pub(crate) struct ConnState {
     /// HTTP/1: when the first byte of the coming request head was read, in microseconds since
     /// `born` (`u64::MAX`: none is coming).
     head_began_us: AtomicU64,
+    /// Why it closed, once known (a [`Closed`]; 0: not said, which at the drop means the
+    /// deadline cut it if it has passed, else the client closed it).
+    closed: AtomicU8,
     /// The chain the client presented in its TLS handshake.
     #[cfg(feature = "tls")]
     peer_certificates: std::sync::OnceLock<crate::http::tls::PeerCertificates>,
@@ -376,8 +390,26 @@ impl ConnState {
             last_end_us: AtomicU64::new(u64::MAX),
             between: AtomicBool::new(true),
             head_began_us: AtomicU64::new(u64::MAX),
+            closed: AtomicU8::new(0),
             #[cfg(feature = "tls")]
             peer_certificates: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Says why the connection closes (for the metrics).
+    pub(crate) fn close_as(&self, reason: Closed) {
+        self.closed.store(reason as u8, Ordering::Relaxed);
+    }
+
+    /// Why it closes when the drain ends it gracefully (past the deadline, what is still
+    /// open ends because the deadline cut its work).
+    fn drained(&self) -> Closed {
+        if self.drain.is_deadline_passed() {
+            Closed::Deadline
+        } else if self.is_h2() {
+            Closed::GoAway
+        } else {
+            Closed::AfterResponse
         }
     }
 
@@ -553,10 +585,10 @@ impl ConnState {
 
     /// A request's response has ended (or it was cut off); `body_done`: its body was read to
     /// its end (or had none).
-    pub(crate) fn request_ended(&self, body_done: bool) {
+    pub(crate) fn request_ended(&self, body_done: bool, end: RequestEnd) {
         self.ended_now(body_done);
         self.active.fetch_sub(1, Ordering::AcqRel);
-        self.drain.request_finished();
+        self.drain.request_finished(end);
     }
 
     /// A health check or another answer that is not counted still shows that the client
@@ -585,11 +617,32 @@ impl ConnState {
 
     /// The socket is about to leave hyper for a handler's task (a 101, or a 2xx to CONNECT).
     pub(crate) fn mark_upgraded(&self) {
-        self.upgraded.store(true, Ordering::Release);
+        if !self.upgraded.swap(true, Ordering::AcqRel) {
+            // In flight until it closes (see `Drop`).
+            self.drain.metrics().upgraded(true);
+        }
     }
 
     pub(crate) fn drain(&self) -> &Drain {
         &self.drain
+    }
+}
+
+impl Drop for ConnState {
+    /// The connection is gone: its socket closed, and every request on it ended.
+    fn drop(&mut self) {
+        let metrics = self.drain.metrics();
+        let reason = Closed::from_u8(*self.closed.get_mut()).unwrap_or_else(|| {
+            if self.drain.is_deadline_passed() {
+                Closed::Deadline
+            } else {
+                Closed::Client
+            }
+        });
+        metrics.closed(reason);
+        if *self.upgraded.get_mut() {
+            metrics.upgraded(false);
+        }
     }
 }
 
@@ -752,6 +805,7 @@ impl<T: Transport> ConnIo<T> {
     /// an answer in either version.
     fn refuse(&mut self) -> io::Error {
         self.state.drain().count(Event::WrongProtocol);
+        self.state.close_as(Closed::WrongProtocol);
         self.drop_stream();
         io::Error::new(
             io::ErrorKind::ConnectionAborted,

@@ -10,6 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -26,6 +27,7 @@ use crate::http::body::{BodyShared, BodyWatch, RequestBody};
 use crate::http::connection::{ConnState, Deadline};
 use crate::http::panic;
 use crate::http::server::Shared;
+use crate::metrics::RequestEnd;
 
 /// One request in flight: counted for the service (the report) and for its connection (the
 /// drain), until its response body has ended. The connection is the unit the drain waits for;
@@ -34,6 +36,10 @@ pub(crate) struct RequestGuard {
     conn: Arc<ConnState>,
     /// Its body, if one was still to come at the head (and is watched).
     body: Option<Arc<BodyShared>>,
+    /// How it ended, once known (a [`RequestEnd`]; 0: not said, which at the drop means cut
+    /// off: by the deadline if it has passed, else by the client going away). Atomic only
+    /// because a body's `is_end_stream` says it through `&self`.
+    end: AtomicU8,
 }
 
 impl RequestGuard {
@@ -42,7 +48,13 @@ impl RequestGuard {
         RequestGuard {
             conn: Arc::clone(conn),
             body,
+            end: AtomicU8::new(0),
         }
+    }
+
+    /// Says how the request ended (before the guard is dropped).
+    fn end_as(&self, end: RequestEnd) {
+        self.end.store(end as u8, Ordering::Relaxed);
     }
 
     /// Its body, if it timed out (`cx` is woken when it does).
@@ -54,7 +66,14 @@ impl RequestGuard {
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         let body_done = self.body.as_ref().is_none_or(|b| b.complete());
-        self.conn.request_ended(body_done);
+        let end = RequestEnd::from_u8(self.end.load(Ordering::Relaxed)).unwrap_or_else(|| {
+            if self.conn.drain().is_deadline_passed() {
+                RequestEnd::Aborted
+            } else {
+                RequestEnd::Cancelled
+            }
+        });
+        self.conn.request_ended(body_done, end);
     }
 }
 
@@ -247,6 +266,7 @@ where
                     let Some(guard) = guard.take() else {
                         return Poll::Ready(Ok(panic::answer(*grpc, h2)));
                     };
+                    guard.end_as(RequestEnd::Panicked);
                     panic::report(&guard.conn, asked, &message, "before answering");
                     // A handler that panics on its body's error: the body's timeout is what
                     // the client is told.
@@ -263,6 +283,9 @@ where
                         .is_some_and(|g| g.body_timed_out(cx).is_some()) =>
                     {
                         let guard = guard.take();
+                        if let Some(guard) = &guard {
+                            guard.end_as(RequestEnd::Failed);
+                        }
                         let h2 = guard.as_ref().is_some_and(|g| g.conn.is_h2());
                         let body = guard.as_ref().and_then(|g| g.body.as_deref());
                         Poll::Ready(body_timed_out(body, *grpc, h2))
@@ -319,7 +342,9 @@ where
                     }
                     // Dropping the guard ends the request: hyper closes the connection.
                     Poll::Ready(Err(error)) => {
-                        guard.take();
+                        if let Some(guard) = guard.take() {
+                            guard.end_as(RequestEnd::Failed);
+                        }
                         Poll::Ready(Err(error.into()))
                     }
                 },
@@ -388,6 +413,7 @@ where
                         // The head is out: the stream is reset (HTTP/2) or the connection cut
                         // (HTTP/1), so that the client does not take what came for the whole.
                         if let Some(guard) = guard.take() {
+                            guard.end_as(RequestEnd::Panicked);
                             panic::report(&guard.conn, asked, &message, "in its response body");
                         }
                         return Poll::Ready(Some(Err(message.into())));
@@ -399,12 +425,20 @@ where
                     && let Some(stalled) = g.body_timed_out(cx)
                 {
                     let end = body_timed_out_midway(stalled, *grpc, g.conn.is_h2());
+                    g.end_as(RequestEnd::Failed);
                     guard.take();
                     return Poll::Ready(Some(end));
                 }
                 match &polled {
-                    Poll::Ready(None | Some(Err(_))) => {
-                        guard.take();
+                    Poll::Ready(None) => {
+                        if let Some(guard) = guard.take() {
+                            guard.end_as(RequestEnd::Completed);
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        if let Some(guard) = guard.take() {
+                            guard.end_as(RequestEnd::Failed);
+                        }
                     }
                     Poll::Pending => match Watch::of(watch, guard, *grpc)
                         .map_or(Ending::No, |w| w.ending(cx))
@@ -431,7 +465,14 @@ where
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::App { body, .. } => body.is_end_stream(),
+            ResponseBody::App { body, guard, .. } => {
+                let end = body.is_end_stream();
+                // hyper polls an ended body no more: this is its end.
+                if end && let Some(guard) = guard {
+                    guard.end_as(RequestEnd::Completed);
+                }
+                end
+            }
             ResponseBody::Text { text } => text.is_none(),
         }
     }

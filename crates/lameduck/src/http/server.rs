@@ -339,6 +339,7 @@ where
             None => None,
         };
         let mut listeners = ctx.listen(self.listen, self.socket).await?;
+        ctx.drain().metrics().server_started();
         let name: Arc<str> = ctx.name().into();
         let shared = Arc::new(Shared {
             name: Arc::clone(&name),

@@ -24,6 +24,7 @@ use tokio_rustls::server::TlsStream;
 use crate::events::Event;
 use crate::http::connection::{ConnState, FIRST_REQUEST_GRACE, Raw, Transport};
 use crate::http::server::{Protocols, Shared};
+use crate::metrics::{self, Closed, Handshake};
 
 /// How often the files of [`Tls::from_pem_files`] are looked at, by default.
 const RELOAD_EVERY: Duration = Duration::from_secs(2);
@@ -204,7 +205,9 @@ impl Tls {
             return Ok(());
         };
         let now = stamps(files).await;
-        self.load_as(files, now).await
+        let loaded = self.load_as(files, now).await;
+        metrics::tls_reloaded(loaded.is_ok());
+        loaded
     }
 
     /// Loads the files, whose state is `now` (kept, so that a failure is said once for it).
@@ -301,7 +304,9 @@ impl Tls {
         if !changed {
             return;
         }
-        match self.load_as(files, now).await {
+        let loaded = self.load_as(files, now).await;
+        metrics::tls_reloaded(loaded.is_ok());
+        match loaded {
             Ok(()) => tracing::info!(
                 target: "lameduck",
                 cert_chain = %files.cert_chain.display(),
@@ -566,9 +571,12 @@ pub(crate) async fn handshake(
         done = &mut accept => done,
         () = &mut timer, if timeout.is_some() => {
             drain.count(Event::HandshakeTimeout);
+            drain.metrics().handshake(Handshake::Timeout);
+            state.close_as(Closed::HandshakeTimeout);
             return None;
         }
         () = shared.closing.cancelled() => {
+            state.close_as(Closed::IdleAtDrain);
             let left = FIRST_REQUEST_GRACE.checked_sub(born.elapsed())?;
             tokio::select! {
                 biased;
@@ -579,6 +587,7 @@ pub(crate) async fn handshake(
     };
     match done {
         Ok(stream) => {
+            drain.metrics().handshake(Handshake::Ok);
             if let Some(chain) = stream.get_ref().1.peer_certificates() {
                 state.set_peer_certificates(PeerCertificates::new(chain));
             }
@@ -586,6 +595,8 @@ pub(crate) async fn handshake(
         }
         Err(error) => {
             drain.count(Event::TlsHandshakeFailed);
+            drain.metrics().handshake(Handshake::Failed);
+            state.close_as(Closed::TlsFailed);
             tracing::debug!(target: "lameduck", peer = %state.peer(), "TLS handshake failed: {error}");
             None
         }
