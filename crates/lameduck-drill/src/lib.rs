@@ -26,6 +26,7 @@
 mod args;
 mod audit;
 mod child;
+mod exposition;
 mod grpc_load;
 mod load;
 mod probe;
@@ -33,6 +34,7 @@ pub mod report;
 mod rollout;
 mod run;
 mod schema;
+mod scrape;
 mod svg;
 mod tls;
 mod traffic;

@@ -98,6 +98,7 @@ fn base(ended_at_ms: f64) -> DrillReport {
         grpc: None,
         audit: None,
         instances: Vec::new(),
+        metrics: None,
         records: Vec::new(),
     }
 }
