@@ -280,7 +280,8 @@ pub struct MetricsReport {
 /// One scrape's values of the lameduck series; a series the text did not have is left out.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct MetricsSample {
-    /// When the answer arrived, milliseconds since the drill started (the requests' clock).
+    /// When the service wrote it: the middle of the scrape's round trip, milliseconds since
+    /// the drill started (the requests' clock).
     pub at_ms: f64,
     /// `lameduck_ready`: 1 while ready, else 0.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -102,7 +102,9 @@ async fn scrape(
         };
         match result {
             Ok(samples) => {
-                let at_ms = ms(began.elapsed());
+                // The middle of the round trip: the best guess of when the service wrote it.
+                let answered = Instant::now();
+                let at_ms = ms((sent + (answered - sent) / 2).saturating_duration_since(began));
                 out.lameduck_series |= samples.iter().any(|s| s.name.starts_with("lameduck_"));
                 out.samples.push(interpret(&samples, at_ms));
             }
