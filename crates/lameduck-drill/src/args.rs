@@ -193,11 +193,12 @@ pub struct DrillArgs {
     #[arg(long, default_value = "1s", value_parser = duration, requires = "rollout")]
     pub settle: Duration,
     /// Scrape the service's Prometheus metrics at this URL (`http://`, or `https://` with
-    /// `--cacert` or `--insecure`) from readiness until the process exits, every
-    /// `--metrics-interval`, and keep the lameduck series (`lameduck_ready`, `lameduck_state`,
-    /// `lameduck_lame_duck`, `lameduck_in_flight` and `lameduck_connections` per service) in
-    /// the report and the picture. Best served by an admin listener that stays open through
-    /// the drain; failed scrapes are counted, never a failure of the drill.
+    /// `--cacert` or `--insecure`) from readiness until the process exits (with `--upgrade`,
+    /// the old one), every `--metrics-interval`, and keep the lameduck series
+    /// (`lameduck_ready`, `lameduck_state`, `lameduck_lame_duck`, `lameduck_in_flight` and
+    /// `lameduck_connections` per service) in the report and the picture. Best served by an
+    /// admin listener that stays open through the drain; failed scrapes are counted, never a
+    /// failure of the drill (a URL that never answered before the signal is a warning).
     #[arg(long, value_name = "URL", conflicts_with = "rollout")]
     pub metrics_url: Option<String>,
     /// How often `--metrics-url` is scraped.

@@ -2,8 +2,11 @@
 //! scale. Each shows the requests by when they ended (stacked bars: ok, refused, failed, with
 //! a tick row under the axis so that a single failure shows), the requests in flight (a line
 //! on its own scale), the milestones (dashed marks, their labels laid out in rows so that none
-//! overlaps another) and each process's lifetime (a lane: starting, serving, draining). Plain,
-//! self-contained SVG, readable in any browser.
+//! overlaps another) and each process's lifetime (a lane: starting, serving, draining). With the
+//! service's metrics (`--metrics-url`), its states as it reported them (a lane: serving, lame
+//! duck, draining, stopped), its in-flight count per service (dashed lines on the in-flight
+//! scale) and the fall of its readiness (a milestone). Plain, self-contained SVG, readable in
+//! any browser.
 
 mod layout;
 mod marks;
