@@ -13,6 +13,8 @@ use clap::{Parser, ValueEnum};
 /// the exit is timed. Exits 0 only if no accepted request failed, the exit code matched, the
 /// restart check (if asked) passed, and no acknowledged write (`--write`) was lost. `--upgrade`
 /// drills an upgrade in place, `--rollout N` a rolling restart behind a load balancer.
+/// `--metrics-url` adds the service's own view (its readiness, state and requests in flight,
+/// scraped from its Prometheus metrics) to the report and the picture.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "lameduck-drill", version, about, long_about = None)]
 #[command(group = clap::ArgGroup::new("ready").multiple(false))]
@@ -40,8 +42,8 @@ pub struct DrillArgs {
     /// `http/1.1`, and the server picks).
     #[arg(long)]
     pub http2: bool,
-    /// For `https://` URLs (load, audit, `--ready-url`, `--front`): trust the CAs of this PEM
-    /// bundle.
+    /// For `https://` URLs (load, audit, `--ready-url`, `--front`, `--metrics-url`): trust the
+    /// CAs of this PEM bundle.
     #[arg(long, value_name = "PEM", conflicts_with = "insecure")]
     pub cacert: Option<PathBuf>,
     /// For `https://` URLs: take any certificate (the handshake's signatures are still
@@ -190,6 +192,23 @@ pub struct DrillArgs {
     /// next (the balancer's health check must see it up).
     #[arg(long, default_value = "1s", value_parser = duration, requires = "rollout")]
     pub settle: Duration,
+    /// Scrape the service's Prometheus metrics at this URL (`http://`, or `https://` with
+    /// `--cacert` or `--insecure`) from readiness until the process exits (with `--upgrade`,
+    /// the old one), every `--metrics-interval`, and keep the lameduck series
+    /// (`lameduck_ready`, `lameduck_state`, `lameduck_lame_duck`, `lameduck_in_flight` and
+    /// `lameduck_connections` per service) in the report and the picture. Best served by an
+    /// admin listener that stays open through the drain; failed scrapes are counted, never a
+    /// failure of the drill (a URL that never answered before the signal is a warning).
+    #[arg(long, value_name = "URL", conflicts_with = "rollout")]
+    pub metrics_url: Option<String>,
+    /// How often `--metrics-url` is scraped.
+    #[arg(
+        long,
+        default_value = "100ms",
+        value_parser = nonzero_duration,
+        requires = "metrics_url"
+    )]
+    pub metrics_interval: Duration,
     /// How long the command may take to become ready.
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub ready_timeout: Duration,
@@ -236,6 +255,13 @@ pub enum SignalName {
 fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|e| format!("`{text}` is not a duration (like 500ms, 2s, 1m): {e}"))
+}
+
+fn nonzero_duration(text: &str) -> Result<Duration, String> {
+    match duration(text)? {
+        Duration::ZERO => Err(format!("`{text}`: must be longer than 0")),
+        d => Ok(d),
+    }
 }
 
 #[cfg(test)]
@@ -312,5 +338,28 @@ mod tests {
         assert!(args.upgrade);
         assert_eq!(args.upgrade_signal, SignalName::Hup);
         assert_eq!(args.after_upgrade, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_metrics_options_default_to_a_tenth_of_a_second_and_refuse_zero() {
+        let base = ["lameduck-drill", "--url", "http://127.0.0.1:1/"];
+        let with = |extra: &[&str]| {
+            DrillArgs::try_parse_from(base.iter().chain(extra).chain(&["--", "svc"]))
+        };
+        let args = with(&["--metrics-url", "http://127.0.0.1:9/metrics"]).unwrap();
+        assert_eq!(
+            args.metrics_url.as_deref(),
+            Some("http://127.0.0.1:9/metrics")
+        );
+        assert_eq!(args.metrics_interval, Duration::from_millis(100));
+        let args = with(&["--metrics-url", "http://a/m", "--metrics-interval", "1s"]).unwrap();
+        assert_eq!(args.metrics_interval, Duration::from_secs(1));
+        let zero = with(&["--metrics-url", "http://a/m", "--metrics-interval", "0s"]).unwrap_err();
+        assert!(zero.to_string().contains("must be longer than 0"), "{zero}");
+        assert!(
+            with(&["--metrics-interval", "1s"]).is_err(),
+            "needs --metrics-url"
+        );
+        assert!(with(&[]).unwrap().metrics_url.is_none());
     }
 }

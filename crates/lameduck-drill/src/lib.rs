@@ -6,6 +6,16 @@
 //! with `--rollout N`, N instances are restarted one by one behind a load balancer, which must
 //! hide every restart. The service can be written in any language.
 //!
+//! With `--metrics-url URL` (and `--metrics-interval`, 100 ms by default), the drill also
+//! scrapes the service's Prometheus metrics from readiness until the process exits, on a
+//! connection of its own, and keeps the lameduck series: `lameduck_ready`, `lameduck_state`,
+//! `lameduck_lame_duck`, and `lameduck_in_flight` and `lameduck_connections` per service. The
+//! report's `metrics` section ([`report::MetricsReport`]) has every sample on the requests'
+//! clock, when readiness fell relative to the signal, and the most in flight per service from
+//! the signal on; the picture draws the states as a lane and the in-flight counts as lines.
+//! Scrapes that fail are counted, never a failure: a service whose admin listener closes early
+//! only loses its samples, and one that never answered before the signal is a warning.
+//!
 //! The binary (`lameduck-drill [OPTIONS] -- <command> [args...]`) is a thin shell over
 //! [`drill`]; tests of other crates call it directly:
 //!
@@ -26,6 +36,7 @@
 mod args;
 mod audit;
 mod child;
+mod exposition;
 mod grpc_load;
 mod load;
 mod probe;
@@ -33,6 +44,7 @@ pub mod report;
 mod rollout;
 mod run;
 mod schema;
+mod scrape;
 mod svg;
 mod tls;
 mod traffic;

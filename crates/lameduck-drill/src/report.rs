@@ -242,6 +242,63 @@ pub struct InstanceReport {
     pub error: Option<String>,
 }
 
+/// The service's own metrics, scraped through the drill (`--metrics-url`): from readiness
+/// until the process exited, every `--metrics-interval`, on a connection of its own.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MetricsReport {
+    /// The URL scraped.
+    pub url: String,
+    /// The interval between scrapes, in milliseconds.
+    pub interval_ms: f64,
+    /// Scrapes answered 200 with a text that parsed (each gave a sample).
+    pub scrapes_ok: u64,
+    /// Scrapes that failed: no connection, no answer in time, another status, or a text
+    /// that is not the Prometheus format.
+    pub scrapes_failed: u64,
+    /// Of those, how many were sent after the (first) signal: expected, as the process and
+    /// its admin listener go away.
+    pub scrapes_failed_after_signal: u64,
+    /// The first failed scrape's error, with its time (milliseconds since the drill started).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+    /// The states `lameduck_state` reported, in the order first seen.
+    pub states_seen: Vec<String>,
+    /// From the (first) signal until the first sample in which `lameduck_ready` went from 1
+    /// to 0 (negative: before the signal), within a scrape interval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_fell_after_signal_ms: Option<f64>,
+    /// The most `lameduck_in_flight` each service reported from the signal on (the lame
+    /// duck and the drain).
+    pub peak_in_flight_after_signal: BTreeMap<String, f64>,
+    /// What looks wrong with the scrapes, without failing the drill (a URL that never
+    /// answered before the signal, a text without any `lameduck_` series).
+    pub warnings: Vec<String>,
+    /// Every successful scrape's values, in time order.
+    pub samples: Vec<MetricsSample>,
+}
+
+/// One scrape's values of the lameduck series; a series the text did not have is left out.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct MetricsSample {
+    /// When the service wrote it: the middle of the scrape's round trip, milliseconds since
+    /// the drill started (the requests' clock).
+    pub at_ms: f64,
+    /// `lameduck_ready`: 1 while ready, else 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready: Option<f64>,
+    /// The `state` label of the `lameduck_state` series at 1: `starting`, `ready`,
+    /// `draining`, `stopped`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// `lameduck_lame_duck`: 1 during the lame-duck delay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lame_duck: Option<f64>,
+    /// `lameduck_in_flight`, by its `service` label.
+    pub in_flight: BTreeMap<String, f64>,
+    /// `lameduck_connections`, by its `service` label.
+    pub connections: BTreeMap<String, f64>,
+}
+
 /// Everything the drill measured, and its verdict.
 #[derive(Debug, Clone, Serialize)]
 pub struct DrillReport {
@@ -312,10 +369,54 @@ pub struct DrillReport {
     /// The instances of a rollout, with `--rollout`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<InstanceReport>,
+    /// The service's own metrics, with `--metrics-url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsReport>,
     /// Every request, by start (not in the JSON report: `--records` writes them, one JSON
     /// object a line).
     #[serde(skip)]
     pub records: Vec<RequestRecord>,
+}
+
+impl MetricsReport {
+    /// The summary table's rows: the scrapes and the states seen; what happened from the
+    /// signal on.
+    fn rows(&self) -> [(&'static str, String); 2] {
+        let states = if self.states_seen.is_empty() {
+            "no lameduck_state".to_owned()
+        } else {
+            format!("states {}", self.states_seen.join(" -> "))
+        };
+        let scrapes = format!(
+            "{} scrapes ok, {} failed ({} after the signal), every {:.0} ms; {states}",
+            self.scrapes_ok,
+            self.scrapes_failed,
+            self.scrapes_failed_after_signal,
+            self.interval_ms
+        );
+        let fell = match self.ready_fell_after_signal_ms {
+            Some(at) if at < 0.0 => format!("{:.1} ms before the signal", -at),
+            Some(at) => format!("+{at:.1} ms after the signal"),
+            None => "never seen".to_owned(),
+        };
+        let peaks: Vec<String> = self
+            .peak_in_flight_after_signal
+            .iter()
+            .map(|(service, peak)| format!("{service} {peak}"))
+            .collect();
+        let peaks = if peaks.is_empty() {
+            "-".to_owned()
+        } else {
+            peaks.join(", ")
+        };
+        [
+            ("metrics", scrapes),
+            (
+                "metrics after signal",
+                format!("ready 1 -> 0 {fell}; peak in flight: {peaks}"),
+            ),
+        ]
+    }
 }
 
 fn opt_ms(v: Option<f64>) -> String {
@@ -429,6 +530,9 @@ impl fmt::Display for DrillReport {
                 ),
             ));
         }
+        if let Some(m) = &self.metrics {
+            rows.extend(m.rows());
+        }
         if let Some(upgrade) = &self.upgrade {
             let sig = format!("SIG{:?}", upgrade.signal).to_uppercase();
             rows.push((
@@ -478,6 +582,9 @@ impl fmt::Display for DrillReport {
                 "  failure at {:.1} ms (sent at {:.1} ms): {}",
                 sample.end_ms, sample.start_ms, sample.error
             )?;
+        }
+        for warning in self.metrics.iter().flat_map(|m| &m.warnings) {
+            writeln!(f, "WARNING: {warning}")?;
         }
         if self.passed {
             writeln!(f, "PASS")

@@ -240,6 +240,7 @@ pub(crate) async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
             .map(|target| traffic::grpc_report(&records, target)),
         audit,
         instances,
+        metrics: None,
         records: Vec::new(),
     };
     report.timeline = svg::timeline(&records, report.ended_at_ms);

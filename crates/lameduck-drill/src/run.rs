@@ -8,10 +8,13 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::args::{DrillArgs, SignalName};
 use crate::audit;
 use crate::child::{self, Adopted, Exit, Service};
+use crate::load::Target;
 use crate::probe::{self, PROBE_INTERVAL, Readiness};
 use crate::report::{AuditReport, Counts, DrillReport, Outcome, RestartReport, UpgradeReport};
 use crate::rollout;
+use crate::scrape::Scraper;
 use crate::svg;
+use crate::tls::Trust;
 use crate::traffic::{self, Load, Plan};
 
 /// Why a drill could not be carried out at all (as opposed to a service that failed it).
@@ -111,6 +114,7 @@ async fn once(args: &DrillArgs) -> Result<DrillReport, DrillError> {
     let mut plan = Plan::from_args(args)?;
     let listener = plan.first_address()?;
     let readiness = Readiness::from_args(args, &listener, None).map_err(DrillError::BadTarget)?;
+    let metrics = metrics_target(args)?;
     let bar = progress(args.quiet);
 
     if args.upgrade {
@@ -120,6 +124,13 @@ async fn once(args: &DrillArgs) -> Result<DrillReport, DrillError> {
     bar.set_message("starting");
     let mut service = Service::start(&args.command).map_err(DrillError::Start)?;
     let ready_after = wait_ready(&mut service, &readiness, args.ready_timeout, began).await?;
+    // From readiness until the exit (dropped on an early return, it stops by itself; and
+    // bounded by the longest the drill waits for the exit, whatever happens).
+    let scraper = metrics.map(|(target, url)| {
+        let until =
+            Instant::now() + args.signal_after + args.exit_timeout + Duration::from_secs(10);
+        Scraper::start(target, url, args.metrics_interval, began, until)
+    });
     let grpc = match plan.grpc(args).await {
         Ok(grpc) => grpc,
         Err(error) => {
@@ -156,6 +167,10 @@ async fn once(args: &DrillArgs) -> Result<DrillReport, DrillError> {
         (signal_at, second_signal_at, exit)
     };
     let exit_at = Instant::now();
+    let metrics = match scraper {
+        Some(scraper) => Some(scraper.finish(ms(signal_at.duration_since(began))).await),
+        None => None,
+    };
     if new_process.is_some() && exit.is_some() {
         // The new process alone serves now: the load goes on against it a while.
         tokio::time::sleep(args.after_upgrade).await;
@@ -376,12 +391,24 @@ async fn once(args: &DrillArgs) -> Result<DrillReport, DrillError> {
             .map(|target| traffic::grpc_report(&records, target)),
         audit,
         instances: Vec::new(),
+        metrics,
         records: Vec::new(),
     };
     report.timeline = svg::timeline(&records, report.ended_at_ms);
     report.window = svg::window(&records, &report);
     report.records = records;
     Ok(report)
+}
+
+/// `--metrics-url`, parsed (with the drill's TLS trust for an `https://` one), and as given.
+fn metrics_target(args: &DrillArgs) -> Result<Option<(Target, String)>, DrillError> {
+    let Some(url) = &args.metrics_url else {
+        return Ok(None);
+    };
+    let bad = |e: String| DrillError::BadTarget(format!("--metrics-url {e}"));
+    let trust = Trust::from_args(args).map_err(bad)?;
+    let target = Target::parse(url, &trust).map_err(bad)?;
+    Ok(Some((target, url.clone())))
 }
 
 /// Why the audit fails the drill, if it does.

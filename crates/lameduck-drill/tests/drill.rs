@@ -6,21 +6,29 @@
 //! tests that serve `/work` (100 ms) and `/fast` on the port given as a `port=N` argument.
 //! `store_server` is a key-value store for the write audit: it keeps its writes in memory and,
 //! unless told to forget (`forget`), saves them at shutdown (a FLUSH hook) to the file given as
-//! `file=PATH` and loads them at start.
+//! `file=PATH` and loads them at start. `metrics_server` is a graceful one (lameduck, with a
+//! lame-duck delay) that also serves `/metrics` in the Prometheus text format on an admin port
+//! (`admin=N`, over TLS with `tls=CERT,KEY`) that stays open until the process exits, as the
+//! library's admin listener does.
 #![cfg(unix)]
 
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Parser;
+use lameduck_drill::report::MetricsSample;
+
+#[path = "../../lameduck/tests/support/tools.rs"]
+mod tools;
 use lameduck_drill::{DrillArgs, drill, render_svg};
 
 fn app() -> Router {
@@ -74,6 +82,227 @@ fn bad_server() {
         // What too many services do: exit at once, whatever is in flight.
         std::process::exit(0);
     });
+}
+
+/// What `metrics_server`'s `/metrics` shows: the lifecycle's state and readiness (from its
+/// handle), the lame duck (from the state's change to draining, for the delay), the requests
+/// in flight in the app, and the admin port's own connections and requests.
+struct Life {
+    handle: lameduck::LifecycleHandle,
+    lame_duck: Duration,
+    /// When the state became draining.
+    draining_since: Mutex<Option<Instant>>,
+    in_flight: AtomicI64,
+    completed: AtomicU64,
+    admin_connections: AtomicI64,
+}
+
+/// The admin service's name: quotes in it, escaped in the exposition.
+const ADMIN: &str = "admin \"metrics\"";
+
+impl Life {
+    fn exposition(&self) -> String {
+        let state = match self.handle.state() {
+            lameduck::State::Starting => "starting",
+            lameduck::State::Ready => "ready",
+            lameduck::State::Draining => "draining",
+            _ => "stopped",
+        };
+        let since = *self.draining_since.lock().unwrap();
+        let lame_duck = since.is_some_and(|t| t.elapsed() < self.lame_duck);
+        let mut text = String::new();
+        text.push_str(
+            "# HELP lameduck_ready 1 while ready, else 0.\n# TYPE lameduck_ready gauge\n",
+        );
+        text.push_str(&format!(
+            "lameduck_ready {}\n",
+            u8::from(self.handle.is_ready())
+        ));
+        text.push_str(
+            "# HELP lameduck_state 1 for the current state.\n# TYPE lameduck_state gauge\n",
+        );
+        for s in ["starting", "ready", "draining", "stopped"] {
+            text.push_str(&format!(
+                "lameduck_state{{state=\"{s}\"}} {}\n",
+                u8::from(s == state)
+            ));
+        }
+        text.push_str(&format!(
+            "# TYPE lameduck_lame_duck gauge\nlameduck_lame_duck {}\n",
+            u8::from(lame_duck)
+        ));
+        let admin = ADMIN.replace('\\', "\\\\").replace('"', "\\\"");
+        text.push_str(&format!(
+            "# TYPE lameduck_in_flight gauge\n\
+             lameduck_in_flight{{service=\"web\"}} {}\n\
+             lameduck_in_flight{{service=\"{admin}\"}} 1\n\
+             # TYPE lameduck_connections gauge\n\
+             lameduck_connections{{service=\"{admin}\"}} {}\n\
+             # TYPE lameduck_time_to_ready_seconds gauge\n\
+             lameduck_time_to_ready_seconds NaN\n\
+             # TYPE lameduck_requests_total counter\n\
+             lameduck_requests_total{{service=\"web\",outcome=\"completed\"}} {} 1712345678901\n",
+            self.in_flight.load(Ordering::SeqCst),
+            self.admin_connections.load(Ordering::SeqCst),
+            self.completed.load(Ordering::SeqCst),
+        ));
+        text
+    }
+}
+
+/// The admin port: HTTP/1.1 keep-alive (over TLS with `tls`), `/metrics` and 404 for
+/// anything else.
+async fn admin(
+    listener: tokio::net::TcpListener,
+    life: Arc<Life>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (life, tls) = (Arc::clone(&life), tls.clone());
+        tokio::spawn(async move {
+            life.admin_connections.fetch_add(1, Ordering::SeqCst);
+            let _ = match tls {
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => serve_admin(stream, &life).await,
+                    Err(e) => Err(e),
+                },
+                None => serve_admin(stream, &life).await,
+            };
+            life.admin_connections.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+/// One admin connection's requests, one after the other.
+async fn serve_admin<S>(stream: S, life: &Life) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (read, mut write) = tokio::io::split(stream);
+    let mut read = BufReader::new(read);
+    loop {
+        let mut line = String::new();
+        if read.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        // Origin-form, or absolute-form (RFC 9112 §3.2.2: what the drill sends).
+        let target = line.split_whitespace().nth(1).unwrap_or("");
+        let path = match target.split_once("://") {
+            Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+            None => target,
+        }
+        .to_owned();
+        loop {
+            let mut header = String::new();
+            if read.read_line(&mut header).await? == 0 {
+                return Ok(());
+            }
+            if header.trim().is_empty() {
+                break;
+            }
+        }
+        let (status, body) = if path == "/metrics" {
+            ("200 OK", life.exposition())
+        } else {
+            ("404 Not Found", String::new())
+        };
+        // One write: head and body in one segment (no Nagle delay).
+        let response = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        write.write_all(response.as_bytes()).await?;
+        write.flush().await?;
+    }
+}
+
+/// A TLS acceptor of the PEM pair `cert` and `key` (rustls with ring, as the drill's client).
+fn acceptor(cert: &str, key: &str) -> tokio_rustls::TlsAcceptor {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{ServerConfig, crypto::ring};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+#[test]
+#[ignore = "a child process of the other tests"]
+fn metrics_server() {
+    let port = port_arg();
+    let admin_port: u16 = arg("admin").expect("an admin=N argument").parse().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let report = runtime.block_on(async move {
+        let lame_duck = Duration::from_millis(300);
+        let lifecycle = lameduck::Lifecycle::new().lame_duck_delay(lame_duck);
+        let life = Arc::new(Life {
+            handle: lifecycle.handle(),
+            lame_duck,
+            draining_since: Mutex::new(None),
+            in_flight: AtomicI64::new(0),
+            completed: AtomicU64::new(0),
+            admin_connections: AtomicI64::new(0),
+        });
+        let mut states = life.handle.subscribe();
+        let watched = Arc::clone(&life);
+        tokio::spawn(async move {
+            while states.changed().await.is_ok() {
+                if *states.borrow() == lameduck::State::Draining {
+                    watched
+                        .draining_since
+                        .lock()
+                        .unwrap()
+                        .get_or_insert_with(Instant::now);
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", admin_port))
+            .await
+            .unwrap();
+        let tls = arg("tls").map(|pair| {
+            let (cert, key) = pair.split_once(',').expect("tls=CERT,KEY");
+            acceptor(cert, key)
+        });
+        tokio::spawn(admin(listener, Arc::clone(&life), tls));
+        let counted = Arc::clone(&life);
+        let app = app().layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let life = Arc::clone(&counted);
+                async move {
+                    life.in_flight.fetch_add(1, Ordering::SeqCst);
+                    let response = next.run(request).await;
+                    life.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    life.completed.fetch_add(1, Ordering::SeqCst);
+                    response
+                }
+            },
+        ));
+        let report = lifecycle
+            .service(
+                "web",
+                lameduck::http::HttpServer::bind(format!("127.0.0.1:{port}"), app),
+            )
+            .run()
+            .await;
+        // The admin port outlives the run a while, saying `stopped`.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        report
+    });
+    report.exit();
 }
 
 type Kv = Arc<Mutex<HashMap<String, String>>>;
@@ -507,5 +736,171 @@ async fn through_a_front_that_hides_nothing_a_rollout_counts_refused_as_failed()
     assert!(
         shown.contains("instance") && shown.contains("out for"),
         "{shown}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_services_metrics_show_its_shutdown_from_inside() {
+    let (port, admin_port) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{admin_port}/metrics");
+    let extra = ["--metrics-url", &url, "--metrics-interval", "20ms"];
+    let mut cli = args("metrics_server", port, &extra);
+    cli.push(format!("admin={admin_port}"));
+    let report = drill(&DrillArgs::parse_from(cli)).await.unwrap();
+    assert!(report.passed, "{report}");
+    let m = report.metrics.as_ref().expect("a metrics section");
+    assert_eq!(m.url, url);
+    assert!(m.warnings.is_empty(), "{report}");
+    // Every 20 ms for 600 ms and more: many samples, in time order, on the requests' clock.
+    assert!(m.scrapes_ok >= 15, "{report}");
+    assert_eq!(m.scrapes_ok as usize, m.samples.len());
+    assert!(m.samples.windows(2).all(|w| w[0].at_ms < w[1].at_ms));
+    // About every interval, from ready to the exit: a kept connection keeps up.
+    let due = (report.exit_at_ms.unwrap() - report.ready_after_ms) / 20.0;
+    let scrapes = (m.scrapes_ok + m.scrapes_failed) as f64;
+    assert!(
+        scrapes >= due / 2.0 && scrapes <= due + 2.0,
+        "{scrapes} of {due}: {report}"
+    );
+    let first = &m.samples[0];
+    assert!(first.at_ms >= report.ready_after_ms - 1.0, "{first:?}");
+    let last = m.samples.last().unwrap();
+    assert!(
+        last.at_ms <= report.exit_at_ms.unwrap() + 1.0,
+        "scraped until the exit: {last:?}"
+    );
+    let signal = report.signal_at_ms;
+    let (before, after): (Vec<_>, Vec<_>) = m.samples.iter().partition(|s| s.at_ms < signal);
+    // Ready before the signal, not ready after it (once the service has heard it: a scrape
+    // answered as the signal went out may still say ready); the fall seen within a few
+    // intervals.
+    assert!(
+        before
+            .iter()
+            .any(|s| s.ready == Some(1.0) && s.state.as_deref() == Some("ready")),
+        "{before:?}"
+    );
+    let heard = |s: &&&MetricsSample| s.at_ms > signal + 100.0;
+    assert!(
+        after.iter().filter(heard).all(|s| s.ready == Some(0.0)),
+        "{after:?}"
+    );
+    let fell = m.ready_fell_after_signal_ms.expect("ready went 1 -> 0");
+    assert!((0.0..250.0).contains(&fell), "{fell} ms: {report}");
+    // The lifecycle's states in order, the lame duck on after the signal only.
+    let position = |state: &str| m.states_seen.iter().position(|s| s == state);
+    let (ready, draining) = (position("ready"), position("draining"));
+    assert!(ready.is_some() && draining > ready, "{:?}", m.states_seen);
+    assert!(position("stopped") > draining, "{:?}", m.states_seen);
+    assert!(
+        before.iter().all(|s| s.lame_duck == Some(0.0)),
+        "{before:?}"
+    );
+    assert!(after.iter().any(|s| s.lame_duck == Some(1.0)), "{after:?}");
+    // Requests in flight during the lame duck and the drain, as the service counts them.
+    let peak = m.peak_in_flight_after_signal.get("web").copied();
+    assert!(peak.is_some_and(|p| p > 0.0), "{report}");
+    assert!(
+        after
+            .iter()
+            .any(|s| s.state.as_deref() == Some("draining") && s.in_flight["web"] > 0.0),
+        "{after:?}"
+    );
+    // A label with escaped quotes, read back; one keep-alive connection for the scrapes.
+    let admin = "admin \"metrics\"";
+    assert!(
+        m.samples
+            .iter()
+            .all(|s| s.in_flight.get(admin) == Some(&1.0))
+    );
+    assert!(
+        m.samples
+            .iter()
+            .all(|s| s.connections.get(admin) == Some(&1.0))
+    );
+    // The scrapes that failed were those after the signal, as the process went away.
+    assert_eq!(m.scrapes_failed, m.scrapes_failed_after_signal, "{report}");
+    // The text, the JSON and the picture show them.
+    let shown = report.to_string();
+    assert!(shown.contains("metrics after signal"), "{shown}");
+    assert!(shown.contains("ready 1 -> 0 +"), "{shown}");
+    let json = serde_json::to_value(&report).unwrap();
+    let samples = json["metrics"]["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), m.samples.len());
+    assert!(samples[0]["at_ms"].is_f64() && samples[0]["in_flight"]["web"].is_f64());
+    let svg = render_svg(&report);
+    assert!(svg.contains("web in flight (metrics)"), "{svg}");
+    assert!(svg.contains(r#"data-service="web""#) && svg.contains("metrics state"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metrics_url_that_never_answers_is_a_warning_not_a_failure() {
+    let (port, nobody) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{nobody}/metrics");
+    let extra = ["--metrics-url", &url, "--metrics-interval", "50ms"];
+    let report = drill(&DrillArgs::parse_from(args("good_server", port, &extra)))
+        .await
+        .unwrap();
+    assert!(report.passed, "{report}");
+    let m = report.metrics.as_ref().expect("a metrics section");
+    assert_eq!(m.scrapes_ok, 0, "{report}");
+    assert!(m.scrapes_failed > m.scrapes_failed_after_signal, "{report}");
+    assert!(m.samples.is_empty());
+    let shown = report.to_string();
+    assert!(
+        shown.contains("WARNING: the metrics URL")
+            && shown.contains("never answered before the signal"),
+        "{shown}"
+    );
+    assert!(
+        m.first_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no connection")),
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_over_https_are_scraped_with_the_drills_trust() {
+    let dir = temp("metrics-tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let Some((cert, key)) = tools::self_signed(&dir) else {
+        return;
+    };
+    let (port, admin_port) = (free_port(), free_port());
+    let url = format!("https://127.0.0.1:{admin_port}/metrics");
+    let ca = cert.display().to_string();
+    let tls = format!("tls={},{}", cert.display(), key.display());
+    let extra = [
+        "--metrics-url",
+        &url,
+        "--cacert",
+        &ca,
+        "--metrics-interval",
+        "40ms",
+    ];
+    let mut cli = args("metrics_server", port, &extra);
+    cli.extend([format!("admin={admin_port}"), tls]);
+    let report = drill(&DrillArgs::parse_from(cli)).await.unwrap();
+    assert!(report.passed, "{report}");
+    let m = report.metrics.as_ref().expect("a metrics section");
+    assert!(m.warnings.is_empty(), "{report}");
+    assert!(m.scrapes_ok >= 10, "{report}");
+    assert!(m.ready_fell_after_signal_ms.is_some(), "{report}");
+    assert!(m.states_seen.iter().any(|s| s == "draining"), "{report}");
+    // One TLS connection kept for all the scrapes.
+    let admin = "admin \"metrics\"";
+    assert!(
+        m.samples
+            .iter()
+            .all(|s| s.connections.get(admin) == Some(&1.0))
+    );
+    // Without a way to trust it, the URL is a usage error, before anything starts.
+    let untrusted = args("metrics_server", free_port(), &["--metrics-url", &url]);
+    let error = drill(&DrillArgs::parse_from(untrusted)).await.unwrap_err();
+    let said = error.to_string();
+    assert!(
+        said.contains("--metrics-url") && said.contains("--cacert"),
+        "{said}"
     );
 }

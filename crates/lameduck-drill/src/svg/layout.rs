@@ -4,9 +4,11 @@
 use crate::report::{Bucket, DrillReport, Window};
 
 use super::marks::{Lane, Mark, lanes, marks, signal_name};
+use super::metrics::{Line, lines};
 use super::series::first_signal;
 use super::{
-    FAILED, IN_FLIGHT, LANE_STEP, LEFT, MUTED, OK, PLOT_W, REFUSED, SERVING, STARTING, WIDTH,
+    FAILED, IN_FLIGHT, LAME_DUCK, LANE_STEP, LEFT, MUTED, OK, PLOT_W, REFUSED, SERVING, STARTING,
+    STOPPED, WIDTH,
 };
 
 /// Where the header and the legend start.
@@ -165,6 +167,8 @@ pub(super) enum Key {
     Swatch(&'static str),
     /// A line of a colour.
     Line(&'static str),
+    /// A dashed line of a colour (a service's own count).
+    Dashed(&'static str),
     /// The window's shade.
     Shade,
     /// The draining hatch.
@@ -181,7 +185,7 @@ pub(super) struct Entry {
     /// Its key.
     pub(super) key: Key,
     /// What it names.
-    pub(super) text: &'static str,
+    pub(super) text: String,
 }
 
 /// The whole picture, laid out: what [`render`](super::render) draws, and what the tests check.
@@ -193,8 +197,10 @@ pub(crate) struct Layout<'a> {
     pub(super) legend: Vec<Entry>,
     /// The whole drill, then (if there was a signal) the shutdown window.
     pub(crate) panels: Vec<Panel<'a>>,
-    /// The processes' lifetimes, under each panel.
+    /// The processes' lifetimes, under each panel (and the states the service reported).
     pub(crate) lanes: Vec<Lane>,
+    /// Each service's requests in flight, as it reported them.
+    pub(crate) lines: Vec<Line>,
     /// The picture's height.
     pub(crate) height: f64,
 }
@@ -203,7 +209,10 @@ pub(crate) struct Layout<'a> {
 pub(crate) fn layout(report: &DrillReport) -> Layout<'_> {
     let header = header(report);
     let below_header = header.last().map_or(20.0, |t| t.y) + 24.0;
-    let (legend, below_legend) = legend(below_header);
+    let lines = report.metrics.as_ref().map_or_else(Vec::new, |m| {
+        lines(m, report.exit_at_ms.unwrap_or(report.ended_at_ms))
+    });
+    let (legend, below_legend) = legend(below_header, report.metrics.is_some(), &lines);
     let lanes = lanes(report);
     let marks = marks(report);
     let upper = lay_out_panel(upper_spec(report), &marks, lanes.len(), below_legend + 26.0);
@@ -219,6 +228,7 @@ pub(crate) fn layout(report: &DrillReport) -> Layout<'_> {
         legend,
         panels,
         lanes,
+        lines,
         height: height.ceil(),
     }
 }
@@ -522,9 +532,10 @@ fn header(report: &DrillReport) -> Vec<Text> {
     lines
 }
 
-/// The legend's entries from baseline `y`, wrapped to the width; and the y below them.
-fn legend(y: f64) -> (Vec<Entry>, f64) {
-    let entries = [
+/// The legend's entries from baseline `y`, wrapped to the width; and the y below them. With
+/// the service's metrics, their states and each service's line too.
+fn legend(y: f64, metrics: bool, lines: &[Line]) -> (Vec<Entry>, f64) {
+    let mut entries: Vec<(Key, String)> = [
         (Key::Swatch(OK), "ok"),
         (Key::Swatch(REFUSED), "refused"),
         (Key::Swatch(FAILED), "failed"),
@@ -533,11 +544,21 @@ fn legend(y: f64) -> (Vec<Entry>, f64) {
         (Key::Swatch(STARTING), "starting"),
         (Key::Swatch(SERVING), "serving"),
         (Key::Hatch, "draining"),
-    ];
+    ]
+    .into_iter()
+    .map(|(key, text)| (key, text.to_owned()))
+    .collect();
+    if metrics {
+        entries.push((Key::Swatch(LAME_DUCK), "lame duck (metrics)".to_owned()));
+        entries.push((Key::Swatch(STOPPED), "stopped (metrics)".to_owned()));
+    }
+    for line in lines {
+        entries.push((Key::Dashed(line.colour), clip(&line.legend, 60)));
+    }
     let (mut x, mut y) = (MARGIN, y);
     let mut out = Vec::new();
     for (key, text) in entries {
-        let w = 16.0 + text.len() as f64 * CHAR_W + 18.0;
+        let w = 16.0 + text.chars().count() as f64 * CHAR_W + 18.0;
         if x + w > WIDTH - MARGIN {
             x = MARGIN;
             y += 18.0;

@@ -2,7 +2,8 @@
 
 use crate::report::{DrillReport, InstanceReport};
 
-use super::{CLOSED, EXIT, NEW_READY, READ_BACK, READY, SECOND_SIGNAL, SIGNAL};
+use super::metrics::state_lane;
+use super::{CLOSED, EXIT, NEW_READY, READ_BACK, READY, SECOND_SIGNAL, SIGNAL, UNREADY};
 
 /// A milestone: a dashed mark across the panels.
 #[derive(Debug, Clone)]
@@ -53,6 +54,14 @@ pub(super) fn marks(report: &DrillReport) -> Vec<Mark> {
             "read-back",
             READ_BACK,
         ),
+        mark(
+            r.metrics
+                .as_ref()
+                .and_then(|m| m.ready_fell_after_signal_ms)
+                .map(|d| r.signal_at_ms + d),
+            "unready (metrics)",
+            UNREADY,
+        ),
     ]);
     for i in &r.instances {
         marks.extend(instance_marks(i, &sig));
@@ -94,6 +103,10 @@ pub(crate) enum Phase {
     Serving,
     /// Signalled, not exited.
     Draining,
+    /// Unready but serving, in the lame-duck delay (as the service's metrics said).
+    LameDuck,
+    /// The run over, the process not exited yet (as the service's metrics said).
+    Stopped,
 }
 
 /// One process's (or rollout instance's) lifetimes.
@@ -138,8 +151,17 @@ fn lane(name: &str, start: f64, ready: Option<f64>, signal: Option<f64>, end: f6
 }
 
 /// The processes' lanes: one per process (the first and the restarted one, the old and the
-/// new one), or one per rollout instance holding both its lives.
+/// new one), or one per rollout instance holding both its lives; then, with `--metrics-url`,
+/// the states the service reported.
 pub(super) fn lanes(report: &DrillReport) -> Vec<Lane> {
+    let mut lanes = process_lanes(report);
+    let end = report.exit_at_ms.unwrap_or(report.ended_at_ms);
+    lanes.extend(report.metrics.as_ref().and_then(|m| state_lane(m, end)));
+    lanes
+}
+
+/// One lane per process, or per rollout instance.
+fn process_lanes(report: &DrillReport) -> Vec<Lane> {
     let r = report;
     let end = r.ended_at_ms;
     if !r.instances.is_empty() {

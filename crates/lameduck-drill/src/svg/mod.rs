@@ -2,11 +2,15 @@
 //! scale. Each shows the requests by when they ended (stacked bars: ok, refused, failed, with
 //! a tick row under the axis so that a single failure shows), the requests in flight (a line
 //! on its own scale), the milestones (dashed marks, their labels laid out in rows so that none
-//! overlaps another) and each process's lifetime (a lane: starting, serving, draining). Plain,
-//! self-contained SVG, readable in any browser.
+//! overlaps another) and each process's lifetime (a lane: starting, serving, draining). With the
+//! service's metrics (`--metrics-url`), its states as it reported them (a lane: serving, lame
+//! duck, draining, stopped), its in-flight count per service (dashed lines on the in-flight
+//! scale) and the fall of its readiness (a milestone). Plain, self-contained SVG, readable in
+//! any browser.
 
 mod layout;
 mod marks;
+mod metrics;
 mod series;
 #[cfg(test)]
 mod tests;
@@ -17,6 +21,7 @@ use crate::report::{Bucket, DrillReport};
 
 use layout::{Entry, Key, Panel, Scale, Text, layout};
 use marks::{Lane, Phase};
+use metrics::Line;
 pub(crate) use series::{timeline, window};
 
 /// The picture's width.
@@ -72,6 +77,12 @@ const NEW_READY: &str = "#2e7d32";
 const READ_BACK: &str = "#795548";
 /// Secondary text.
 const MUTED: &str = "#555555";
+/// A lane in the lame-duck delay (unready, still serving), as the service's metrics said.
+const LAME_DUCK: &str = "#4db6ac";
+/// A lane once the run is over, before the exit, as the service's metrics said.
+const STOPPED: &str = "#424242";
+/// `lameduck_ready` going 1 -> 0, as the service's metrics said.
+const UNREADY: &str = "#00838f";
 
 /// The picture of `report`.
 pub(crate) fn render(report: &DrillReport) -> String {
@@ -92,7 +103,7 @@ pub(crate) fn render(report: &DrillReport) -> String {
     }
     draw_legend(&mut svg, &layout.legend);
     for panel in &layout.panels {
-        draw_panel(&mut svg, panel, &layout.lanes);
+        draw_panel(&mut svg, panel, &layout.lanes, &layout.lines);
     }
     if let [upper, lower] = layout.panels.as_slice() {
         draw_zoom(&mut svg, upper, lower);
@@ -130,6 +141,12 @@ fn draw_legend(svg: &mut String, entries: &[Entry]) {
                 e.y - 4.0,
                 x + 12.0
             ),
+            Key::Dashed(colour) => writeln!(
+                svg,
+                r#"<line x1="{x:.1}" y1="{0:.1}" x2="{1:.1}" y2="{0:.1}" stroke="{colour}" stroke-width="2" stroke-dasharray="4 2"/>"#,
+                e.y - 4.0,
+                x + 14.0
+            ),
             Key::Shade => writeln!(
                 svg,
                 r#"<rect x="{x:.1}" y="{top:.1}" width="12" height="12" fill="{SHADE}" stroke="{SHADE_EDGE}"/>"#
@@ -144,13 +161,13 @@ fn draw_legend(svg: &mut String, entries: &[Entry]) {
             r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
             x + 16.0,
             e.y,
-            e.text
+            escape(&e.text)
         );
     }
 }
 
-/// One panel: heading, shade, bars, tick rows, in-flight line, axes, lanes, milestones.
-fn draw_panel(svg: &mut String, p: &Panel<'_>, lanes: &[Lane]) {
+/// One panel: heading, shade, bars, tick rows, in-flight lines, axes, lanes, milestones.
+fn draw_panel(svg: &mut String, p: &Panel<'_>, lanes: &[Lane], lines: &[Line]) {
     let _ = writeln!(
         svg,
         r#"<text x="{LEFT}" y="{:.1}" font-weight="bold">{}</text>"#,
@@ -160,8 +177,9 @@ fn draw_panel(svg: &mut String, p: &Panel<'_>, lanes: &[Lane]) {
     draw_frame(svg, p);
     draw_bars(svg, p);
     draw_ticks(svg, p);
-    draw_in_flight(svg, p);
-    draw_axes(svg, p);
+    draw_in_flight(svg, p, lines);
+    draw_services(svg, p, lines);
+    draw_axes(svg, p, lines);
     draw_lanes(svg, p, lanes);
     draw_marks(svg, p);
 }
@@ -247,8 +265,8 @@ fn draw_ticks(svg: &mut String, p: &Panel<'_>) {
 }
 
 /// The most requests in flight per slice, as a step line on the right scale.
-fn draw_in_flight(svg: &mut String, p: &Panel<'_>) {
-    let peak = in_flight_top(p);
+fn draw_in_flight(svg: &mut String, p: &Panel<'_>, lines: &[Line]) {
+    let peak = in_flight_top(p, lines);
     let w = column_w(p);
     let scale = (p.plot_bottom - p.plot_top - 4.0) / f64::from(peak);
     let mut points = String::new();
@@ -264,14 +282,51 @@ fn draw_in_flight(svg: &mut String, p: &Panel<'_>) {
     );
 }
 
-/// The right scale's top: a round number a little above the most in flight.
-fn in_flight_top(p: &Panel<'_>) -> u32 {
+/// Each service's requests in flight as it counted them (`--metrics-url`), a step line per
+/// service on the right scale, clipped to the panel.
+fn draw_services(svg: &mut String, p: &Panel<'_>, lines: &[Line]) {
+    let top = f64::from(in_flight_top(p, lines));
+    let scale = (p.plot_bottom - p.plot_top - 4.0) / top;
+    for line in lines {
+        for run in &line.runs {
+            let points: Vec<String> = run
+                .iter()
+                .filter(|(t, _)| *t >= p.scale.t0 && *t <= p.scale.t1)
+                .map(|&(t, v)| {
+                    let y = p.plot_bottom - v.clamp(0.0, top) * scale;
+                    format!("{:.1},{y:.1}", p.scale.x(t))
+                })
+                .collect();
+            if points.len() < 2 {
+                continue;
+            }
+            let _ = writeln!(
+                svg,
+                r#"<polyline class="service" data-service="{}" fill="none" stroke="{}" stroke-width="1.5" stroke-dasharray="6 2" stroke-linejoin="round" points="{}"/>"#,
+                escape(&line.service),
+                line.colour,
+                points.join(" ")
+            );
+        }
+    }
+}
+
+/// The right scale's top: a round number a little above the most in flight (the drill's
+/// count, and each service's own).
+fn in_flight_top(p: &Panel<'_>, lines: &[Line]) -> u32 {
+    let services = lines
+        .iter()
+        .map(|l| l.peak_within(p.scale))
+        .fold(0.0, f64::max)
+        .min(f64::from(u32::MAX))
+        .ceil() as u32;
     let peak = p
         .buckets
         .iter()
         .map(|b| b.in_flight)
         .max()
         .unwrap_or(0)
+        .max(services)
         .max(1);
     let want = f64::from(peak) * 1.1;
     let magnitude = 10_f64.powf(want.log10().floor());
@@ -283,7 +338,7 @@ fn in_flight_top(p: &Panel<'_>) -> u32 {
 }
 
 /// Both count axes and the time axis with its ticks.
-fn draw_axes(svg: &mut String, p: &Panel<'_>) {
+fn draw_axes(svg: &mut String, p: &Panel<'_>, lines: &[Line]) {
     let (top, bottom, right) = (p.plot_top, p.plot_bottom, LEFT + PLOT_W);
     let peak = p.buckets.iter().map(total).max().unwrap_or(0).max(1);
     let _ = writeln!(
@@ -305,7 +360,7 @@ fn draw_axes(svg: &mut String, p: &Panel<'_>) {
         top + 10.0,
         top + 23.0,
         bottom,
-        peak = in_flight_top(p)
+        peak = in_flight_top(p, lines)
     );
     for (at, text) in ticks(p.scale, p.origin) {
         let x = p.scale.x(at);
@@ -389,6 +444,8 @@ fn draw_lanes(svg: &mut String, p: &Panel<'_>, lanes: &[Lane]) {
                 Phase::Starting => STARTING,
                 Phase::Serving => SERVING,
                 Phase::Draining => "url(#draining)",
+                Phase::LameDuck => LAME_DUCK,
+                Phase::Stopped => STOPPED,
             };
             let x0 = p.scale.x(from);
             let w = (p.scale.x(to) - x0).max(1.0);

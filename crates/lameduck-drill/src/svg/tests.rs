@@ -4,8 +4,10 @@ use super::series::{WINDOW_BUCKETS, buckets};
 use super::*;
 use crate::args::SignalName;
 use crate::report::{
-    AuditReport, Counts, InstanceReport, Kind, Outcome, RequestRecord, RestartReport, UpgradeReport,
+    AuditReport, Counts, InstanceReport, Kind, MetricsReport, MetricsSample, Outcome,
+    RequestRecord, RestartReport, UpgradeReport,
 };
+use std::collections::BTreeMap;
 
 fn record(start_ms: f64, end_ms: f64, outcome: Outcome) -> RequestRecord {
     RequestRecord {
@@ -98,6 +100,7 @@ fn base(ended_at_ms: f64) -> DrillReport {
         grpc: None,
         audit: None,
         instances: Vec::new(),
+        metrics: None,
         records: Vec::new(),
     }
 }
@@ -214,12 +217,68 @@ fn rollout_of(count: u32) -> DrillReport {
     finish(r, &records)
 }
 
-fn scenarios() -> [(&'static str, DrillReport); 4] {
+/// The restart's drill with the service's metrics: scraped every 50 ms from ready to the
+/// exit, none between 2000 and 2500 ms (the scrapes failed), ready until the signal, then a
+/// lame duck, a drain (its in-flight count above the drill's), stopped; two services, one
+/// with a name to escape and a value that is not a number.
+fn with_metrics() -> DrillReport {
+    let mut r = restart();
+    let (signal, exit) = (r.signal_at_ms, r.exit_at_ms.unwrap_or(r.ended_at_ms));
+    let mut samples = Vec::new();
+    let mut at = r.ready_after_ms + 2.0;
+    while at < exit {
+        if !(2000.0..2500.0).contains(&at) {
+            let (state, lame_duck) = match at - signal {
+                d if d < 0.0 => ("ready", 0.0),
+                d if d < 60.0 => ("draining", 1.0),
+                d if d < 110.0 => ("draining", 0.0),
+                _ => ("stopped", 0.0),
+            };
+            let web = if state == "draining" { 40.0 } else { 16.0 };
+            let grpc = if (1000.0..1050.0).contains(&at) {
+                f64::NAN
+            } else {
+                2.0
+            };
+            samples.push(MetricsSample {
+                at_ms: at,
+                ready: Some(if at < signal { 1.0 } else { 0.0 }),
+                state: Some(state.to_owned()),
+                lame_duck: Some(lame_duck),
+                in_flight: BTreeMap::from([("web".to_owned(), web), ("grpc <&>".to_owned(), grpc)]),
+                connections: BTreeMap::from([("web".to_owned(), 16.0)]),
+            });
+        }
+        at += 50.0;
+    }
+    let fell = samples
+        .iter()
+        .find(|s| s.ready == Some(0.0))
+        .map(|s| s.at_ms - signal);
+    r.metrics = Some(MetricsReport {
+        url: "http://127.0.0.1:9090/metrics".to_owned(),
+        interval_ms: 50.0,
+        scrapes_ok: samples.len() as u64,
+        scrapes_failed: 10,
+        states_seen: vec![
+            "ready".to_owned(),
+            "draining".to_owned(),
+            "stopped".to_owned(),
+        ],
+        ready_fell_after_signal_ms: fell,
+        samples,
+        ..MetricsReport::default()
+    });
+    r
+}
+
+fn scenarios() -> [(&'static str, DrillReport); 5] {
     [
         ("restart", restart()),
         ("upgrade", upgrade()),
         ("rollout", rollout()),
         ("rollout-12", rollout_of(12)),
+        ("metrics", with_metrics()),
     ]
 }
 
@@ -360,6 +419,78 @@ fn the_lanes_show_each_lifetime() {
             "{lane:?}"
         );
     }
+}
+
+#[test]
+fn the_services_metrics_draw_its_states_and_a_line_per_service() {
+    let report = with_metrics();
+    let (signal, exit) = (report.signal_at_ms, report.exit_at_ms.unwrap());
+    // The states as a lane under the processes': one phase after the other, nothing drawn
+    // where the scrapes failed, nothing past the exit.
+    let lanes = lanes(&report);
+    assert_eq!(lanes.len(), 3, "{lanes:?}");
+    let state = &lanes[2];
+    assert_eq!(state.name, "metrics state");
+    let mut phases: Vec<Phase> = state.spans.iter().map(|s| s.2).collect();
+    phases.dedup();
+    use Phase::*;
+    assert_eq!(phases, [Serving, LameDuck, Draining, Stopped]);
+    assert!(
+        state
+            .spans
+            .iter()
+            .all(|&(from, to, _)| to <= 2050.0 || from >= 2500.0),
+        "the gap: {:?}",
+        state.spans
+    );
+    assert!(state.spans.iter().all(|&(_, to, _)| to <= exit));
+    let lame = state.spans.iter().find(|s| s.2 == LameDuck).unwrap();
+    assert!(lame.0 >= signal && lame.0 < signal + 50.0, "{lame:?}");
+    // A line per service, in name order, broken at the gap (and at the NaN).
+    let layout = layout(&report);
+    let names: Vec<&str> = layout.lines.iter().map(|l| l.service.as_str()).collect();
+    assert_eq!(names, ["grpc <&>", "web"]);
+    assert_eq!(
+        layout.lines[1].runs.len(),
+        2,
+        "{:?}",
+        layout.lines[1].runs.len()
+    );
+    assert_eq!(
+        layout.lines[0].runs.len(),
+        3,
+        "{:?}",
+        layout.lines[0].runs.len()
+    );
+    assert_ne!(layout.lines[0].colour, layout.lines[1].colour);
+    // The drain's 40 in flight sets the window's right scale; the drill's own 16 does not.
+    let lower = &layout.panels[1];
+    let own = lower.buckets.iter().map(|b| b.in_flight).max().unwrap();
+    assert!(own < 40, "{own}");
+    assert!(in_flight_top(lower, &layout.lines) >= 40);
+    assert!(in_flight_top(lower, &[]) < 40);
+    // The picture: the lines, the lane, the legend (escaped), the fall of ready.
+    let svg = render(&report);
+    let polylines = |service: &str| {
+        svg.matches(&format!(r#"class="service" data-service="{service}""#))
+            .count()
+    };
+    assert!(polylines("web") >= 3, "both panels: {}", polylines("web"));
+    assert!(polylines("grpc &lt;&amp;&gt;") >= 3);
+    for text in [
+        ">web in flight (metrics)</text>",
+        ">grpc &lt;&amp;&gt; in flight (metrics)</text>",
+        ">lame duck (metrics)</text>",
+        ">metrics state</text>",
+        ">unready (metrics) +",
+    ] {
+        assert!(svg.contains(text), "{text}");
+    }
+    assert!(svg.contains(LAME_DUCK) && svg.contains(STOPPED));
+    // Without metrics, none of it.
+    let plain = render(&restart());
+    assert!(!plain.contains("(metrics)") && !plain.contains("metrics state"));
+    assert!(!plain.contains(r#"class="service""#));
 }
 
 /// The heights of the red elements the picture draws for failures.
