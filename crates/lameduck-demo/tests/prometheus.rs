@@ -151,7 +151,8 @@ impl Drop for Prometheus {
 /// The drill: slow requests (2.5 s) from 8 clients, SIGTERM after 2 s, against the demo with
 /// an admin listener on `admin` (serving 300 ms past the hooks, for a last scrape) and a
 /// lame-duck delay of 1 s.
-async fn run_drill(dir: &Path, admin: &str) -> DrillReport {
+/// With `scrape`, the drill scrapes the admin listener too (`--metrics-url`).
+async fn run_drill(dir: &Path, admin: &str, scrape: bool) -> DrillReport {
     let http = format!("127.0.0.1:{}", free_port());
     let ready = format!("http://{http}/readyz");
     let slow = format!("http://{http}/slow?ms=2500");
@@ -160,9 +161,12 @@ async fn run_drill(dir: &Path, admin: &str) -> DrillReport {
         format!("127.0.0.1:{}", free_port()),
     );
     let db = dir.join("demo.db").display().to_string();
-    let cli = [
-        "lameduck-drill",
-        "--quiet",
+    let metrics = format!("http://{admin}/metrics");
+    let mut cli = vec!["lameduck-drill", "--quiet"];
+    if scrape {
+        cli.extend(["--metrics-url", &metrics]);
+    }
+    cli.extend([
         "--ready-url",
         &ready,
         "--url",
@@ -187,7 +191,7 @@ async fn run_drill(dir: &Path, admin: &str) -> DrillReport {
         "300ms",
         "--db",
         &db,
-    ];
+    ]);
     drill(&DrillArgs::parse_from(cli)).await.unwrap()
 }
 
@@ -197,14 +201,19 @@ async fn prometheus_scrapes_the_whole_shutdown_and_its_keep_alive_does_not_hold_
         return;
     };
     // Without a scraper first: the exit lag to compare with.
-    let alone = run_drill(&temp_dir("alone"), &format!("127.0.0.1:{}", free_port())).await;
+    let alone = run_drill(
+        &temp_dir("alone"),
+        &format!("127.0.0.1:{}", free_port()),
+        false,
+    )
+    .await;
     assert!(alone.passed, "{alone}");
 
     let dir = temp_dir("scraped");
     let admin = format!("127.0.0.1:{}", free_port());
     let prometheus = Prometheus::start(&binary, &dir, &admin);
     let began = unix_now();
-    let scraped = run_drill(&dir, &admin).await;
+    let scraped = run_drill(&dir, &admin, true).await;
     assert!(scraped.passed, "{scraped}");
     let exited = began + scraped.exit_at_ms.unwrap() / 1e3;
     assert!(scraped.in_flight_at_signal > 0, "{scraped}");
@@ -290,6 +299,26 @@ async fn prometheus_scrapes_the_whole_shutdown_and_its_keep_alive_does_not_hold_
     assert!(
         lag < lag_alone + 250.0,
         "exit lag {lag} ms with Prometheus scraping, {lag_alone} ms without"
+    );
+
+    // The drill scraped the same series beside Prometheus: readiness fell at the signal, the
+    // HTTP server's requests were in flight after it.
+    let seen = scraped.metrics.as_ref().expect("the drill's metrics");
+    assert!(seen.scrapes_ok > 10, "{scraped}");
+    let fell = seen.ready_fell_after_signal_ms.expect("ready fell");
+    assert!(
+        (0.0..300.0).contains(&fell),
+        "ready fell {fell} ms after the signal"
+    );
+    assert!(
+        seen.states_seen.iter().any(|s| s == "draining"),
+        "{:?}",
+        seen.states_seen
+    );
+    assert!(
+        seen.peak_in_flight_after_signal
+            .get("http")
+            .is_some_and(|n| *n > 0.0)
     );
     drop(prometheus);
 }

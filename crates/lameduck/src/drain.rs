@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
@@ -71,6 +71,8 @@ struct Inner {
     deadline: CancellationToken,
     /// ... until this one, a moment later, aborts it.
     hard_stop: CancellationToken,
+    /// Set when `deadline` is cancelled (or `hard_stop`): a lock-free look at it.
+    deadline_passed: Arc<AtomicBool>,
     /// Cancelled when an upgrade has handed the listeners to a new process, before the drain.
     handed_over: CancellationToken,
     tracker: TaskTracker,
@@ -119,19 +121,22 @@ impl Drain {
         self.inner.handed_over.is_cancelled()
     }
 
-    /// `deadline` must be cancelled whenever `hard_stop` is (a child token of it).
+    /// `deadline` must be cancelled whenever `hard_stop` is (a child token of it), and
+    /// `deadline_passed` set before either is.
     pub(crate) fn new(
         service: &str,
         draining: CancellationToken,
         deadline: CancellationToken,
         hard_stop: CancellationToken,
         handed_over: CancellationToken,
+        deadline_passed: Arc<AtomicBool>,
     ) -> Self {
         Drain {
             inner: Arc::new(Inner {
                 draining,
                 deadline,
                 hard_stop,
+                deadline_passed,
                 handed_over,
                 tracker: TaskTracker::new(),
                 work: Counter::default(),
@@ -169,7 +174,9 @@ impl Drain {
 
     /// Whether the drain deadline has passed.
     pub fn is_deadline_passed(&self) -> bool {
-        self.inner.deadline.is_cancelled()
+        // The flag, set as the token is cancelled: an atomic load, where the token's own check
+        // takes a lock.
+        self.inner.deadline_passed.load(Ordering::Acquire)
     }
 
     /// Runs `work` (a connection, a request) as a tracked task: the drain waits for it, and
@@ -392,7 +399,7 @@ impl Drop for WorkGuard {
         let metrics = &self.inner.metrics;
         match self.kind {
             Kind::Work => metrics.unit(false),
-            Kind::Request if self.inner.deadline.is_cancelled() => {
+            Kind::Request if self.inner.deadline_passed.load(Ordering::Acquire) => {
                 metrics.request_finished(RequestEnd::Aborted)
             }
             Kind::Request => metrics.request_finished(RequestEnd::Completed),
@@ -414,6 +421,7 @@ mod tests {
                 h.child_token(),
                 h.clone(),
                 CancellationToken::new(),
+                Arc::default(),
             ),
             d,
             h,

@@ -96,12 +96,15 @@ impl Lifecycle {
     /// the start), and serves on through the lame-duck delay, the drain and the hooks: its
     /// [`Drain`](crate::Drain) begins only once the last hook has ended. Its listener closes
     /// then, and what it still serves gets the [last drain's
-    /// deadline](Self::last_drain_deadline) (1 s by default) before it is aborted. It never
-    /// holds up the drain of the others, and its connections (a scraper's keep-alive one)
-    /// never delay the exit by more than that deadline; an idle one is closed at once. A
+    /// deadline](Self::last_drain_deadline) (1 s by default) before it is aborted (then the
+    /// usual 100 ms notice and up to 1 s for the abort to land). It never holds up the drain of
+    /// the others, and its connections never delay the exit by more than that; an idle one (a
+    /// scraper's keep-alive connection) is closed at once. A
     /// deadline cut there is in its report, but does not make the exit code unclean. Readiness
     /// is the process's: an HTTP server's `/readyz` here says 503 from the shutdown's start,
-    /// while `/livez` says 200 to the end.
+    /// while `/livez` says 200 to the end. After an upgrade in place its listener is handed
+    /// over like the others, so until the old process exits both serve it: a scrape then
+    /// reaches either, and each answers for itself.
     ///
     /// ```
     /// use lameduck::{Lifecycle, StartContext};

@@ -1,11 +1,13 @@
 //! Live metrics of the lifecycle and its servers, recorded through the [`metrics`] facade
 //! (feature `metrics`): the application installs the exporter it wants (Prometheus,
-//! OpenTelemetry, StatsD) before [`Lifecycle::run`](crate::Lifecycle::run), and every series
-//! below is there from the run's start. Without the feature, every recording here is an empty
-//! function and the facade is not a dependency.
+//! OpenTelemetry, StatsD) before [`Lifecycle::run`](crate::Lifecycle::run). The lifecycle's
+//! series are there from the run's start, a server's from its start (at 0), a hook's once it
+//! has ended, the reloads' at the first. Without the feature, every recording here is an
+//! empty function and the facade is not a dependency.
 //!
 //! Handles are resolved once (per service, when the run begins), so that a request costs an
-//! atomic add on each of its series and no registry lookup. Label values come from the
+//! atomic update of each of its series (the in-flight gauge up and down, its outcome's
+//! counter) and no registry lookup, no lock, no allocation. Label values come from the
 //! application's names (services, hooks) and fixed lists, never from a peer or a request.
 //!
 //! | Series | Kind | What |
@@ -19,7 +21,7 @@
 //! | `lameduck_requests_total{service,outcome}` | counter | ended requests: `completed`, `failed`, `cancelled`, `aborted`, `panicked` |
 //! | `lameduck_connections_closed_total{service,reason}` | counter | closed connections, by why (see below) |
 //! | `lameduck_serving_events_total{service,event}` | counter | what the limits did (the report's `serving` counts) |
-//! | `lameduck_tls_handshakes_total{service,outcome}` | counter | TLS handshakes: `ok`, `failed`, `timeout` |
+//! | `lameduck_tls_handshakes_total{service,outcome}` | counter | TLS handshakes: `ok`, `failed`, `timeout`, `drained` (cut by the drain) |
 //! | `lameduck_tls_reloads_total{outcome}` | counter | certificate files reloaded: `ok`, `failed` (the old pair kept) |
 //! | `lameduck_time_to_ready_seconds` | gauge | from the run's start to the readiness barrier |
 //! | `lameduck_shutdown_start_time_seconds` | gauge | Unix time of the shutdown's trigger (0 before) |
@@ -32,8 +34,9 @@
 //! (nothing in flight when the listeners closed), `after_response` (HTTP/1: its last response
 //! had `Connection: close`, at the drain), `goaway` (HTTP/2: GOAWAY at the drain, its streams
 //! finished), `deadline` (cut at the drain deadline), `handshake_timeout`, `header_timeout`,
-//! `idle_timeout`, `wrong_protocol`, `tls_failed`, `protocol_error` (a head too large, an
-//! HTTP/2 flood or protocol error).
+//! `idle_timeout`, `body_timeout` (HTTP/1: 408 and closed), `panic` (HTTP/1: a handler's panic
+//! answered with `Connection: close`, or its body cut), `wrong_protocol`, `tls_failed`,
+//! `protocol_error` (a head too large, an HTTP/2 flood or protocol error).
 
 use std::time::Duration;
 
@@ -112,12 +115,14 @@ pub(crate) enum Closed {
     WrongProtocol = 9,
     TlsFailed = 10,
     ProtocolError = 11,
+    BodyTimeout = 12,
+    Panic = 13,
 }
 
 #[cfg_attr(not(feature = "http"), allow(dead_code))]
 impl Closed {
     #[cfg(feature = "metrics")]
-    const ALL: [Closed; 11] = [
+    const ALL: [Closed; 13] = [
         Closed::Client,
         Closed::IdleAtDrain,
         Closed::AfterResponse,
@@ -129,6 +134,8 @@ impl Closed {
         Closed::WrongProtocol,
         Closed::TlsFailed,
         Closed::ProtocolError,
+        Closed::BodyTimeout,
+        Closed::Panic,
     ];
 
     /// The one stored as `n` (0: none).
@@ -145,6 +152,8 @@ impl Closed {
             9 => Closed::WrongProtocol,
             10 => Closed::TlsFailed,
             11 => Closed::ProtocolError,
+            12 => Closed::BodyTimeout,
+            13 => Closed::Panic,
             _ => return None,
         })
     }
@@ -157,6 +166,8 @@ impl Closed {
             Event::IdleTimeout => Closed::IdleTimeout,
             Event::WrongProtocol => Closed::WrongProtocol,
             Event::TlsHandshakeFailed => Closed::TlsFailed,
+            Event::BodyTimeout => Closed::BodyTimeout,
+            Event::Panic => Closed::Panic,
             _ => Closed::ProtocolError,
         }
     }
@@ -175,6 +186,8 @@ impl Closed {
             Closed::WrongProtocol => "wrong_protocol",
             Closed::TlsFailed => "tls_failed",
             Closed::ProtocolError => "protocol_error",
+            Closed::BodyTimeout => "body_timeout",
+            Closed::Panic => "panic",
         }
     }
 }
@@ -186,6 +199,8 @@ pub(crate) enum Handshake {
     Ok = 0,
     Failed = 1,
     Timeout = 2,
+    /// Still going when the drain closed it.
+    Drained = 3,
 }
 
 /// One service's series, resolved once.
@@ -339,15 +354,18 @@ impl LifecycleMetrics {
         let _ = took;
     }
 
-    /// The shutdown was triggered now.
-    pub(crate) fn shutdown_started(&self) {
+    /// The shutdown was triggered `ago` (`None`: now).
+    pub(crate) fn shutdown_started(&self, ago: Option<Duration>) {
         #[cfg(feature = "metrics")]
         {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
-            self.on.shutdown_start.set(now.as_secs_f64());
+            let at = now.saturating_sub(ago.unwrap_or_default());
+            self.on.shutdown_start.set(at.as_secs_f64());
         }
+        #[cfg(not(feature = "metrics"))]
+        let _ = ago;
     }
 
     pub(crate) fn lame_duck(&self, on: bool) {
@@ -446,9 +464,9 @@ mod on {
     #[derive(Debug)]
     pub(super) struct Server {
         pub(super) requests: [Counter; 5],
-        pub(super) closed: [Counter; 11],
+        pub(super) closed: [Counter; 13],
         pub(super) events: [Counter; Event::ALL.len()],
-        pub(super) handshakes: [Counter; 3],
+        pub(super) handshakes: [Counter; 4],
     }
 
     impl Server {
@@ -474,7 +492,7 @@ mod on {
                         &[label(), ("event", event.label().into())]
                     )
                 }),
-                handshakes: ["ok", "failed", "timeout"].map(|outcome| {
+                handshakes: ["ok", "failed", "timeout", "drained"].map(|outcome| {
                     counter!(
                         "lameduck_tls_handshakes_total",
                         &[label(), ("outcome", outcome.into())]
@@ -491,7 +509,7 @@ mod on {
         (State::Stopped, "stopped"),
     ];
 
-    #[derive(Debug)]
+    #[derive(Debug, Clone)]
     pub(super) struct Lifecycle {
         ready: Gauge,
         states: [Gauge; 4],
@@ -535,17 +553,7 @@ mod on {
         }
 
         pub(super) fn follow(&self, handle: LifecycleHandle) {
-            let this = Lifecycle {
-                ready: self.ready.clone(),
-                states: self.states.clone(),
-                impairments: self.impairments.clone(),
-                lame_duck: self.lame_duck.clone(),
-                time_to_ready: self.time_to_ready.clone(),
-                shutdown_start: self.shutdown_start.clone(),
-                drain_duration: self.drain_duration.clone(),
-                deadline_exceeded: self.deadline_exceeded.clone(),
-                upgrades: self.upgrades.clone(),
-            };
+            let this = self.clone();
             let mut state = handle.subscribe();
             let mut impaired = handle.subscribe_impaired();
             tokio::spawn(async move {
@@ -602,7 +610,7 @@ mod on {
         );
         describe_counter!(
             "lameduck_tls_handshakes_total",
-            "TLS handshakes, by outcome (ok, failed, timeout)."
+            "TLS handshakes, by outcome (ok, failed, timeout, drained)."
         );
         describe_counter!(
             "lameduck_tls_reloads_total",

@@ -403,6 +403,8 @@ impl Run {
             return trigger;
         }
         self.control.set(State::Draining);
+        self.metrics
+            .shutdown_started(self.triggered_at.map(|t| t.elapsed()));
         tracing::info!(target: "lameduck", %trigger, "shutting down: readiness off");
         if !matches!(
             trigger,
@@ -656,7 +658,8 @@ impl Run {
                 // own (it has not handed over, so a lame-duck delay too).
                 let within = self.config.lame_duck_delay
                     + drain_bound(self.config.drain_deadline)
-                    + self.hooks.bound();
+                    + self.hooks.bound()
+                    + self.last_bound();
                 self.stop_in_background(attempt, within);
             } else {
                 // It never served: killed at once, so that its copies of the listeners close
@@ -897,7 +900,6 @@ impl Run {
     /// shutdown is forced.
     async fn shut_down(&mut self) {
         let began = self.triggered_at.unwrap_or_else(Instant::now);
-        self.metrics.shutdown_started();
         // A failed start never served: there is nothing to be a lame duck about, or to drain.
         if self.ready_after.is_none() {
             let hooks = info_span!(target: "lameduck", "hooks");
@@ -989,6 +991,11 @@ impl Run {
             return;
         }
         let delay = self.config.last_drain_delay;
+        let deadline = self.config.last_drain_deadline;
+        self.notify.step(
+            "closing the services drained last",
+            delay + drain_bound(deadline),
+        );
         if !delay.is_zero() {
             tracing::info!(
                 target: "lameduck", delay_ms = ms(delay),
@@ -1003,15 +1010,21 @@ impl Run {
         self.last_drain_began = Some(began);
         self.snapshot_at_drain(true);
         self.last.draining.cancel();
-        let deadline = self.config.last_drain_deadline;
-        self.notify
-            .step("closing the services drained last", drain_bound(deadline));
         tracing::info!(
             target: "lameduck", deadline_ms = ms(deadline),
             "draining the services drained last"
         );
         if !self.ends_within(deadline, true).await {
             self.abort_remaining(true).await;
+        }
+    }
+
+    /// The longest the services drained last can take after the hooks (zero without any).
+    fn last_bound(&self) -> Duration {
+        if self.units.iter().any(|u| u.last) {
+            self.config.last_drain_delay + drain_bound(self.config.last_drain_deadline)
+        } else {
+            Duration::ZERO
         }
     }
 
@@ -1037,7 +1050,7 @@ impl Run {
         }
         let stage = if last { &self.last } else { &self.first }.clone();
         // Tell the work first: a response can still end with a status of its own.
-        stage.deadline.cancel();
+        stage.pass_deadline();
         self.ends_within(ABORT_NOTICE, last).await;
         stage.hard_stop.cancel();
         for unit in self.units.iter().filter(|u| u.live && u.last == last) {

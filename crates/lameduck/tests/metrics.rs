@@ -442,3 +442,75 @@ async fn requests_cut_at_the_drain_deadline_are_counted_aborted() {
         Some(0.0)
     );
 }
+
+#[tokio::test]
+async fn a_response_of_known_length_is_completed_and_an_idle_connection_closes_idle() {
+    let (recorder, _turn) = recorder().await;
+    let app = app().route(
+        "/stream",
+        get(|| async {
+            // A streamed body with its length said up front: hyper stops polling it once that
+            // much is out, before it has said its own end.
+            let chunks =
+                ["ab", "cd"].map(|c| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(c)));
+            let body = axum::body::Body::from_stream(tokio_stream::iter(chunks));
+            ([(http::header::CONTENT_LENGTH, "4")], body)
+        }),
+    );
+    let lifecycle = Lifecycle::new()
+        .handle_signals(false)
+        .service("api4", HttpServer::bind("127.0.0.1:0", app));
+    let handle = lifecycle.handle();
+    let run = tokio::spawn(lifecycle.run());
+    handle.wait_ready().await.unwrap();
+    let api: SocketAddr = handle.addresses("api4")[0].parse().unwrap();
+    let mut client = Client::connect(api).await;
+    assert_eq!(client.get("/stream").await.unwrap(), (200, "abcd".into()));
+    let head = http::Request::head("/sleep/0")
+        .header("host", "t")
+        .body(Empty::new())
+        .unwrap();
+    client.sender.ready().await.unwrap();
+    let response = client.sender.send_request(head).await.unwrap();
+    assert_eq!(response.status(), 200);
+    // Idle for longer than the keep-alive grace when the drain begins.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let began = Instant::now();
+    while Scrape(parse(&recorder.render())).get(
+        "lameduck_requests_total",
+        &[("service", "api4"), ("outcome", "completed")],
+    ) != Some(2.0)
+    {
+        assert!(
+            began.elapsed() < WAIT,
+            "both completed: {}",
+            recorder.render()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    handle.shutdown();
+    let report = tokio::time::timeout(WAIT, run).await.unwrap().unwrap();
+    assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
+    let after = Scrape(parse(&recorder.render()));
+    let series = |name: &str, label: (&str, &str)| after.get(name, &[("service", "api4"), label]);
+    assert_eq!(
+        series("lameduck_requests_total", ("outcome", "cancelled")),
+        Some(0.0)
+    );
+    assert_eq!(
+        series(
+            "lameduck_connections_closed_total",
+            ("reason", "idle_at_drain")
+        ),
+        Some(1.0),
+        "{:?}",
+        after.0
+    );
+    assert_eq!(
+        series(
+            "lameduck_connections_closed_total",
+            ("reason", "after_response")
+        ),
+        Some(0.0)
+    );
+}

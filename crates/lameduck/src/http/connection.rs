@@ -250,6 +250,9 @@ async fn drive<T, S, B>(
                         () = tokio::time::sleep(left) => {}
                     }
                 }
+                // Nothing in flight now: it closes idle (HTTP/1 at once; HTTP/2 once the
+                // client has taken the GOAWAY), unless a stream comes first.
+                let idle = state.quiet();
                 conn.as_mut().graceful_shutdown();
                 // With nothing in flight, an HTTP/2 connection still waits for the client to
                 // acknowledge the GOAWAY; a client that never does must not hold the drain. A
@@ -265,7 +268,11 @@ async fn drive<T, S, B>(
                         }
                     }
                 };
-                state.close_as(state.drained());
+                state.close_as(if idle && state.quiet() {
+                    Closed::IdleAtDrain
+                } else {
+                    state.drained()
+                });
                 result
             }
         };
@@ -640,9 +647,6 @@ impl Drop for ConnState {
             }
         });
         metrics.closed(reason);
-        if *self.upgraded.get_mut() {
-            metrics.upgraded(false);
-        }
     }
 }
 
@@ -826,7 +830,10 @@ impl<T: Transport> ConnIo<T> {
         if let Some(mut stream) = self.stream.take() {
             stream.closing();
         }
-        self.guard = None;
+        // An upgraded connection was in flight until its socket closed: now.
+        if self.guard.take().is_some() && self.state.upgraded() {
+            self.state.drain().metrics().upgraded(false);
+        }
     }
 
     fn poll_io<R>(

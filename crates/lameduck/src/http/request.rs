@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue};
+use bytes::{Buf, Bytes};
+use http::header::{CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -27,7 +27,7 @@ use crate::http::body::{BodyShared, BodyWatch, RequestBody};
 use crate::http::connection::{ConnState, Deadline};
 use crate::http::panic;
 use crate::http::server::Shared;
-use crate::metrics::RequestEnd;
+use crate::metrics::{Closed, RequestEnd};
 
 /// One request in flight: counted for the service (the report) and for its connection (the
 /// drain), until its response body has ended. The connection is the unit the drain waits for;
@@ -55,6 +55,14 @@ impl RequestGuard {
     /// Says how the request ended (before the guard is dropped).
     fn end_as(&self, end: RequestEnd) {
         self.end.store(end as u8, Ordering::Relaxed);
+    }
+
+    /// An HTTP/1 connection closes after this request, for `reason` (an HTTP/2 one goes on:
+    /// only the stream ends).
+    fn closes_connection(&self, reason: Closed) {
+        if !self.conn.is_h2() {
+            self.conn.close_as(reason);
+        }
     }
 
     /// Its body, if it timed out (`cx` is woken when it does).
@@ -246,6 +254,7 @@ impl<S, B> Future for ResponseFuture<S, B>
 where
     S: tower_service::Service<Request<RequestBody>, Response = Response<B>>,
     S::Error: Into<BoxError>,
+    B: Body,
 {
     type Output = Result<Response<ResponseBody<B>>, BoxError>;
 
@@ -267,6 +276,7 @@ where
                         return Poll::Ready(Ok(panic::answer(*grpc, h2)));
                     };
                     guard.end_as(RequestEnd::Panicked);
+                    guard.closes_connection(Closed::Panic);
                     panic::report(&guard.conn, asked, &message, "before answering");
                     // A handler that panics on its body's error: the body's timeout is what
                     // the client is told.
@@ -285,6 +295,7 @@ where
                         let guard = guard.take();
                         if let Some(guard) = &guard {
                             guard.end_as(RequestEnd::Failed);
+                            guard.closes_connection(Closed::BodyTimeout);
                         }
                         let h2 = guard.as_ref().is_some_and(|g| g.conn.is_h2());
                         let body = guard.as_ref().and_then(|g| g.body.as_deref());
@@ -332,12 +343,31 @@ where
                         }
                         let asked =
                             std::mem::replace(asked, (http::Method::GET, http::Uri::default()));
+                        // How much body is to come, if known: hyper stops polling a body
+                        // once it has sent that much (or none at all, for HEAD, 204, 304).
+                        let none = asked.0 == http::Method::HEAD
+                            || status == StatusCode::NO_CONTENT
+                            || status == StatusCode::NOT_MODIFIED;
+                        let left = if none {
+                            Some(0)
+                        } else {
+                            response.body().size_hint().exact().or_else(|| {
+                                let length = response.headers().get(CONTENT_LENGTH)?;
+                                length.to_str().ok()?.parse().ok()
+                            })
+                        };
+                        if left == Some(0)
+                            && let Some(guard) = guard
+                        {
+                            guard.end_as(RequestEnd::Completed);
+                        }
                         Poll::Ready(Ok(response.map(|body| ResponseBody::App {
                             body,
                             guard: guard.take(),
                             grpc: *grpc,
                             watch: watch.take(),
                             asked,
+                            left,
                         })))
                     }
                     // Dropping the guard ends the request: hyper closes the connection.
@@ -370,6 +400,8 @@ pin_project! {
             watch: Option<Watch>,
             // The request's method and URI, for the event if the body panics.
             asked: (http::Method, http::Uri),
+            // Bytes still to come, when the length is known: at 0 it is complete.
+            left: Option<u64>,
         },
         Text { text: Option<Bytes> },
     }
@@ -402,6 +434,7 @@ where
                 grpc,
                 watch,
                 asked,
+                left,
             } => {
                 if guard.is_none() {
                     // Ended: by the body itself, or by the deadline.
@@ -414,6 +447,7 @@ where
                         // (HTTP/1), so that the client does not take what came for the whole.
                         if let Some(guard) = guard.take() {
                             guard.end_as(RequestEnd::Panicked);
+                            guard.closes_connection(Closed::Panic);
                             panic::report(&guard.conn, asked, &message, "in its response body");
                         }
                         return Poll::Ready(Some(Err(message.into())));
@@ -426,6 +460,7 @@ where
                 {
                     let end = body_timed_out_midway(stalled, *grpc, g.conn.is_h2());
                     g.end_as(RequestEnd::Failed);
+                    g.closes_connection(Closed::BodyTimeout);
                     guard.take();
                     return Poll::Ready(Some(end));
                 }
@@ -453,7 +488,17 @@ where
                             return Poll::Ready(None);
                         }
                     },
-                    Poll::Ready(Some(Ok(_))) => {}
+                    Poll::Ready(Some(Ok(frame))) => {
+                        // The last byte of a body of known length: hyper may not poll again.
+                        if let (Some(n), Some(data)) = (left.as_mut(), frame.data_ref()) {
+                            *n = n.saturating_sub(data.remaining() as u64);
+                            if *n == 0
+                                && let Some(guard) = guard.as_ref()
+                            {
+                                guard.end_as(RequestEnd::Completed);
+                            }
+                        }
+                    }
                 }
                 polled
             }

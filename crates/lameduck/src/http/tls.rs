@@ -576,12 +576,18 @@ pub(crate) async fn handshake(
             return None;
         }
         () = shared.closing.cancelled() => {
-            state.close_as(Closed::IdleAtDrain);
-            let left = FIRST_REQUEST_GRACE.checked_sub(born.elapsed())?;
+            let cut = || {
+                drain.metrics().handshake(Handshake::Drained);
+                state.close_as(Closed::IdleAtDrain);
+                None
+            };
+            let Some(left) = FIRST_REQUEST_GRACE.checked_sub(born.elapsed()) else {
+                return cut();
+            };
             tokio::select! {
                 biased;
                 done = &mut accept => done,
-                () = tokio::time::sleep(left) => return None,
+                () = tokio::time::sleep(left) => return cut(),
             }
         }
     };
