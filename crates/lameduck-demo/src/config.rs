@@ -68,6 +68,15 @@ pub struct Config {
     #[arg(long, env = "LAMEDUCK_MAX_CONNECTIONS", default_value_t = 16_384,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// How long a connection may live, on all three servers: then GOAWAY (HTTP/2, gRPC) or
+    /// `Connection: close` (HTTP/1), jittered ±10 %, so that clients behind an L4 balancer
+    /// spread again after a rolling restart. `0s` (the default): no limit.
+    #[arg(long, env = "LAMEDUCK_MAX_CONNECTION_AGE", default_value = "0s", value_parser = duration)]
+    pub max_connection_age: Duration,
+    /// After its maximum age, how long a connection's requests may take before they are cut
+    /// off (gRPC: UNAVAILABLE).
+    #[arg(long, env = "LAMEDUCK_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = duration)]
+    pub max_connection_age_grace: Duration,
     /// The write-behind cache's bound, in bytes of keys and values (`64MiB`, `500KiB`,
     /// `1048576`): a write that does not fit waits up to 2 s for a flush to make room, then is
     /// refused (503 with `Retry-After`, gRPC UNAVAILABLE), never taken and dropped.

@@ -62,6 +62,8 @@ async fn main() {
             .handshake_timeout(config.handshake_timeout)
             .idle_timeout(config.idle_timeout)
             .body_timeout(config.body_timeout.unwrap_or_default())
+            .max_connection_age(config.max_connection_age)
+            .max_connection_age_grace(config.max_connection_age_grace)
             .max_connections(config.max_connections as usize);
         match &tls {
             Some(tls) => server.tls(tls.clone()),
@@ -85,6 +87,8 @@ async fn main() {
                 .handshake_timeout(config.handshake_timeout)
                 .header_timeout(config.header_timeout)
                 .idle_timeout(config.idle_timeout)
+                .max_connection_age(config.max_connection_age)
+                .max_connection_age_grace(config.max_connection_age_grace)
                 .max_connections(config.max_connections as usize);
             let server = match config.body_timeout {
                 Some(timeout) => server.body_timeout(timeout),

@@ -40,11 +40,16 @@ pub(crate) enum Event {
     /// A TLS handshake that failed (a client that does not trust the certificate, speaks no
     /// common version, or presents no valid client certificate; not TLS at all).
     TlsHandshakeFailed,
+    /// A connection reached its maximum age: sent GOAWAY (HTTP/2) or `Connection: close`
+    /// (HTTP/1), or closed if idle.
+    MaxConnectionAge,
+    /// After its maximum age and the grace, a connection still carrying work was closed.
+    MaxConnectionAgeGrace,
 }
 
 impl Event {
     /// Every kind, in the order of their numbers.
-    pub(crate) const ALL: [Event; 12] = [
+    pub(crate) const ALL: [Event; 14] = [
         Event::HandshakeTimeout,
         Event::WrongProtocol,
         Event::Panic,
@@ -57,6 +62,8 @@ impl Event {
         Event::H2TooManyResets,
         Event::H2ProtocolError,
         Event::TlsHandshakeFailed,
+        Event::MaxConnectionAge,
+        Event::MaxConnectionAgeGrace,
     ];
 
     /// Its name in the metrics (the report's field, in the singular).
@@ -75,6 +82,8 @@ impl Event {
             Event::H2TooManyResets => "h2_too_many_resets",
             Event::H2ProtocolError => "h2_protocol_error",
             Event::TlsHandshakeFailed => "tls_handshake_failed",
+            Event::MaxConnectionAge => "max_connection_age",
+            Event::MaxConnectionAgeGrace => "max_connection_age_grace",
         }
     }
 }
@@ -114,6 +123,8 @@ impl Events {
             h2_too_many_resets: self.get(Event::H2TooManyResets),
             h2_protocol_errors: self.get(Event::H2ProtocolError),
             tls_handshake_failures: self.get(Event::TlsHandshakeFailed),
+            max_connection_age: self.get(Event::MaxConnectionAge),
+            max_connection_age_grace: self.get(Event::MaxConnectionAgeGrace),
         }
     }
 }

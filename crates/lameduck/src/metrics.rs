@@ -35,7 +35,8 @@
 //! had `Connection: close`, at the drain), `goaway` (HTTP/2: GOAWAY at the drain, its streams
 //! finished), `deadline` (cut at the drain deadline), `handshake_timeout`, `header_timeout`,
 //! `idle_timeout`, `body_timeout` (HTTP/1: 408 and closed), `panic` (HTTP/1: a handler's panic
-//! answered with `Connection: close`, or its body cut), `wrong_protocol`, `tls_failed`,
+//! answered with `Connection: close`, or its body cut), `max_age` (its maximum connection age,
+//! then its grace), `wrong_protocol`, `tls_failed`,
 //! `protocol_error` (a head too large, an HTTP/2 flood or protocol error).
 
 use std::time::Duration;
@@ -117,12 +118,13 @@ pub(crate) enum Closed {
     ProtocolError = 11,
     BodyTimeout = 12,
     Panic = 13,
+    MaxAge = 14,
 }
 
 #[cfg_attr(not(feature = "http"), allow(dead_code))]
 impl Closed {
     #[cfg(feature = "metrics")]
-    const ALL: [Closed; 13] = [
+    const ALL: [Closed; 14] = [
         Closed::Client,
         Closed::IdleAtDrain,
         Closed::AfterResponse,
@@ -136,6 +138,7 @@ impl Closed {
         Closed::ProtocolError,
         Closed::BodyTimeout,
         Closed::Panic,
+        Closed::MaxAge,
     ];
 
     /// The one stored as `n` (0: none).
@@ -154,6 +157,7 @@ impl Closed {
             11 => Closed::ProtocolError,
             12 => Closed::BodyTimeout,
             13 => Closed::Panic,
+            14 => Closed::MaxAge,
             _ => return None,
         })
     }
@@ -168,6 +172,7 @@ impl Closed {
             Event::TlsHandshakeFailed => Closed::TlsFailed,
             Event::BodyTimeout => Closed::BodyTimeout,
             Event::Panic => Closed::Panic,
+            Event::MaxConnectionAge | Event::MaxConnectionAgeGrace => Closed::MaxAge,
             _ => Closed::ProtocolError,
         }
     }
@@ -188,6 +193,7 @@ impl Closed {
             Closed::ProtocolError => "protocol_error",
             Closed::BodyTimeout => "body_timeout",
             Closed::Panic => "panic",
+            Closed::MaxAge => "max_age",
         }
     }
 }
@@ -464,7 +470,7 @@ mod on {
     #[derive(Debug)]
     pub(super) struct Server {
         pub(super) requests: [Counter; 5],
-        pub(super) closed: [Counter; 13],
+        pub(super) closed: [Counter; 14],
         pub(super) events: [Counter; Event::ALL.len()],
         pub(super) handshakes: [Counter; 4],
     }

@@ -188,6 +188,14 @@ pub struct ServingReport {
     /// TLS handshakes that failed (those that timed out are `handshake_timeouts`).
     #[serde(default)]
     pub tls_handshake_failures: u64,
+    /// Connections that reached their maximum age (sent GOAWAY, or `Connection: close`, or
+    /// closed idle).
+    #[serde(default)]
+    pub max_connection_age: u64,
+    /// Of those, the ones still carrying work after the grace: closed, what they carried cut
+    /// off (gRPC: status UNAVAILABLE).
+    #[serde(default)]
+    pub max_connection_age_grace: u64,
 }
 
 impl ServingReport {
@@ -483,6 +491,11 @@ impl fmt::Display for Report {
                     ),
                     ("HTTP/2 protocol errors", u.serving.h2_protocol_errors),
                     ("TLS handshakes failed", u.serving.tls_handshake_failures),
+                    ("at their maximum age", u.serving.max_connection_age),
+                    (
+                        "cut after the age's grace",
+                        u.serving.max_connection_age_grace,
+                    ),
                 ];
                 for (what, n) in closed.into_iter().filter(|(_, n)| *n > 0) {
                     write!(f, ", {what}: {n}")?;

@@ -393,16 +393,7 @@ async fn at_the_deadline_rpcs_end_with_unavailable_not_a_reset() {
     running.started.recv().await.unwrap();
 
     running.handle.shutdown();
-    let last = tokio::time::timeout(WAIT, async {
-        loop {
-            match stream.next().await {
-                Some(Ok(_)) => continue,
-                other => return other,
-            }
-        }
-    })
-    .await
-    .expect("the stream ends at the deadline");
+    let last = last_of(&mut stream, "at the deadline").await;
     let status = last.expect("with a status, not a bare end").unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("drain deadline"), "{status:?}");
@@ -415,6 +406,23 @@ async fn at_the_deadline_rpcs_end_with_unavailable_not_a_reset() {
     assert_eq!(report.services[0].outcome, Outcome::Aborted);
     assert_eq!(report.services[0].requests.aborted, 2, "{report}");
     assert_eq!(report.services[1].outcome, Outcome::Stopped);
+}
+
+/// What ends a stream of ticks (`None`: a bare end), within `WAIT` ("the stream ends {when}").
+async fn last_of(
+    stream: &mut tonic::Streaming<EchoReply>,
+    when: &str,
+) -> Option<Result<EchoReply, Status>> {
+    let last = tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    });
+    last.await
+        .unwrap_or_else(|_| panic!("the stream ends {when}"))
 }
 
 /// Asserts that the server closes `stream` (EOF or a reset) within `WAIT`.
@@ -614,4 +622,55 @@ async fn a_panicking_rpc_ends_with_internal_and_the_server_goes_on() {
     assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
     assert_eq!(report.services[0].serving.panics, 1, "{report}");
     assert_eq!(report.services[0].requests.total, 2, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_its_maximum_age_a_connection_goes_and_after_the_grace_its_calls_end_with_unavailable() {
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let lifecycle = Lifecycle::new().handle_signals(false).service(
+        "grpc-a",
+        GrpcServer::bind("127.0.0.1:0")
+            .add_service(Echo { started: tx })
+            .max_connection_age(Duration::from_millis(500))
+            .max_connection_age_grace(Duration::from_millis(500)),
+    );
+    let handle = lifecycle.handle();
+    let run = tokio::spawn(lifecycle.run());
+    handle.wait_ready().await.unwrap();
+    let addr: SocketAddr = handle.addresses("grpc-a")[0].parse().unwrap();
+    let connected = std::time::Instant::now();
+    let channel = connect(addr).await;
+    let request = TicksRequest {
+        count: 10_000,
+        interval_ms: 20,
+        stop_at_drain: false,
+    };
+    let mut stream = ticks(channel.clone(), request).await.unwrap();
+    let unary = tokio::spawn(echo(channel.clone(), "forever", 60_000));
+    started.recv().await.unwrap();
+    started.recv().await.unwrap();
+
+    // Neither ends by itself: after the age (0.5 s, ±10 %) and its grace (0.5 s), both end
+    // with UNAVAILABLE, which clients retry, rather than a reset.
+    let last = last_of(&mut stream, "after the grace").await;
+    let ended = connected.elapsed();
+    let status = last.expect("with a status, not a bare end").unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("maximum age"), "{status:?}");
+    let status = unary.await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        ended >= Duration::from_millis(900) && ended < Duration::from_millis(1800),
+        "ended after {ended:?}"
+    );
+    // The channel connects again by itself: the next call is served.
+    let again = echo(channel, "again", 0).await.unwrap();
+    assert!(again.contains("again"), "{again}");
+
+    handle.shutdown();
+    let report = tokio::time::timeout(WAIT, run).await.unwrap().unwrap();
+    assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
+    let serving = &report.services[0].serving;
+    assert_eq!(serving.max_connection_age, 1, "{report}");
+    assert_eq!(serving.max_connection_age_grace, 1, "{report}");
 }

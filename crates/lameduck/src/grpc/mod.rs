@@ -163,6 +163,29 @@ impl GrpcServer {
         self
     }
 
+    /// How long a connection may live before it is sent GOAWAY (jittered ±10 %), so that
+    /// clients behind an L4 balancer spread again after a rolling restart; its calls get the
+    /// [grace](Self::max_connection_age_grace), then end with UNAVAILABLE. Off by default. See
+    /// [`HttpServer::max_connection_age`].
+    pub fn max_connection_age(mut self, age: std::time::Duration) -> Self {
+        self.server = self.server.max_connection_age(age);
+        self
+    }
+
+    /// How long calls on a connection at its maximum age may take (default 30 s); see
+    /// [`HttpServer::max_connection_age_grace`].
+    pub fn max_connection_age_grace(mut self, grace: std::time::Duration) -> Self {
+        self.server = self.server.max_connection_age_grace(grace);
+        self
+    }
+
+    /// The maximum age's jitter, a fraction (default 0.1); see
+    /// [`HttpServer::max_connection_age_jitter`].
+    pub fn max_connection_age_jitter(mut self, fraction: f64) -> Self {
+        self.server = self.server.max_connection_age_jitter(fraction);
+        self
+    }
+
     /// Serves over TLS (features `grpc` and `tls`), with ALPN `h2` only; see
     /// [`HttpServer::tls`]. Clients connect with `https://` (tonic: `ClientTlsConfig`).
     #[cfg(feature = "tls")]

@@ -21,6 +21,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::budget::ABORT_NOTICE;
 use crate::drain::{Drain, WorkGuard};
 use crate::error::BoxError;
 use crate::events::Event;
@@ -100,6 +101,7 @@ pub(crate) fn serve<S, B>(
         shared.protocols,
         peer,
         Arc::clone(&shared.name),
+        shared.max_age.map(|m| m.of(peer)),
     ));
     let guard = (drain.track(), slot);
     let raw = Raw::new(stream, Arc::clone(&state));
@@ -153,12 +155,36 @@ async fn drive<T, S, B>(
     tokio::pin!(timer);
     // Sent GOAWAY for being idle: it closes once the client has gone, or after a grace.
     let mut going_away = false;
+    // At its maximum age: told to go, and given the grace, which ends then.
+    let mut aging: Option<Duration> = None;
     let result = loop {
         break tokio::select! {
             biased;
             result = conn.as_mut() => result,
             () = &mut timer, if matches!(next, Verdict::At(_)) => {
                 let now = born.elapsed();
+                if let Some(end) = aging {
+                    if state.quiet() {
+                        // It has gone quiet (an HTTP/2 client that keeps its connection
+                        // after the GOAWAY): closed.
+                        return;
+                    }
+                    if now < end {
+                        // Looked at early, to close it once quiet: its work goes on.
+                        next = Verdict::At(end.min(now + IDLE_CLOSE_GRACE));
+                        timer.as_mut().reset(born + at(next));
+                        continue;
+                    }
+                    // The grace is over: what is left ends as at the drain's deadline (gRPC
+                    // streams with UNAVAILABLE, given a moment to say it), then the
+                    // connection is closed.
+                    drain.count(Event::MaxConnectionAgeGrace);
+                    if let Some(cut) = state.age_cut() {
+                        cut.cancel();
+                        let _ = tokio::time::timeout(ABORT_NOTICE, conn.as_mut()).await;
+                    }
+                    return;
+                }
                 if going_away {
                     if state.quiet() {
                         state.close_as(Closed::IdleTimeout);
@@ -170,7 +196,7 @@ async fn drive<T, S, B>(
                     continue;
                 }
                 next = shared.timeouts.judge(&state.snapshot(), now);
-                if next == Verdict::Close(Event::IdleTimeout) {
+                if matches!(next, Verdict::Close(Event::IdleTimeout) | Verdict::Age) {
                     // A request may have come this very moment, still in the kernel: a last
                     // look before closing (the keep-alive race, made as narrow as it gets).
                     state.read_now();
@@ -198,6 +224,26 @@ async fn drive<T, S, B>(
                         conn.as_mut().graceful_shutdown();
                         going_away = true;
                         next = Verdict::At(now + IDLE_CLOSE_GRACE);
+                        timer.as_mut().reset(born + at(next));
+                    }
+                    Verdict::Age => {
+                        // Told to go as the drain tells it: GOAWAY (its streams finish), or
+                        // HTTP/1 closed now if idle, else after its response (which, and any
+                        // request after, says `Connection: close`).
+                        drain.count(Event::MaxConnectionAge);
+                        state.aged.store(true, Ordering::Release);
+                        state.close_as(Closed::MaxAge);
+                        conn.as_mut().graceful_shutdown();
+                        let grace = shared.max_age.map_or(Duration::ZERO, |m| m.grace);
+                        let end = now + grace;
+                        aging = Some(end);
+                        // Quiet already: looked at again soon, to close it once the client
+                        // has taken the GOAWAY (or at once, HTTP/1).
+                        next = Verdict::At(if state.quiet() {
+                            end.min(now + IDLE_CLOSE_GRACE)
+                        } else {
+                            end
+                        });
                         timer.as_mut().reset(born + at(next));
                     }
                 }
@@ -363,6 +409,14 @@ pub(crate) struct ConnState {
     /// Why it closed, once known (a [`Closed`]; 0: not said, which at the drop means the
     /// deadline cut it if it has passed, else the client closed it).
     closed: AtomicU8,
+    /// Its maximum age (since `born`), if the server has one.
+    age: Option<Duration>,
+    /// Set once it has reached that age: it is going (an HTTP/1 response says
+    /// `Connection: close`).
+    aged: AtomicBool,
+    /// Cancelled once its age's grace is over: what it still carries ends (gRPC: UNAVAILABLE).
+    /// Made only with a maximum age.
+    age_cut: Option<CancellationToken>,
     /// The chain the client presented in its TLS handshake.
     #[cfg(feature = "tls")]
     peer_certificates: std::sync::OnceLock<crate::http::tls::PeerCertificates>,
@@ -379,8 +433,12 @@ impl ConnState {
         protocols: Protocols,
         peer: SocketAddr,
         service: Arc<str>,
+        age: Option<Duration>,
     ) -> Self {
         ConnState {
+            age,
+            aged: AtomicBool::new(false),
+            age_cut: age.map(|_| CancellationToken::new()),
             drain,
             peer,
             service,
@@ -455,7 +513,25 @@ impl ConnState {
             busy: !self.quiet(),
             last_end: at(self.last_end_us.load(Ordering::Acquire)).unwrap_or_default(),
             head_began: at(self.head_began_us.load(Ordering::Acquire)),
+            age: self.age.filter(|_| !self.aged()),
         }
+    }
+
+    /// Whether it has reached its maximum age (and is going).
+    pub(crate) fn aged(&self) -> bool {
+        self.aged.load(Ordering::Acquire)
+    }
+
+    /// The token cancelled when its age's grace is over, if it has a maximum age.
+    pub(crate) fn age_cut(&self) -> Option<&CancellationToken> {
+        self.age_cut.as_ref()
+    }
+
+    /// Whether its age's grace is over (what it carried was cut off).
+    pub(crate) fn age_cut_over(&self) -> bool {
+        self.age_cut
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
     }
 
     /// The client's address.

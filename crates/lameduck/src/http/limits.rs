@@ -23,6 +23,14 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// `client_body_timeout` is 60 s, Apache's `RequestReadTimeout` body 20 s.
 pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The default [grace after the maximum connection
+/// age](super::HttpServer::max_connection_age_grace): what the drain deadline is by default.
+pub(crate) const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
+
+/// The default jitter of the [maximum connection age](super::HttpServer::max_connection_age):
+/// ±10 %, as grpc-go's, so that connections opened together do not all go at once.
+pub(crate) const MAX_CONNECTION_AGE_JITTER: f64 = 0.1;
+
 /// The default [connection cap](super::HttpServer::max_connections): well above what one
 /// server of a process holds in normal use (10,000 idle keep-alive connections are a
 /// benchmark), well below what exhausts a machine.
@@ -43,6 +51,12 @@ pub(crate) struct Limits {
     pub(crate) body_timeout: Duration,
     /// Connections open at once; at the cap, newcomers wait in the kernel's queue.
     pub(crate) max_connections: usize,
+    /// How long a connection may live (jittered); then GOAWAY or `Connection: close`.
+    pub(crate) max_connection_age: Duration,
+    /// After its age, how long what it still carries may take.
+    pub(crate) max_connection_age_grace: Duration,
+    /// The fraction by which each connection's age is moved, up or down, at random.
+    pub(crate) max_connection_age_jitter: f64,
 }
 
 impl Default for Limits {
@@ -53,6 +67,9 @@ impl Default for Limits {
             idle_timeout: IDLE_TIMEOUT,
             body_timeout: BODY_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
+            max_connection_age: Duration::ZERO,
+            max_connection_age_grace: MAX_CONNECTION_AGE_GRACE,
+            max_connection_age_jitter: MAX_CONNECTION_AGE_JITTER,
         }
     }
 }

@@ -29,6 +29,7 @@
 //! ```
 
 mod accept;
+mod age;
 mod body;
 mod connection;
 mod extract;

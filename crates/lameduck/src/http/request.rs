@@ -75,7 +75,7 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         let body_done = self.body.as_ref().is_none_or(|b| b.complete());
         let end = RequestEnd::from_u8(self.end.load(Ordering::Relaxed)).unwrap_or_else(|| {
-            if self.conn.drain().is_deadline_passed() {
+            if self.conn.drain().is_deadline_passed() || self.conn.age_cut_over() {
                 RequestEnd::Aborted
             } else {
                 RequestEnd::Cancelled
@@ -149,7 +149,7 @@ where
         let connect = req.method() == http::Method::CONNECT;
         // A request that comes once the connections are closing (in the drain's keep-alive
         // grace) is the connection's last: its answer says so.
-        let last = !self.conn.is_h2() && self.shared.closing.is_cancelled();
+        let last = !self.conn.is_h2() && (self.conn.aged() || self.shared.closing.is_cancelled());
         // Said if the handler panics.
         let asked = (req.method().clone(), req.uri().clone());
         ResponseFuture::App {
@@ -169,6 +169,8 @@ where
 pub(crate) struct Watch {
     /// gRPC: the deadline itself, to end with UNAVAILABLE while the connection can carry it.
     cutoff: Option<Deadline>,
+    /// gRPC: the end of the connection's maximum age's grace, to end the same way.
+    age: Option<Deadline>,
     /// The abort a moment later: the request ends, whatever it is.
     abort: Deadline,
 }
@@ -177,16 +179,21 @@ pub(crate) struct Watch {
 enum Ending {
     /// Keep waiting.
     No,
-    /// gRPC: end with status UNAVAILABLE.
-    Unavailable,
+    /// gRPC: end with status UNAVAILABLE, saying why.
+    Unavailable(&'static str),
     /// End now.
     Abort,
 }
 
 impl Watch {
-    fn new(drain: &Drain, grpc: bool) -> Self {
+    fn new(conn: &ConnState, grpc: bool) -> Self {
+        let drain = conn.drain();
         Watch {
             cutoff: grpc.then(|| Deadline::new(drain.deadline_token())),
+            age: conn
+                .age_cut()
+                .filter(|_| grpc)
+                .map(|cut| Deadline::new(cut.clone())),
             abort: Deadline::new(drain.hard_stop_token()),
         }
     }
@@ -198,7 +205,7 @@ impl Watch {
         grpc: bool,
     ) -> Option<&'a mut Watch> {
         if watch.is_none() {
-            *watch = Some(Watch::new(guard.as_ref()?.conn.drain(), grpc));
+            *watch = Some(Watch::new(&guard.as_ref()?.conn, grpc));
         }
         watch.as_mut()
     }
@@ -207,7 +214,9 @@ impl Watch {
         if self.abort.reached(cx) {
             Ending::Abort
         } else if self.cutoff.as_mut().is_some_and(|c| c.reached(cx)) {
-            Ending::Unavailable
+            Ending::Unavailable("server shutting down: drain deadline reached")
+        } else if self.age.as_mut().is_some_and(|c| c.reached(cx)) {
+            Ending::Unavailable("connection at its maximum age: grace period over")
         } else {
             Ending::No
         }
@@ -215,13 +224,10 @@ impl Watch {
 
     /// `grpc-status: 14` (UNAVAILABLE, which clients may retry) and why: the headers of a
     /// trailers-only response, or a streaming response's trailers.
-    fn unavailable() -> HeaderMap {
+    fn unavailable(why: &'static str) -> HeaderMap {
         let mut status = HeaderMap::new();
         status.insert("grpc-status", HeaderValue::from_static("14"));
-        status.insert(
-            "grpc-message",
-            HeaderValue::from_static("server shutting down: drain deadline reached"),
-        );
+        status.insert("grpc-message", HeaderValue::from_static(why));
         status
     }
 }
@@ -308,8 +314,8 @@ where
                         match ending {
                             Ending::No => return Poll::Pending,
                             // A trailers-only response.
-                            Ending::Unavailable => {
-                                *response.headers_mut() = Watch::unavailable();
+                            Ending::Unavailable(why) => {
+                                *response.headers_mut() = Watch::unavailable(why);
                                 response.headers_mut().insert(
                                     CONTENT_TYPE,
                                     HeaderValue::from_static("application/grpc"),
@@ -321,7 +327,9 @@ where
                                 *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE
                             }
                         }
-                        guard.take();
+                        if let Some(guard) = guard.take() {
+                            guard.end_as(RequestEnd::Aborted);
+                        }
                         Poll::Ready(Ok(response))
                     }
                     // The request stays in flight until its body has been sent.
@@ -479,12 +487,16 @@ where
                         .map_or(Ending::No, |w| w.ending(cx))
                     {
                         Ending::No => {}
-                        Ending::Unavailable => {
-                            guard.take();
-                            return Poll::Ready(Some(Ok(Frame::trailers(Watch::unavailable()))));
+                        Ending::Unavailable(why) => {
+                            if let Some(guard) = guard.take() {
+                                guard.end_as(RequestEnd::Aborted);
+                            }
+                            return Poll::Ready(Some(Ok(Frame::trailers(Watch::unavailable(why)))));
                         }
                         Ending::Abort => {
-                            guard.take();
+                            if let Some(guard) = guard.take() {
+                                guard.end_as(RequestEnd::Aborted);
+                            }
                             return Poll::Ready(None);
                         }
                     },

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::drain::Drain;
 use crate::error::BoxError;
 use crate::http::accept::{Gate, Slots};
+use crate::http::age::MaxAge;
 use crate::http::body::RequestBody;
 use crate::http::connection::{self, ConnExecutor};
 use crate::http::health::Health;
@@ -191,6 +192,40 @@ impl<S> HttpServer<S> {
         self
     }
 
+    /// How long a connection may live: at that age (moved at random by up to the
+    /// [jitter](Self::max_connection_age_jitter), ±10 % by default) an HTTP/2 connection is
+    /// sent GOAWAY (its streams finish, the client opens a new connection for the next), and
+    /// an HTTP/1.1 one is closed if idle, or else after its response, which says
+    /// `Connection: close`. After the [grace](Self::max_connection_age_grace) what is left
+    /// ends as at the drain's deadline (gRPC: status UNAVAILABLE, which clients retry) and
+    /// the connection is closed. Both are counted (`serving.max_connection_age`,
+    /// `serving.max_connection_age_grace`).
+    ///
+    /// For clients behind an L4 balancer (a Kubernetes Service through kube-proxy): after a
+    /// rolling restart they keep their HTTP/2 connections to the instances that stayed up,
+    /// and a restarted instance gets no traffic until they reconnect; an age makes them
+    /// reconnect, and so spread again, within age + grace. Off by default (`Duration::ZERO`),
+    /// as grpc-go's `MaxConnectionAge`.
+    pub fn max_connection_age(mut self, age: Duration) -> Self {
+        self.limits.max_connection_age = age;
+        self
+    }
+
+    /// How long a connection at its [maximum age](Self::max_connection_age) has for the work
+    /// it still carries before that is cut off. Default 30 s (the drain deadline's default).
+    pub fn max_connection_age_grace(mut self, grace: Duration) -> Self {
+        self.limits.max_connection_age_grace = grace;
+        self
+    }
+
+    /// By how much each connection's [maximum age](Self::max_connection_age) is moved at
+    /// random, as a fraction of it, up or down: connections opened together (after a restart)
+    /// then do not all go together. Default 0.1 (±10 %, as grpc-go); held to 0 to 0.5.
+    pub fn max_connection_age_jitter(mut self, fraction: f64) -> Self {
+        self.limits.max_connection_age_jitter = fraction;
+        self
+    }
+
     /// How many connections the server holds open at once (at least 1). At the cap it stops
     /// accepting: newcomers wait in the kernel's listen queue (up to the backlog) rather than
     /// being accepted and closed, and are taken as soon as a connection ends. Each accept that
@@ -350,6 +385,7 @@ where
             grpc: self.grpc,
             protocols: self.protocols,
             timeouts: Timeouts::new(&self.limits),
+            max_age: MaxAge::new(&self.limits),
             body_timeout: limits::on(self.limits.body_timeout),
             closing: CancellationToken::new(),
             open_listeners: AtomicUsize::new(listeners.len()),
@@ -404,6 +440,8 @@ pub(crate) struct Shared {
     pub(crate) protocols: Protocols,
     /// The handshake, header and idle timeouts.
     pub(crate) timeouts: Timeouts,
+    /// The maximum connection age, if there is one.
+    pub(crate) max_age: Option<MaxAge>,
     /// See [`HttpServer::body_timeout`] (`None`: off).
     pub(crate) body_timeout: Option<Duration>,
     /// Cancelled once every listener of the server is closed (or handed over): only then do

@@ -32,6 +32,8 @@ pub(crate) struct Snapshot {
     pub(crate) last_end: Duration,
     /// HTTP/1: when the first byte of a request head came, if one is coming.
     pub(crate) head_began: Option<Duration>,
+    /// When it reaches its maximum age, if it has one and has not reached it yet.
+    pub(crate) age: Option<Duration>,
 }
 
 /// What the timer's firing means.
@@ -45,6 +47,8 @@ pub(crate) enum Verdict {
     Close(Event),
     /// Idle HTTP/2: send GOAWAY (counted as an idle timeout), then close.
     GoAway,
+    /// Its maximum age: GOAWAY (HTTP/2) or `Connection: close` (HTTP/1), then the grace.
+    Age,
 }
 
 impl Timeouts {
@@ -62,8 +66,29 @@ impl Timeouts {
         self.handshake
     }
 
-    /// The verdict at `now` for a connection in the state `s`.
+    /// The verdict at `now` for a connection in the state `s`: a timeout's, or its maximum
+    /// age's (which comes first when both are due: it ends the connection more gently).
     pub(crate) fn judge(&self, s: &Snapshot, now: Duration) -> Verdict {
+        let verdict = self.timeouts(s, now);
+        let Some(age) = s.age.filter(|_| !s.upgraded) else {
+            return verdict;
+        };
+        if now >= age {
+            return match verdict {
+                // A connection that never showed it speaks HTTP is not given a grace.
+                Verdict::Close(Event::HandshakeTimeout) => verdict,
+                _ => Verdict::Age,
+            };
+        }
+        match verdict {
+            Verdict::At(at) => Verdict::At(at.min(age)),
+            Verdict::Off => Verdict::At(age),
+            other => other,
+        }
+    }
+
+    /// The verdict of the timeouts alone.
+    fn timeouts(&self, s: &Snapshot, now: Duration) -> Verdict {
         if s.upgraded {
             return Verdict::Off;
         }
@@ -144,6 +169,45 @@ mod tests {
             handshake_done: true,
             ..Snapshot::default()
         }
+    }
+
+    #[test]
+    fn the_maximum_age_is_looked_at_in_time_and_comes_before_a_timeout_due_with_it() {
+        let t = timeouts(10, 30, 120);
+        let busy = Snapshot {
+            busy: true,
+            age: Some(50 * S),
+            ..served()
+        };
+        // A busy connection is looked at by its age, even with its timeouts far off.
+        assert_eq!(t.judge(&busy, 10 * S), Verdict::At(40 * S));
+        assert_eq!(t.judge(&busy, 40 * S), Verdict::At(50 * S));
+        assert_eq!(t.judge(&busy, 50 * S), Verdict::Age);
+        // Idle past its idle timeout and its age: the age's gentler end.
+        let idle = Snapshot {
+            age: Some(100 * S),
+            ..served()
+        };
+        assert_eq!(t.judge(&idle, 130 * S), Verdict::Age);
+        // With every timeout off, the age alone sets the timer.
+        let off = timeouts(0, 0, 0);
+        assert_eq!(off.judge(&idle, S), Verdict::At(100 * S));
+        // No age for one that never spoke: its handshake timeout closes it.
+        let silent = Snapshot {
+            age: Some(5 * S),
+            ..Snapshot::default()
+        };
+        assert_eq!(t.judge(&silent, 5 * S), Verdict::Age);
+        assert_eq!(
+            t.judge(&silent, 10 * S),
+            Verdict::Close(Event::HandshakeTimeout)
+        );
+        // Upgraded: no timer, no age.
+        let upgraded = Snapshot {
+            upgraded: true,
+            ..idle
+        };
+        assert_eq!(t.judge(&upgraded, 200 * S), Verdict::Off);
     }
 
     #[test]
