@@ -1,15 +1,21 @@
-//! The HTTP API (axum): `GET /slow?ms=N`, `GET /fast`, `PUT /kv/{key}`, `GET /kv/{key}`.
+//! The HTTP API (axum): `GET /slow?ms=N`, `GET /fast`, `PUT /kv/{key}`, `GET /kv/{key}`,
+//! `GET /events?interval_ms=N` (server-sent ticks, ended at the drain with a `shutdown` event).
 //! `/livez` and `/readyz` are answered by lameduck's `HttpServer`.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
+use lameduck::Drain;
 use serde::{Deserialize, Serialize};
+use tokio_stream::wrappers::IntervalStream;
+use tokio_stream::{Stream, StreamExt};
 
 use crate::store::{Store, StoreError};
 
@@ -28,6 +34,7 @@ pub fn router(api: Api) -> Router {
     Router::new()
         .route("/fast", get(fast))
         .route("/slow", get(slow))
+        .route("/events", get(events))
         .route("/kv/{key}", get(read).put(write))
         .with_state(api)
 }
@@ -58,6 +65,38 @@ async fn slow(Query(query): Query<SlowQuery>) -> Json<Slow> {
         requested_ms: query.ms,
         waited_ms: began.elapsed().as_secs_f64() * 1000.0,
     })
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    interval_ms: Option<u64>,
+}
+
+/// The shortest interval between ticks: a typo must not flood the client.
+const EVENTS_MIN: Duration = Duration::from_millis(10);
+
+/// Server-sent events: a `tick` every `interval_ms` (1000 by default), until the drain begins;
+/// then a last `shutdown` event that tells `EventSource` clients to reconnect in a second
+/// (elsewhere: this process's listeners are closed), and a clean end of the body.
+async fn events(
+    drain: Drain,
+    Query(query): Query<EventsQuery>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let every = Duration::from_millis(query.interval_ms.unwrap_or(1000)).max(EVENTS_MIN);
+    let mut n = 0u64;
+    let ticks = IntervalStream::new(tokio::time::interval(every)).map(move |_| {
+        n += 1;
+        Ok(Event::default()
+            .event("tick")
+            .id(n.to_string())
+            .data(n.to_string()))
+    });
+    Sse::new(lameduck::http::end_at_drain(ticks, &drain, || {
+        Ok(Event::default()
+            .event("shutdown")
+            .retry(Duration::from_secs(1))
+            .data("server going away: reconnect"))
+    }))
 }
 
 async fn write(State(api): State<Api>, Path(key): Path<String>, value: String) -> Response {

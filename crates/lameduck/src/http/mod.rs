@@ -38,6 +38,7 @@ mod limits;
 mod panic;
 mod request;
 mod server;
+mod stream;
 mod timeouts;
 #[cfg(feature = "tls")]
 mod tls;
@@ -46,6 +47,7 @@ pub use body::{BodyTimedOut, RequestBody};
 pub use connection::ConnExecutor;
 pub use health::Health;
 pub use server::{HttpServer, NotFound};
+pub use stream::{EndAtDrain, end_at_drain};
 #[cfg(feature = "tls")]
 pub use tls::{PeerCertificates, Tls, TlsError};
 /// The rustls this crate's TLS is built on, for a `ServerConfig` given as it is
