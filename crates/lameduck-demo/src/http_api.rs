@@ -1,5 +1,7 @@
 //! The HTTP API (axum): `GET /slow?ms=N`, `GET /fast`, `PUT /kv/{key}`, `GET /kv/{key}`,
-//! `GET /events?interval_ms=N` (server-sent ticks, ended at the drain with a `shutdown` event).
+//! `GET /events?interval_ms=N` (server-sent ticks, ended at the drain with a `shutdown` event),
+//! `GET /ws/ticks?interval_ms=N` (a WebSocket: a tick pushed every N ms, and what the client
+//! sends echoed; closed with 1001 "going away" at the drain).
 //! `/livez` and `/readyz` are answered by lameduck's `HttpServer`.
 
 use std::convert::Infallible;
@@ -7,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::extract::ws::Message;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
@@ -35,6 +38,7 @@ pub fn router(api: Api) -> Router {
         .route("/fast", get(fast))
         .route("/slow", get(slow))
         .route("/events", get(events))
+        .route("/ws/ticks", get(ws_ticks))
         .route("/kv/{key}", get(read).put(write))
         .with_state(api)
 }
@@ -97,6 +101,46 @@ async fn events(
             .retry(Duration::from_secs(1))
             .data("server going away: reconnect"))
     }))
+}
+
+/// A WebSocket that pushes `tick N` every `interval_ms` (1000 by default) and echoes the text
+/// the client sends. At the drain its socket sends Close 1001 (lameduck's `WebSocketUpgrade`):
+/// the next push fails, and the handler reads on until the client's Close (at most until the
+/// drain deadline, which cuts what is left).
+async fn ws_ticks(
+    ws: lameduck::http::ws::WebSocketUpgrade,
+    Query(query): Query<EventsQuery>,
+) -> Response {
+    let every = Duration::from_millis(query.interval_ms.unwrap_or(1000)).max(EVENTS_MIN);
+    ws.on_upgrade(move |mut socket| async move {
+        let mut ticks = tokio::time::interval(every);
+        let mut n = 0u64;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {
+                    n += 1;
+                    if socket.send(Message::Text(format!("tick {n}").into())).await.is_err() {
+                        break;
+                    }
+                }
+                message = socket.recv() => match message {
+                    Some(Ok(Message::Text(text))) => {
+                        if socket.send(Message::Text(text)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+        // Closing (ours at the drain, or the client's): read on until the client's Close.
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
 }
 
 async fn write(State(api): State<Api>, Path(key): Path<String>, value: String) -> Response {

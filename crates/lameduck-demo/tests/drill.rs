@@ -12,16 +12,9 @@ use lameduck_drill::{DrillArgs, DrillReport, drill};
 
 #[path = "../../lameduck/tests/support/tools.rs"]
 mod tools;
+use tools::free_port;
 
 const DEMO: &str = env!("CARGO_BIN_EXE_lameduck-demo");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir =

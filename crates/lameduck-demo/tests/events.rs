@@ -3,23 +3,15 @@
 //! exits 0, as it does not for a body cut off), and the demo exits promptly and cleanly.
 #![cfg(unix)]
 
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "../../lameduck/tests/support/tools.rs"]
 mod tools;
+use tools::free_port;
 
 const DEMO: &str = env!("CARGO_BIN_EXE_lameduck-demo");
 const WAIT: Duration = Duration::from_secs(10);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn an_event_stream_gets_a_last_event_and_a_clean_end_at_the_drain() {

@@ -6,7 +6,6 @@
 //! hold the exit: the exit lag is the same as without Prometheus.
 #![cfg(unix)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,16 +16,9 @@ use serde_json::Value;
 
 #[path = "../../lameduck/tests/support/tools.rs"]
 mod tools;
+use tools::free_port;
 
 const DEMO: &str = env!("CARGO_BIN_EXE_lameduck-demo");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(

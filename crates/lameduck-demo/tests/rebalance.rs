@@ -6,7 +6,7 @@
 //! how many connections it holds (`lameduck_connections{service="http"}`).
 #![cfg(unix)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -19,18 +19,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 #[path = "../../lameduck/tests/support/tools.rs"]
 mod tools;
+use tools::free_port;
 
 const DEMO: &str = env!("CARGO_BIN_EXE_lameduck-demo");
 const WAIT: Duration = Duration::from_secs(20);
 const CLIENTS: usize = 32;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(

@@ -3,24 +3,17 @@
 //! refused, and a clean exit.
 #![cfg(unix)]
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "../../lameduck/tests/support/tools.rs"]
 mod tools;
+use tools::free_port;
 
 /// Generous: the machines are shared and noisy.
 const WAIT: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The demo, killed if the test fails.
 struct Demo(std::process::Child);

@@ -21,6 +21,8 @@
 //! `grpc` (`grpc::GrpcServer`: tonic services with `grpc.health.v1`, reflection and GOAWAY);
 //! `tls` puts either on rustls (`http::Tls`: certificate files reloaded when they change,
 //! client certificates, the handshake inside the drain's rules).
+//! `ws` wraps axum's WebSockets (`http::ws`): closed with 1001 "going away" at the drain's
+//! start, refused during it.
 //!
 //! With `metrics`, all of it is recorded live through the `metrics` facade (readiness, state,
 //! in-flight work, how requests ended and why connections closed, the drain, each hook), and

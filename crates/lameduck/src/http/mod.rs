@@ -42,6 +42,9 @@ mod stream;
 mod timeouts;
 #[cfg(feature = "tls")]
 mod tls;
+#[cfg(feature = "ws")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ws")))]
+pub mod ws;
 
 pub use body::{BodyTimedOut, RequestBody};
 pub use connection::ConnExecutor;

@@ -66,3 +66,12 @@ pub fn self_signed(dir: &std::path::Path) -> Option<(PathBuf, PathBuf)> {
     assert!(made.success(), "openssl could not make a pair");
     Some((cert, key))
 }
+
+/// A port free on loopback now (the OS's choice), for a process that must be told its port
+/// before it starts (a demo instance, a Prometheus, a balancer's backend).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on loopback")
+}
