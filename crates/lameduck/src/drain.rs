@@ -299,6 +299,13 @@ impl Drain {
         self.inner.deadline.clone()
     }
 
+    /// The flag set before the deadline's and the abort's tokens are cancelled: a check of it
+    /// (an atomic load) tells a token's lock need not be taken, because neither has been.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn deadline_gate(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.inner.deadline_passed)
+    }
+
     /// The abort's token, for I/O that must fail once work is aborted (an upgraded connection,
     /// which no task of the drain's owns).
     #[cfg_attr(not(feature = "http"), allow(dead_code))]

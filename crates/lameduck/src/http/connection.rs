@@ -108,7 +108,7 @@ pub(crate) fn serve<S, B>(
     let service = RequestService::new(app, Arc::clone(shared), Arc::clone(&state));
     let shared = Arc::clone(shared);
     drain.clone().spawn_attached(async move {
-        let abort = drain.hard_stop_token();
+        let abort = (drain.hard_stop_token(), drain.deadline_gate());
         #[cfg(feature = "tls")]
         if let Some(acceptor) = &shared.tls {
             // The handshake first, inside the drain's rules; the guard is held meanwhile.
@@ -730,17 +730,34 @@ impl Drop for ConnState {
 /// nothing (the registration takes a lock shared by everything waiting on the token).
 pub(crate) struct Deadline {
     token: CancellationToken,
+    /// Set before the token can be cancelled, if it is one of the drain's (its deadline, its
+    /// abort): until then a look at the token, which takes its lock, is not needed. Asked at
+    /// every read and write of a connection, which all share the service's token.
+    gate: Option<Arc<AtomicBool>>,
     wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 impl Deadline {
     pub(crate) fn new(token: CancellationToken) -> Self {
-        Deadline { token, wait: None }
+        Deadline {
+            token,
+            gate: None,
+            wait: None,
+        }
     }
 
-    /// Whether it has passed (a load; nothing is registered).
+    /// A token of the drain's, with its gate (`Drain::deadline_gate`).
+    pub(crate) fn gated(token: CancellationToken, gate: Arc<AtomicBool>) -> Self {
+        Deadline {
+            token,
+            gate: Some(gate),
+            wait: None,
+        }
+    }
+
+    /// Whether it has passed (nothing is registered; with a gate, an atomic load until then).
     pub(crate) fn passed(&self) -> bool {
-        self.token.is_cancelled()
+        self.gate.as_ref().is_none_or(|g| g.load(Ordering::Acquire)) && self.token.is_cancelled()
     }
 
     /// Whether it has passed; if not, the task is woken when it does.
@@ -869,15 +886,15 @@ impl<T: Transport> ConnIo<T> {
     fn new(
         stream: T,
         guard: (WorkGuard, Option<OwnedSemaphorePermit>),
-        abort: CancellationToken,
+        (abort, gate): (CancellationToken, Arc<AtomicBool>),
         state: Arc<ConnState>,
     ) -> Self {
         ConnIo {
             stream: Some(stream),
             guard: Some(guard),
             state,
-            read_abort: Deadline::new(abort.clone()),
-            write_abort: Deadline::new(abort),
+            read_abort: Deadline::gated(abort.clone(), Arc::clone(&gate)),
+            write_abort: Deadline::gated(abort, gate),
         }
     }
 

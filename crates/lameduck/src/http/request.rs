@@ -149,7 +149,7 @@ where
         let connect = req.method() == http::Method::CONNECT;
         // A request that comes once the connections are closing (in the drain's keep-alive
         // grace) is the connection's last: its answer says so.
-        let last = !self.conn.is_h2() && (self.conn.aged() || self.shared.closing.is_cancelled());
+        let last = !self.conn.is_h2() && (self.conn.aged() || self.shared.is_closing());
         // Said if the handler panics.
         let asked = (req.method().clone(), req.uri().clone());
         ResponseFuture::App {
@@ -189,12 +189,12 @@ impl Watch {
     fn new(conn: &ConnState, grpc: bool) -> Self {
         let drain = conn.drain();
         Watch {
-            cutoff: grpc.then(|| Deadline::new(drain.deadline_token())),
+            cutoff: grpc.then(|| Deadline::gated(drain.deadline_token(), drain.deadline_gate())),
             age: conn
                 .age_cut()
                 .filter(|_| grpc)
                 .map(|cut| Deadline::new(cut.clone())),
-            abort: Deadline::new(drain.hard_stop_token()),
+            abort: Deadline::gated(drain.hard_stop_token(), drain.deadline_gate()),
         }
     }
 

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -388,6 +388,7 @@ where
             max_age: MaxAge::new(&self.limits),
             body_timeout: limits::on(self.limits.body_timeout),
             closing: CancellationToken::new(),
+            closing_now: AtomicBool::new(false),
             open_listeners: AtomicUsize::new(listeners.len()),
             slots: Slots::new(self.limits.max_connections),
             #[cfg(feature = "tls")]
@@ -448,6 +449,9 @@ pub(crate) struct Shared {
     /// connections begin to end, so that a client that reconnects when its connection closes
     /// finds the port refusing (and goes elsewhere), not a listener about to reset it.
     pub(crate) closing: CancellationToken,
+    /// Set just before `closing` is cancelled: what a request asks (an atomic load, where the
+    /// token's own check takes its lock).
+    closing_now: AtomicBool,
     /// Listeners still open; the last to close cancels `closing`.
     open_listeners: AtomicUsize,
     /// The connection cap.
@@ -457,6 +461,13 @@ pub(crate) struct Shared {
     pub(crate) tls: Option<crate::http::tls::Acceptor>,
 }
 
+impl Shared {
+    /// Whether every listener is closed: connections are closing.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing_now.load(Ordering::Acquire)
+    }
+}
+
 /// Held by an accept loop while its listener is open: however the loop ends (the drain, an
 /// error, the deadline's abort), the last one dropped lets the connections begin to close.
 struct ListenerOpen(Arc<Shared>);
@@ -464,6 +475,7 @@ struct ListenerOpen(Arc<Shared>);
 impl Drop for ListenerOpen {
     fn drop(&mut self) {
         if self.0.open_listeners.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closing_now.store(true, Ordering::Release);
             self.0.closing.cancel();
         }
     }
