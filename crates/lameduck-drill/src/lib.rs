@@ -48,6 +48,7 @@ mod scrape;
 mod svg;
 mod tls;
 mod traffic;
+mod ws_load;
 
 pub use args::{DrillArgs, SignalName};
 pub use report::DrillReport;

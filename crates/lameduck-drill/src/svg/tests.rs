@@ -99,6 +99,7 @@ fn base(ended_at_ms: f64) -> DrillReport {
         window: None,
         grpc: None,
         audit: None,
+        websockets: Vec::new(),
         instances: Vec::new(),
         metrics: None,
         records: Vec::new(),
