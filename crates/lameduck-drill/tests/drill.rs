@@ -1019,3 +1019,31 @@ async fn websockets_cut_without_a_close_frame_fail_and_the_drill_names_the_cut()
         report.reasons
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_that_never_connect_are_refused_and_fail_the_drill() {
+    // wss:// to a cleartext port: every TLS handshake fails, before the signal and until it.
+    let port = free_port();
+    let url = format!("wss://127.0.0.1:{port}/ws");
+    let extra = ["--ws", &url, "--ws-clients", "2", "--insecure"];
+    let report = drill(&DrillArgs::parse_from(args("good_server", port, &extra)))
+        .await
+        .unwrap();
+    assert!(!report.passed, "{report}");
+    let ws = &report.websockets[0];
+    assert_eq!((ws.connected, ws.refused, ws.failed), (0, 2, 0), "{report}");
+    assert!(
+        ws.first_refusal
+            .as_deref()
+            .is_some_and(|e| e.contains("TLS")),
+        "{report}"
+    );
+    assert!(
+        report
+            .reasons
+            .iter()
+            .any(|r| r.contains("no WebSocket client") && r.contains("connected before the signal")),
+        "{:?}",
+        report.reasons
+    );
+}
