@@ -7,10 +7,11 @@ use clap::{Parser, ValueEnum};
 
 /// Verify a service's graceful shutdown under load.
 ///
-/// Starts the command, waits until it is ready, drives HTTP and gRPC load at it, sends a
-/// signal, and watches what happens: every request is classified (ok; refused: never accepted;
+/// Starts the command, waits until it is ready, drives HTTP and gRPC load at it (and holds
+/// WebSockets open, `--ws`), sends a signal, and watches what happens: every request is classified (ok; refused: never accepted;
 /// failed: accepted, then reset, truncated, 5xx, a gRPC status other than OK, or timed out), and
-/// the exit is timed. Exits 0 only if no accepted request failed, the exit code matched, the
+/// the exit is timed. Exits 0 only if no accepted request failed, every WebSocket was closed
+/// with a Close frame after the signal, the exit code matched, the
 /// restart check (if asked) passed, and no acknowledged write (`--write`) was lost. `--upgrade`
 /// drills an upgrade in place, `--rollout N` a rolling restart behind a load balancer.
 /// `--metrics-url` adds the service's own view (its readiness, state and requests in flight,
@@ -34,7 +35,7 @@ pub struct DrillArgs {
     #[arg(
         long = "url",
         value_name = "URL",
-        required_unless_present_any = ["grpc", "front", "write"]
+        required_unless_present_any = ["grpc", "front", "write", "ws"]
     )]
     pub urls: Vec<String>,
     /// Speak HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1 (for `--url`, `--write`
@@ -76,6 +77,22 @@ pub struct DrillArgs {
     /// Concurrent gRPC workers, each on its own HTTP/2 connection.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub grpc_concurrency: u16,
+    /// A WebSocket to hold open through the shutdown (`ws://`, or `wss://` with `--cacert` or
+    /// `--insecure`; repeatable; alongside the other load or alone): `--ws-clients` clients
+    /// connect before the signal (none is attempted after it) and count the messages they
+    /// receive. Each must see the server's Close frame with 1001 "going away", 1012 "service
+    /// restart" or 1000 after the signal, and then a clean end; a connection cut without a
+    /// Close (what a browser reports as 1006), another code, or a close before the signal fails
+    /// the drill. A client that could not connect before the signal counts as refused.
+    #[arg(long = "ws", value_name = "URL", conflicts_with = "rollout")]
+    pub ws: Vec<String>,
+    /// WebSocket clients per `--ws` URL, each on its own connection.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub ws_clients: u16,
+    /// Each WebSocket client sends a text message this often (default: never; it only
+    /// listens).
+    #[arg(long, value_name = "DURATION", value_parser = nonzero_duration, requires = "ws")]
+    pub ws_send_every: Option<Duration>,
     /// The audit's writes: `METHOD URL` with `{n}` in the URL, a unique key (`PUT` without a
     /// method); each body is a unique value. Every write answered 2xx is read back with
     /// `--read` from the instance that serves after the restart, the upgrade or the rollout,
@@ -338,6 +355,34 @@ mod tests {
         assert!(args.upgrade);
         assert_eq!(args.upgrade_signal, SignalName::Hup);
         assert_eq!(args.after_upgrade, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn websocket_urls_have_their_own_flag_and_defaults() {
+        let parse = |extra: &[&str]| {
+            DrillArgs::try_parse_from(["lameduck-drill"].iter().chain(extra).chain(&["--", "svc"]))
+        };
+        let args = parse(&["--ws", "ws://127.0.0.1:1/ws"]).unwrap();
+        assert_eq!(args.ws, ["ws://127.0.0.1:1/ws"]);
+        assert!(args.urls.is_empty(), "--ws alone is load enough");
+        assert_eq!(args.ws_clients, 8);
+        assert_eq!(args.ws_send_every, None);
+        let args = parse(&[
+            "--ws",
+            "ws://a/1",
+            "--ws",
+            "wss://a/2",
+            "--ws-clients",
+            "3",
+            "--ws-send-every",
+            "250ms",
+        ])
+        .unwrap();
+        assert_eq!(args.ws.len(), 2);
+        assert_eq!(args.ws_clients, 3);
+        assert_eq!(args.ws_send_every, Some(Duration::from_millis(250)));
+        assert!(parse(&["--ws", "ws://a/", "--ws-clients", "0"]).is_err());
+        assert!(parse(&["--url", "http://a/", "--ws-send-every", "1s"]).is_err());
     }
 
     #[test]

@@ -16,6 +16,20 @@
 //! Scrapes that fail are counted, never a failure: a service whose admin listener closes early
 //! only loses its samples, and one that never answered before the signal is a warning.
 //!
+//! With `--ws URL` (`ws://`, or `wss://` with `--cacert` or `--insecure`; repeatable), the
+//! drill holds `--ws-clients` WebSockets (8 by default) open on each URL through the shutdown,
+//! counting the messages they receive (and sending a text message every `--ws-send-every`, if
+//! asked). The clients connect before the signal; none is attempted after it (a service that
+//! drains refuses new ones anyway), and one that could not connect before it counts as
+//! refused. A client is ok if the server sent a Close frame with 1001 "going away", 1012
+//! "service restart" or 1000 after the signal and before the exit (the client answers with its
+//! own, so the server can finish), and the connection then ended cleanly; it failed if the
+//! connection was cut without a Close frame (what a browser reports as 1006), closed with
+//! another code, closed before the signal, or reset after the Close. A failed client fails the
+//! drill. The report's `websockets` section ([`report::WebSocketReport`]) has the counts, the
+//! close codes seen, and the time from the signal to the Close frames; the picture marks the
+//! last Close of each URL.
+//!
 //! The binary (`lameduck-drill [OPTIONS] -- <command> [args...]`) is a thin shell over
 //! [`drill`]; tests of other crates call it directly:
 //!
@@ -48,6 +62,7 @@ mod scrape;
 mod svg;
 mod tls;
 mod traffic;
+mod ws_load;
 
 pub use args::{DrillArgs, SignalName};
 pub use report::DrillReport;

@@ -57,9 +57,9 @@ pub(crate) struct Target {
     /// `host:port`, to connect to.
     pub(crate) authority: String,
     /// The host, for TLS's server name.
-    host: String,
+    pub(crate) host: String,
     /// For an `https://` URL: how its certificate is trusted.
-    tls: Option<Trust>,
+    pub(crate) tls: Option<Trust>,
 }
 
 impl Target {
@@ -124,6 +124,11 @@ impl Shared {
         let at_us = u64::try_from(at.saturating_duration_since(self.began).as_micros())
             .unwrap_or(u64::MAX - 1);
         self.signal_at_us.store(at_us, Ordering::Release);
+    }
+
+    /// Whether the signal has been sent.
+    pub(crate) fn signalled(&self) -> bool {
+        self.signal_at_us.load(Ordering::Acquire) != u64::MAX
     }
 
     fn after_signal(&self, at: Instant) -> bool {

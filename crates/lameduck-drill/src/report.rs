@@ -179,6 +179,46 @@ pub struct GrpcReport {
     pub status_codes: BTreeMap<String, u64>,
 }
 
+/// The WebSockets of one `--ws` URL: how their clients' sockets ended.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WebSocketReport {
+    /// The URL.
+    pub url: String,
+    /// Its clients (`--ws-clients`).
+    pub clients: u64,
+    /// Of those, how many connected (before the signal).
+    pub connected: u64,
+    /// Text and binary messages the clients received, in all.
+    pub messages_received: u64,
+    /// Text messages they sent (`--ws-send-every`).
+    pub messages_sent: u64,
+    /// Clients that got a Close frame with 1001, 1012 or 1000 after the signal and before the
+    /// exit, and then a clean end.
+    pub ok: u64,
+    /// Clients whose connection was cut without a Close frame (what a client reports as
+    /// 1006), closed with another code, closed before the signal, or not cleanly after the
+    /// Close.
+    pub failed: u64,
+    /// Clients that could not connect before the signal (none connects after it).
+    pub refused: u64,
+    /// How many Close frames came with each code (1005: a Close without one).
+    pub close_codes: BTreeMap<String, u64>,
+    /// From the signal until a Close frame came: the median over the clients that got one
+    /// after the signal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_after_signal_median_ms: Option<f64>,
+    /// The same, the longest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_after_signal_max_ms: Option<f64>,
+    /// When each Close frame came, milliseconds since the drill started, in order.
+    pub closes_at_ms: Vec<f64>,
+    /// The first failed clients, with why.
+    pub failures: Vec<String>,
+    /// Why the first refused client could not connect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_refusal: Option<String>,
+}
+
 /// The acknowledged-write audit (`--write`, `--read`).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AuditReport {
@@ -366,6 +406,9 @@ pub struct DrillReport {
     /// The acknowledged-write audit, with `--write`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditReport>,
+    /// The WebSockets, one per `--ws` URL.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub websockets: Vec<WebSocketReport>,
     /// The instances of a rollout, with `--rollout`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<InstanceReport>,
@@ -376,6 +419,41 @@ pub struct DrillReport {
     /// object a line).
     #[serde(skip)]
     pub records: Vec<RequestRecord>,
+}
+
+impl WebSocketReport {
+    /// The summary table's line.
+    fn summary(&self) -> String {
+        let codes: Vec<String> = self
+            .close_codes
+            .iter()
+            .map(|(code, n)| format!("{code} x{n}"))
+            .collect();
+        let timing = match (
+            self.close_after_signal_median_ms,
+            self.close_after_signal_max_ms,
+        ) {
+            (Some(median), Some(max)) => {
+                format!("; signal -> close {median:.1} ms median, {max:.1} ms max")
+            }
+            _ => String::new(),
+        };
+        format!(
+            "{}: {} clients, {} messages received: {} ok, {} failed, {} refused; close codes: \
+             {}{timing}",
+            self.url,
+            self.clients,
+            self.messages_received,
+            self.ok,
+            self.failed,
+            self.refused,
+            if codes.is_empty() {
+                "-".to_owned()
+            } else {
+                codes.join(", ")
+            }
+        )
+    }
 }
 
 impl MetricsReport {
@@ -516,6 +594,9 @@ impl fmt::Display for DrillReport {
                 ),
             ));
         }
+        for ws in &self.websockets {
+            rows.push(("websockets", ws.summary()));
+        }
         if let Some(audit) = &self.audit {
             rows.push((
                 "writes",
@@ -575,6 +656,13 @@ impl fmt::Display for DrillReport {
         }
         for sample in self.audit.iter().flat_map(|a| a.samples.iter().take(5)) {
             writeln!(f, "  {sample}")?;
+        }
+        for failure in self
+            .websockets
+            .iter()
+            .flat_map(|w| w.failures.iter().take(5))
+        {
+            writeln!(f, "  websocket {failure}")?;
         }
         for sample in self.failures.iter().take(5) {
             writeln!(

@@ -239,6 +239,7 @@ pub(crate) async fn drill(args: &DrillArgs) -> Result<DrillReport, DrillError> {
             .as_deref()
             .map(|target| traffic::grpc_report(&records, target)),
         audit,
+        websockets: Vec::new(),
         instances,
         metrics: None,
         records: Vec::new(),

@@ -16,6 +16,7 @@ use crate::scrape::Scraper;
 use crate::svg;
 use crate::tls::Trust;
 use crate::traffic::{self, Load, Plan};
+use crate::ws_load;
 
 /// Why a drill could not be carried out at all (as opposed to a service that failed it).
 #[derive(Debug, thiserror::Error)]
@@ -185,7 +186,7 @@ async fn once(args: &DrillArgs) -> Result<DrillReport, DrillError> {
     };
 
     let grpc = load.grpc.clone();
-    let records = load.stop(args.request_timeout).await;
+    let (records, ws_ends) = load.stop_all(args.request_timeout).await;
     let mut audit = None;
     if exit.is_none() {
         reasons.push(format!(
@@ -343,7 +344,17 @@ async fn once(args: &DrillArgs) -> Result<DrillReport, DrillError> {
     if plan.writes.is_some() {
         audit_reasons(audit.as_ref(), &mut reasons);
     }
-    if requests.ok == 0 {
+    let exit_ms_if = exit.map(|_| exit_ms);
+    let websockets: Vec<_> = plan
+        .ws
+        .iter()
+        .zip(&ws_ends)
+        .map(|(target, ends)| ws_load::report(target, ends, signal_ms, exit_ms_if))
+        .collect();
+    reasons.extend(websockets.iter().flat_map(ws_load::reasons));
+    // WebSockets alone send no requests.
+    let requested = !plan.urls.is_empty() || grpc.is_some() || plan.writes.is_some();
+    if requests.ok == 0 && requested {
         reasons.push("no request was answered: the load never reached the service".to_owned());
     }
     if let Some(exit) = exit
@@ -390,6 +401,7 @@ async fn once(args: &DrillArgs) -> Result<DrillReport, DrillError> {
             .as_deref()
             .map(|target| traffic::grpc_report(&records, target)),
         audit,
+        websockets,
         instances: Vec::new(),
         metrics,
         records: Vec::new(),

@@ -1,4 +1,5 @@
-//! TLS for `https://` URLs (the load, the audit's reads and writes, `--ready-url`, `--front`):
+//! TLS for `https://` URLs (the load, the audit's reads and writes, `--ready-url`, `--front`)
+//! and `wss://` ones (`--ws`, offering only `http/1.1` by ALPN):
 //! rustls with `ring`, trusting the CAs of `--cacert`, or nothing at all with `--insecure`
 //! (the certificate is not checked; the handshake's signatures still are). ALPN offers `h2`
 //! and `http/1.1` and the connection speaks what the server picks (`h2` only with `--http2`).
@@ -31,6 +32,8 @@ struct Connectors {
     either: TlsConnector,
     /// ALPN `h2` only (`--http2`).
     h2: TlsConnector,
+    /// ALPN `http/1.1` only (`wss://`: the upgrade is HTTP/1.1's).
+    http1: TlsConnector,
 }
 
 impl fmt::Debug for Trust {
@@ -72,6 +75,7 @@ impl Trust {
         Ok(Trust(Some(Connectors {
             either: with(&[b"h2", b"http/1.1"]),
             h2: with(&[b"h2"]),
+            http1: with(&[b"http/1.1"]),
         })))
     }
 
@@ -97,6 +101,27 @@ impl Trust {
         let stream = connector.connect(name, tcp).await.ok()?;
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         Some((stream, h2))
+    }
+}
+
+impl Trust {
+    /// The TLS handshake on `tcp` with `host`, offering only `http/1.1` (for a WebSocket's
+    /// upgrade); why not, if it failed.
+    pub(crate) async fn connect_http1(
+        &self,
+        host: &str,
+        tcp: TcpStream,
+    ) -> Result<TlsStream<TcpStream>, String> {
+        let connectors = self
+            .0
+            .as_ref()
+            .ok_or("no TLS trust (--cacert, --insecure)")?;
+        let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("`{host}`: {e}"))?;
+        connectors
+            .http1
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))
     }
 }
 

@@ -1,5 +1,5 @@
 //! The load as a whole: what to send, from the flags (HTTP GETs, gRPC calls, the audit's
-//! writes), and its workers, started together and stopped together.
+//! writes, WebSocket clients), and its workers, started together and stopped together.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,6 +17,7 @@ use crate::report::{Counts, FailureSample, GrpcReport, Kind, Outcome, RequestRec
 use crate::run::DrillError;
 use crate::schema::{self, Source};
 use crate::tls::Trust;
+use crate::ws_load::{self, ClientEnd, End, WsTarget};
 
 /// What the flags ask to send.
 #[derive(Debug)]
@@ -27,6 +28,8 @@ pub(crate) struct Plan {
     /// ready).
     pool: Option<prost_reflect::DescriptorPool>,
     pub(crate) writes: Option<Arc<Writes>>,
+    /// The `--ws` URLs.
+    pub(crate) ws: Vec<Arc<WsTarget>>,
 }
 
 impl Plan {
@@ -46,6 +49,12 @@ impl Plan {
         {
             urls.push(Target::parse(front, &trust).map_err(bad)?);
         }
+        let ws = args
+            .ws
+            .iter()
+            .map(|u| WsTarget::parse(u, &trust).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
         let grpc = args.grpc.as_ref().map(|addr| {
             let source = match &args.proto {
                 Some(file) => Source::Proto {
@@ -73,6 +82,7 @@ impl Plan {
             grpc,
             pool: None,
             writes,
+            ws,
         };
         if let Some((_, Source::Proto { file, imports })) = &plan.grpc {
             // Compiled before anything starts, so that a mistake costs nothing.
@@ -92,10 +102,11 @@ impl Plan {
         if let Some((addr, _)) = &self.grpc {
             return Ok(addr.clone());
         }
-        match &self.writes {
-            Some(writes) => writes.authority().map_err(DrillError::BadTarget),
-            None => Err(DrillError::BadTarget(
-                "no --url, --grpc or --front given".into(),
+        match (&self.writes, self.ws.first()) {
+            (Some(writes), _) => writes.authority().map_err(DrillError::BadTarget),
+            (None, Some(ws)) => Ok(ws.target.authority.clone()),
+            (None, None) => Err(DrillError::BadTarget(
+                "no --url, --grpc, --ws or --front given".into(),
             )),
         }
     }
@@ -177,6 +188,8 @@ impl Plan {
 pub(crate) struct Load {
     pub(crate) shared: Arc<Shared>,
     workers: Vec<(Kind, JoinHandle<()>)>,
+    /// The WebSocket clients, by `--ws` URL.
+    ws_clients: Vec<Vec<JoinHandle<ClientEnd>>>,
     ticker: Option<JoinHandle<()>>,
     pub(crate) grpc: Option<Arc<grpc_load::Target>>,
 }
@@ -217,6 +230,23 @@ impl Load {
                 (Kind::Write, tokio::spawn(writer))
             }));
         }
+        let ws_clients = plan
+            .ws
+            .iter()
+            .map(|target| {
+                (0..args.ws_clients)
+                    .map(|c| {
+                        let client = ws_load::client(
+                            Arc::clone(&shared),
+                            Arc::clone(target),
+                            c,
+                            args.ws_send_every,
+                        );
+                        tokio::spawn(client)
+                    })
+                    .collect()
+            })
+            .collect();
         let ticker = {
             let shared = Arc::clone(&shared);
             let bar = bar.clone();
@@ -240,6 +270,7 @@ impl Load {
         Load {
             shared,
             workers,
+            ws_clients,
             ticker: Some(ticker),
             grpc,
         }
@@ -248,7 +279,16 @@ impl Load {
     /// Stops the load: every worker finishes the request it is in (bounded: a request and
     /// its one retry, each with its connection); their records, sorted by start. A worker
     /// still in a request after that is cut off, and its open request counts as failed.
-    pub(crate) async fn stop(mut self, request_timeout: Duration) -> Vec<RequestRecord> {
+    pub(crate) async fn stop(self, request_timeout: Duration) -> Vec<RequestRecord> {
+        self.stop_all(request_timeout).await.0
+    }
+
+    /// [`stop`](Load::stop), with the WebSocket clients' ends too (by `--ws` URL): each closes
+    /// its side if still open (bounded), and one that does not finish in time is cut off.
+    pub(crate) async fn stop_all(
+        mut self,
+        request_timeout: Duration,
+    ) -> (Vec<RequestRecord>, Vec<Vec<ClientEnd>>) {
         self.shared.stop.store(true, Ordering::Release);
         let grace = (request_timeout + load::CONNECT_TIMEOUT) * 2 + Duration::from_secs(1);
         let until = Instant::now() + grace;
@@ -260,6 +300,32 @@ impl Load {
                 abort.abort();
                 cut_off.push(kind);
             }
+        }
+        let mut ws_ends = Vec::new();
+        for clients in std::mem::take(&mut self.ws_clients) {
+            let mut ends = Vec::new();
+            for client in clients {
+                let abort = client.abort_handle();
+                let within = ws_load::STOP_WITHIN;
+                ends.push(match tokio::time::timeout(within, client).await {
+                    Ok(Ok(end)) => end,
+                    _ => {
+                        abort.abort();
+                        ClientEnd {
+                            connected_ms: None,
+                            messages: 0,
+                            sent: 0,
+                            close: None,
+                            end: End::Cut(format!(
+                                "the client did not finish within {within:?} of the load's \
+                                 stop; it was cut off"
+                            )),
+                            end_ms: self.shared.ms(Instant::now()),
+                        }
+                    }
+                });
+            }
+            ws_ends.push(ends);
         }
         if let Some(ticker) = self.ticker.take() {
             ticker.abort();
@@ -280,7 +346,7 @@ impl Load {
             )),
         }));
         records.sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
-        records
+        (records, ws_ends)
     }
 }
 
@@ -305,6 +371,9 @@ impl Drop for Load {
         self.shared.stop.store(true, Ordering::Release);
         for (_, worker) in &self.workers {
             worker.abort();
+        }
+        for client in self.ws_clients.iter().flatten() {
+            client.abort();
         }
         if let Some(ticker) = &self.ticker {
             ticker.abort();

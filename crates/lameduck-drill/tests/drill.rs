@@ -3,7 +3,9 @@
 //! fail, with the reason said.
 //!
 //! Both are this test binary, re-run as a child: `good_server` and `bad_server` are ignored
-//! tests that serve `/work` (100 ms) and `/fast` on the port given as a `port=N` argument.
+//! tests that serve `/work` (100 ms) and `/fast` on the port given as a `port=N` argument, and
+//! a WebSocket at `/ws` that pushes `tick N` every 20 ms and echoes text: the good one's is
+//! lameduck's (Close 1001 at the drain), the bad one's axum's own (cut when the process exits).
 //! `store_server` is a key-value store for the write audit: it keeps its writes in memory and,
 //! unless told to forget (`forget`), saves them at shutdown (a FLUSH hook) to the file given as
 //! `file=PATH` and loads them at start. `metrics_server` is a graceful one (lameduck, with a
@@ -44,6 +46,35 @@ fn app() -> Router {
         .route("/readyz-plain", get(|| async { "ok\n" }))
 }
 
+/// The `/ws` socket's work: a tick every 20 ms, text echoed; once a send fails (the drain's
+/// Close went out), reads on until the client's Close ends the stream.
+async fn ticks<S>(mut socket: S)
+where
+    S: futures_util::Stream<Item = Result<axum::extract::ws::Message, axum::Error>>
+        + futures_util::Sink<axum::extract::ws::Message>
+        + Unpin,
+{
+    use axum::extract::ws::Message;
+    use futures_util::{SinkExt, StreamExt};
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    let (mut n, mut sending) = (0u64, true);
+    loop {
+        tokio::select! {
+            _ = every.tick(), if sending => {
+                n += 1;
+                sending = socket.send(Message::Text(format!("tick {n}").into())).await.is_ok();
+            }
+            message = socket.next() => match message {
+                Some(Ok(Message::Text(text))) if sending => {
+                    sending = socket.send(Message::Text(text)).await.is_ok();
+                }
+                Some(Ok(_)) => {}
+                _ => return,
+            },
+        }
+    }
+}
+
 fn port_arg() -> u16 {
     std::env::args()
         .find_map(|a| a.strip_prefix("port=").map(|p| p.parse().unwrap()))
@@ -59,7 +90,15 @@ fn good_server() {
         lameduck::Lifecycle::new()
             .service(
                 "web",
-                lameduck::http::HttpServer::bind(format!("127.0.0.1:{port}"), app()),
+                lameduck::http::HttpServer::bind(
+                    format!("127.0.0.1:{port}"),
+                    app().route(
+                        "/ws",
+                        get(|ws: lameduck::http::ws::WebSocketUpgrade| async move {
+                            ws.on_upgrade(ticks)
+                        }),
+                    ),
+                ),
             )
             .run(),
     );
@@ -75,7 +114,11 @@ fn bad_server() {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
-        tokio::spawn(async move { axum::serve(listener, app()).await });
+        let app = app().route(
+            "/ws",
+            get(|ws: axum::extract::ws::WebSocketUpgrade| async move { ws.on_upgrade(ticks) }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
         term.recv().await;
@@ -902,5 +945,105 @@ async fn metrics_over_https_are_scraped_with_the_drills_trust() {
     assert!(
         said.contains("--metrics-url") && said.contains("--cacert"),
         "{said}"
+    );
+}
+
+/// The drill of `server` with `--ws` (4 clients that send every 50 ms), beside the HTTP load
+/// or (`alone`) without it.
+async fn websocket_drill(server: &str, alone: bool) -> lameduck_drill::DrillReport {
+    let port = free_port();
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let extra = ["--ws", &url, "--ws-clients", "4", "--ws-send-every", "50ms"];
+    let mut cli = args(server, port, &extra);
+    if alone {
+        while let Some(i) = cli.iter().position(|a| a == "--url") {
+            cli.drain(i..i + 2);
+        }
+    }
+    let report = drill(&DrillArgs::parse_from(cli)).await.unwrap();
+    eprintln!("{report}");
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_closed_with_going_away_at_the_drain_pass() {
+    let report = websocket_drill("good_server", false).await;
+    assert!(report.passed, "{report}");
+    let [ws] = report.websockets.as_slice() else {
+        panic!("one websockets section: {report}");
+    };
+    assert_eq!((ws.clients, ws.connected), (4, 4), "{report}");
+    assert_eq!((ws.ok, ws.failed, ws.refused), (4, 0, 0), "{report}");
+    assert_eq!(ws.close_codes.get("1001"), Some(&4), "{report}");
+    // Ticks for the 600 ms before the signal, and the echoes of what was sent.
+    assert!(ws.messages_received >= 4 * 20, "{report}");
+    assert!(ws.messages_sent >= 4 * 5, "{report}");
+    let (median, max) = (
+        ws.close_after_signal_median_ms.unwrap(),
+        ws.close_after_signal_max_ms.unwrap(),
+    );
+    assert!(0.0 <= median && median <= max, "{report}");
+    assert!(
+        report.exit_after_signal_ms.is_some_and(|exit| max <= exit),
+        "{report}"
+    );
+    let shown = report.to_string();
+    assert!(
+        shown.contains("websockets") && shown.contains("1001 x4"),
+        "{shown}"
+    );
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["websockets"][0]["ok"], 4, "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_cut_without_a_close_frame_fail_and_the_drill_names_the_cut() {
+    // The WebSockets alone: the HTTP load's own failures must not be what fails it.
+    let report = websocket_drill("bad_server", true).await;
+    assert!(!report.passed, "{report}");
+    assert_eq!(report.requests.total, 0, "{report}");
+    assert_eq!(report.reasons.len(), 1, "{:?}", report.reasons);
+    let ws = &report.websockets[0];
+    assert_eq!(ws.connected, 4, "{report}");
+    assert_eq!((ws.ok, ws.failed), (0, 4), "{report}");
+    assert!(ws.close_codes.is_empty(), "{report}");
+    assert!(ws.messages_received > 0, "{report}");
+    assert!(
+        report
+            .reasons
+            .iter()
+            .any(|r| r.contains("WebSocket client(s)")
+                && r.contains("without a Close frame")
+                && r.contains("1006")),
+        "{:?}",
+        report.reasons
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_that_never_connect_are_refused_and_fail_the_drill() {
+    // wss:// to a cleartext port: every TLS handshake fails, before the signal and until it.
+    let port = free_port();
+    let url = format!("wss://127.0.0.1:{port}/ws");
+    let extra = ["--ws", &url, "--ws-clients", "2", "--insecure"];
+    let report = drill(&DrillArgs::parse_from(args("good_server", port, &extra)))
+        .await
+        .unwrap();
+    assert!(!report.passed, "{report}");
+    let ws = &report.websockets[0];
+    assert_eq!((ws.connected, ws.refused, ws.failed), (0, 2, 0), "{report}");
+    assert!(
+        ws.first_refusal
+            .as_deref()
+            .is_some_and(|e| e.contains("TLS")),
+        "{report}"
+    );
+    assert!(
+        report
+            .reasons
+            .iter()
+            .any(|r| r.contains("no WebSocket client") && r.contains("connected before the signal")),
+        "{:?}",
+        report.reasons
     );
 }

@@ -3,7 +3,7 @@
 use crate::report::{DrillReport, InstanceReport};
 
 use super::metrics::state_lane;
-use super::{CLOSED, EXIT, NEW_READY, READ_BACK, READY, SECOND_SIGNAL, SIGNAL, UNREADY};
+use super::{CLOSED, EXIT, NEW_READY, READ_BACK, READY, SECOND_SIGNAL, SIGNAL, UNREADY, WS_CLOSED};
 
 /// A milestone: a dashed mark across the panels.
 #[derive(Debug, Clone)]
@@ -65,6 +65,15 @@ pub(super) fn marks(report: &DrillReport) -> Vec<Mark> {
     ]);
     for i in &r.instances {
         marks.extend(instance_marks(i, &sig));
+    }
+    // One mark per `--ws` URL, at its last Close (the spread is in the report).
+    let several = r.websockets.len() > 1;
+    for (n, ws) in r.websockets.iter().enumerate() {
+        let name = match several {
+            true => format!("ws {} closed", n + 1),
+            false => "ws closed".to_owned(),
+        };
+        marks.push(mark(ws.closes_at_ms.last().copied(), &name, WS_CLOSED));
     }
     let mut marks: Vec<Mark> = marks
         .into_iter()

@@ -5,7 +5,8 @@
 //! overlaps another) and each process's lifetime (a lane: starting, serving, draining). With the
 //! service's metrics (`--metrics-url`), its states as it reported them (a lane: serving, lame
 //! duck, draining, stopped), its in-flight count per service (dashed lines on the in-flight
-//! scale) and the fall of its readiness (a milestone). Plain, self-contained SVG, readable in
+//! scale) and the fall of its readiness (a milestone). With `--ws`, the last Close frame each
+//! URL's WebSocket clients received (a milestone). Plain, self-contained SVG, readable in
 //! any browser.
 
 mod layout;
@@ -83,6 +84,8 @@ const LAME_DUCK: &str = "#4db6ac";
 const STOPPED: &str = "#424242";
 /// `lameduck_ready` going 1 -> 0, as the service's metrics said.
 const UNREADY: &str = "#00838f";
+/// The last Close frame a `--ws` URL's clients received.
+const WS_CLOSED: &str = "#ad1457";
 
 /// The picture of `report`.
 pub(crate) fn render(report: &DrillReport) -> String {

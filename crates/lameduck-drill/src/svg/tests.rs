@@ -99,6 +99,7 @@ fn base(ended_at_ms: f64) -> DrillReport {
         window: None,
         grpc: None,
         audit: None,
+        websockets: Vec::new(),
         instances: Vec::new(),
         metrics: None,
         records: Vec::new(),
@@ -272,8 +273,26 @@ fn with_metrics() -> DrillReport {
     r
 }
 
-fn scenarios() -> [(&'static str, DrillReport); 5] {
+/// A stop with WebSockets closed just after the signal.
+fn with_websockets() -> DrillReport {
+    let mut r = restart();
+    r.restart = None;
+    r.restart_ready_at_ms = None;
+    r.second_signal_at_ms = None;
+    r.websockets = vec![crate::report::WebSocketReport {
+        url: "ws://127.0.0.1:8080/ws".to_owned(),
+        clients: 2,
+        connected: 2,
+        ok: 2,
+        closes_at_ms: vec![5002.0, 5003.5],
+        ..Default::default()
+    }];
+    r
+}
+
+fn scenarios() -> [(&'static str, DrillReport); 6] {
     [
+        ("websockets", with_websockets()),
         ("restart", restart()),
         ("upgrade", upgrade()),
         ("rollout", rollout()),
@@ -556,4 +575,19 @@ fn writes_the_pictures_when_asked() {
     for (name, report) in scenarios() {
         std::fs::write(dir.join(format!("{name}.svg")), render(&report)).expect("written");
     }
+}
+
+#[test]
+fn the_last_websocket_close_is_a_milestone() {
+    let report = with_websockets();
+    let marks = super::marks::marks(&report);
+    let ws: Vec<_> = marks.iter().filter(|m| m.name == "ws closed").collect();
+    assert_eq!(ws.len(), 1, "{marks:?}");
+    assert_eq!(ws[0].at_ms, 5003.5);
+    assert!(render(&report).contains("ws closed"));
+    assert!(
+        !super::marks::marks(&restart())
+            .iter()
+            .any(|m| m.name.contains("ws"))
+    );
 }
