@@ -239,3 +239,58 @@ fn a_client_that_ignores_the_close_is_cut_at_the_deadline_and_counted_aborted() 
     assert_eq!(http_service(&report)["work"]["aborted"], 1, "{report}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drill_holds_websockets_through_a_shutdown_and_each_ends_with_1001() {
+    use clap::Parser;
+    let dir = temp_dir("drill");
+    let http = format!("127.0.0.1:{}", free_port());
+    let (ws, ready) = (
+        format!("ws://{http}/ws/ticks?interval_ms=50"),
+        format!("http://{http}/readyz"),
+    );
+    let (grpc_a, grpc_b) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let db = dir.join("demo.db").display().to_string();
+    let cli = [
+        "lameduck-drill",
+        "--quiet",
+        "--ready-url",
+        &ready,
+        "--ws",
+        &ws,
+        "--ws-clients",
+        "6",
+        "--ws-send-every",
+        "100ms",
+        "--signal-after",
+        "700ms",
+        "--",
+        DEMO,
+        "--http",
+        &http,
+        "--grpc-a",
+        &grpc_a,
+        "--grpc-b",
+        &grpc_b,
+        "--db",
+        &db,
+        "--lame-duck",
+        "300ms",
+    ];
+    let report = lameduck_drill::drill(&lameduck_drill::DrillArgs::parse_from(cli))
+        .await
+        .unwrap();
+    assert!(report.passed, "{report}");
+    let sockets = &report.websockets[0];
+    assert_eq!(
+        (sockets.ok, sockets.failed, sockets.refused),
+        (6, 0, 0),
+        "{report}"
+    );
+    assert_eq!(sockets.close_codes.get("1001"), Some(&6), "{report}");
+    assert!(sockets.messages_received > 6 * 10, "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
