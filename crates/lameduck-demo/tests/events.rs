@@ -62,7 +62,7 @@ fn an_event_stream_gets_a_last_event_and_a_clean_end_at_the_drain() {
     assert!(out.status.success(), "curl: {:?}\n{body}", out.status);
     // Ticks before and during the lame-duck delay, then the last event, last.
     let ticks = body.matches("event: tick").count();
-    assert!(ticks >= 10, "{ticks} ticks:\n{body}");
+    assert!(ticks >= 5, "{ticks} ticks:\n{body}");
     let last = body.trim_end().rsplit("\n\n").next().unwrap();
     assert!(last.contains("event: shutdown"), "{body}");
     assert!(last.contains("retry: 1000"), "{body}");

@@ -671,6 +671,7 @@ async fn at_its_maximum_age_a_connection_goes_and_after_the_grace_its_calls_end_
     let report = tokio::time::timeout(WAIT, run).await.unwrap().unwrap();
     assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
     let serving = &report.services[0].serving;
-    assert_eq!(serving.max_connection_age, 1, "{report}");
+    // The channel's new connection may reach its own age before the shutdown.
+    assert!(serving.max_connection_age >= 1, "{report}");
     assert_eq!(serving.max_connection_age_grace, 1, "{report}");
 }

@@ -29,7 +29,10 @@ impl MaxAge {
         Some(MaxAge {
             age: on(limits.max_connection_age)?,
             grace: limits.max_connection_age_grace,
-            jitter: limits.max_connection_age_jitter.clamp(0.0, 0.5),
+            jitter: match limits.max_connection_age_jitter {
+                j if j.is_finite() => j.clamp(0.0, 0.5),
+                _ => crate::http::limits::MAX_CONNECTION_AGE_JITTER,
+            },
         })
     }
 
@@ -44,8 +47,9 @@ impl MaxAge {
 
     /// The age for `unit` in [0, 1]: 0 is the shortest, 1 the longest.
     fn jittered(&self, unit: f64) -> Duration {
-        let factor = 1.0 + self.jitter * (2.0 * unit - 1.0);
-        self.age.mul_f64(factor.max(0.0))
+        let factor = 1.0 + self.jitter * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
+        // At least a millisecond: an age of zero would be due before the timer is armed.
+        self.age.mul_f64(factor).max(Duration::from_millis(1))
     }
 }
 
@@ -87,5 +91,10 @@ mod tests {
         // No jitter: the age itself; too much is held to half.
         assert_eq!(max_age(100, 0.0).of(peer), Duration::from_secs(100));
         assert_eq!(max_age(100, 3.0).jittered(0.0), Duration::from_secs(50));
+        // Not a number: the default jitter.
+        assert_eq!(
+            max_age(100, f64::NAN).jittered(1.0),
+            Duration::from_secs(110)
+        );
     }
 }

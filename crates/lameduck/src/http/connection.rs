@@ -164,14 +164,14 @@ async fn drive<T, S, B>(
             () = &mut timer, if matches!(next, Verdict::At(_)) => {
                 let now = born.elapsed();
                 if let Some(end) = aging {
-                    if state.quiet() {
-                        // It has gone quiet (an HTTP/2 client that keeps its connection
-                        // after the GOAWAY): closed.
+                    if state.gone_quiet() {
+                        // Nothing in flight (HTTP/2: the client kept its connection after the
+                        // GOAWAY; HTTP/1: no request came): closed.
                         return;
                     }
                     if now < end {
                         // Looked at early, to close it once quiet: its work goes on.
-                        next = Verdict::At(end.min(now + IDLE_CLOSE_GRACE));
+                        next = Verdict::At(end.min(now + state.recheck()));
                         timer.as_mut().reset(born + at(next));
                         continue;
                     }
@@ -181,7 +181,9 @@ async fn drive<T, S, B>(
                     drain.count(Event::MaxConnectionAgeGrace);
                     if let Some(cut) = state.age_cut() {
                         cut.cancel();
-                        let _ = tokio::time::timeout(ABORT_NOTICE, conn.as_mut()).await;
+                        if shared.grpc {
+                            let _ = tokio::time::timeout(ABORT_NOTICE, conn.as_mut()).await;
+                        }
                     }
                     return;
                 }
@@ -233,14 +235,26 @@ async fn drive<T, S, B>(
                         drain.count(Event::MaxConnectionAge);
                         state.aged.store(true, Ordering::Release);
                         state.close_as(Closed::MaxAge);
-                        conn.as_mut().graceful_shutdown();
+                        if state.gone_quiet() && !state.is_h2() {
+                            // Idle, no head begun, not answered a moment ago (the last look
+                            // at the kernel was just taken): closed now.
+                            return;
+                        }
+                        if state.is_h2() || !state.quiet() {
+                            // GOAWAY; or HTTP/1 busy: its response says `Connection: close`
+                            // and hyper closes after it.
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        // (HTTP/1 between requests, one most likely on its way: not shut now,
+                        // which would close it under that request; the request's response
+                        // says `Connection: close`.)
                         let grace = shared.max_age.map_or(Duration::ZERO, |m| m.grace);
-                        let end = now + grace;
+                        let end = now.saturating_add(grace.min(FAR));
                         aging = Some(end);
                         // Quiet already: looked at again soon, to close it once the client
-                        // has taken the GOAWAY (or at once, HTTP/1).
+                        // has taken the GOAWAY, or the moment for a next request has passed.
                         next = Verdict::At(if state.quiet() {
-                            end.min(now + IDLE_CLOSE_GRACE)
+                            now + state.recheck()
                         } else {
                             end
                         });
@@ -422,6 +436,9 @@ pub(crate) struct ConnState {
     peer_certificates: std::sync::OnceLock<crate::http::tls::PeerCertificates>,
 }
 
+/// A grace of more than this is no cut at all (and keeps a timer's instant representable).
+const FAR: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// The HTTP/2 client preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Its length.
@@ -515,6 +532,20 @@ impl ConnState {
             head_began: at(self.head_began_us.load(Ordering::Acquire)),
             age: self.age.filter(|_| !self.aged()),
         }
+    }
+
+    /// With nothing more to come: nothing in flight, and (HTTP/1) no request head begun, nor
+    /// a response ended a moment ago (the client's next request may be on its way).
+    fn gone_quiet(&self) -> bool {
+        self.quiet()
+            && (self.is_h2()
+                || (self.head_began_us.load(Ordering::Acquire) == u64::MAX
+                    && self.keep_alive_grace().is_none()))
+    }
+
+    /// When to look again at a connection going away, to close it once it has gone quiet.
+    fn recheck(&self) -> Duration {
+        self.keep_alive_grace().unwrap_or(IDLE_CLOSE_GRACE)
     }
 
     /// Whether it has reached its maximum age (and is going).

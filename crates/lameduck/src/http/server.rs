@@ -205,7 +205,8 @@ impl<S> HttpServer<S> {
     /// rolling restart they keep their HTTP/2 connections to the instances that stayed up,
     /// and a restarted instance gets no traffic until they reconnect; an age makes them
     /// reconnect, and so spread again, within age + grace. Off by default (`Duration::ZERO`),
-    /// as grpc-go's `MaxConnectionAge`.
+    /// as grpc-go's `MaxConnectionAge`. An upgraded connection (a WebSocket) has no age; a
+    /// drain that begins while a connection is going takes over (its rules and deadline).
     pub fn max_connection_age(mut self, age: Duration) -> Self {
         self.limits.max_connection_age = age;
         self

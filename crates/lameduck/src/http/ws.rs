@@ -2,7 +2,9 @@
 //! the drain has begun (503 with `Connection: close`), and on every open socket, at the drain's
 //! start (when the listeners close; during the lame-duck delay they keep working), a Close
 //! frame with 1001 "going away" (the code and reason configurable: 1012 "service restart",
-//! say). The handler then sees the socket's end (its sends fail; its reads go on until the
+//! say), sent by the handler's next read or write of the socket (one that waits in `recv`, or
+//! in a send, is woken for it; one that polls neither sends none). The handler then sees the
+//! socket's end (its sends fail; its reads go on until the
 //! client's own Close, which ends the stream), and at the drain deadline what is still open is
 //! cut, as every upgraded connection is. A client so sees a clean close it can act on (reconnect
 //! elsewhere), never the abnormal closure (1006) of a connection cut without one.
@@ -66,9 +68,14 @@ impl WebSocketUpgrade {
         self
     }
 
-    /// The reason the drain's Close frame gives (default "going away"; at most 123 bytes).
+    /// The reason the drain's Close frame gives (default "going away"). A Close frame has
+    /// room for 123 bytes of it: a longer one is cut there (at a character's boundary).
     pub fn close_reason(mut self, reason: &'static str) -> Self {
-        self.reason = reason;
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.reason = &reason[..end];
         self
     }
 
@@ -91,7 +98,12 @@ impl WebSocketUpgrade {
         self.inner.on_upgrade(move |socket| {
             callback(WebSocket {
                 inner: socket,
-                draining: Box::pin(drain.token().cancelled_owned()),
+                // One wait for each side: a split socket's halves poll in different tasks, and
+                // a wait wakes only the last to poll it.
+                draining: [
+                    Box::pin(drain.token().cancelled_owned()),
+                    Box::pin(drain.token().cancelled_owned()),
+                ],
                 close: Some(CloseFrame {
                     code,
                     reason: reason.into(),
@@ -166,6 +178,10 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
     }
 }
 
+/// The reads' wait for the drain, and the writes'.
+const READ: usize = 0;
+const WRITE: usize = 1;
+
 /// Where the drain's Close frame is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Closing {
@@ -184,7 +200,8 @@ enum Closing {
 /// too. After the drain's Close, sends fail and reads go on until the client's Close.
 pub struct WebSocket {
     inner: ws::WebSocket,
-    draining: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The drain's start, waited for by the reads ([`READ`]) and the writes ([`WRITE`]).
+    draining: [Pin<Box<WaitForCancellationFutureOwned>>; 2],
     close: Option<CloseFrame>,
     closing: Closing,
 }
@@ -212,25 +229,36 @@ impl WebSocket {
         self.closing != Closing::No
     }
 
-    /// The drain's Close, when due: sent (and flushed) before anything else goes.
-    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+    /// The drain's Close, when due: sent (and flushed) before anything else goes, by the
+    /// side (`READ` or `WRITE`) polled. An error sending it (the client closed first, the
+    /// socket broke) is said once; the socket is closing all the same.
+    fn poll_close(&mut self, cx: &mut Context<'_>, side: usize) -> Poll<Result<(), axum::Error>> {
         loop {
             match self.closing {
                 Closing::No => {
-                    if self.draining.as_mut().poll(cx).is_pending() {
+                    if self.draining[side].as_mut().poll(cx).is_pending() {
                         return Poll::Ready(Ok(()));
                     }
                     self.closing = Closing::Send;
                 }
                 Closing::Send => {
-                    ready!(Pin::new(&mut self.inner).poll_ready(cx))?;
-                    let frame = self.close.take();
-                    Pin::new(&mut self.inner).start_send(Message::Close(frame))?;
+                    let sent = match ready!(Pin::new(&mut self.inner).poll_ready(cx)) {
+                        Ok(()) => {
+                            let frame = self.close.clone();
+                            Pin::new(&mut self.inner).start_send(Message::Close(frame))
+                        }
+                        Err(error) => Err(error),
+                    };
+                    if let Err(error) = sent {
+                        self.closing = Closing::Sent;
+                        return Poll::Ready(Err(error));
+                    }
                     self.closing = Closing::Flush;
                 }
                 Closing::Flush => {
-                    ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+                    let flushed = ready!(Pin::new(&mut self.inner).poll_flush(cx));
                     self.closing = Closing::Sent;
+                    return Poll::Ready(flushed);
                 }
                 Closing::Sent => return Poll::Ready(Ok(())),
             }
@@ -251,7 +279,7 @@ impl Stream for WebSocket {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if let Err(error) = ready!(this.poll_close(cx)) {
+        if let Err(error) = ready!(this.poll_close(cx, READ)) {
             return Poll::Ready(Some(Err(error)));
         }
         Pin::new(&mut this.inner).poll_next(cx)
@@ -275,7 +303,7 @@ impl Sink<Message> for WebSocket {
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let this = self.get_mut();
-        ready!(this.poll_close(cx))?;
+        ready!(this.poll_close(cx, WRITE))?;
         if this.closing == Closing::Sent {
             return Poll::Ready(Err(axum::Error::new(Closed)));
         }
