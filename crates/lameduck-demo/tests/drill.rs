@@ -17,11 +17,7 @@ use tools::free_port;
 const DEMO: &str = env!("CARGO_BIN_EXE_lameduck-demo");
 
 fn temp_dir(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("lameduck-demo-drill-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    tools::fresh_dir("demo-drill", name)
 }
 
 /// The demo's three addresses, on free ports.

@@ -21,13 +21,7 @@ use tools::free_port;
 const DEMO: &str = env!("CARGO_BIN_EXE_lameduck-demo");
 
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "lameduck-demo-prometheus-{}-{name}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    tools::fresh_dir("demo-prometheus", name)
 }
 
 fn unix_now() -> f64 {
@@ -85,14 +79,7 @@ impl Prometheus {
     }
 
     fn get(&self, path: &str) -> Option<String> {
-        let out = Command::new("curl")
-            .args(["-sf", "--max-time", "5"])
-            .arg(format!("http://{}{path}", self.addr))
-            .output()
-            .unwrap();
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        tools::curl_get(&format!("http://{}{path}", self.addr))
     }
 
     /// Every raw sample of `selector` in the last five minutes: (Unix time, value), per series.

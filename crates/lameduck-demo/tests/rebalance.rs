@@ -19,31 +19,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 #[path = "../../lameduck/tests/support/tools.rs"]
 mod tools;
-use tools::free_port;
+use tools::{curl_get as curl, free_port};
 
 const DEMO: &str = env!("CARGO_BIN_EXE_lameduck-demo");
 const WAIT: Duration = Duration::from_secs(20);
 const CLIENTS: usize = 32;
 
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "lameduck-demo-rebalance-{}-{name}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// `curl -s URL`'s body, if it answered 2xx.
-fn curl(url: &str) -> Option<String> {
-    let out = Command::new("curl")
-        .args(["-sf", "--max-time", "2", url])
-        .output()
-        .unwrap();
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    tools::fresh_dir("demo-rebalance", name)
 }
 
 /// One demo instance, on its own ports, with `flags`; killed when dropped.

@@ -121,10 +121,7 @@ impl Demo {
 }
 
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lameduck-demo-ws-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    tools::fresh_dir("demo-ws", name)
 }
 
 /// The `http` service's part of the report.

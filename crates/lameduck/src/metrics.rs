@@ -381,16 +381,12 @@ impl LifecycleMetrics {
         let _ = on;
     }
 
-    pub(crate) fn drained(&self, took: Duration, deadline_exceeded: bool) {
+    /// The drain is over, after `took` (the deadline's cut is said by `deadline_exceeded`).
+    pub(crate) fn drained(&self, took: Duration) {
         #[cfg(feature = "metrics")]
-        {
-            self.on.drain_duration.set(took.as_secs_f64());
-            self.on
-                .deadline_exceeded
-                .set(if deadline_exceeded { 1.0 } else { 0.0 });
-        }
+        self.on.drain_duration.set(took.as_secs_f64());
         #[cfg(not(feature = "metrics"))]
-        let _ = (took, deadline_exceeded);
+        let _ = took;
     }
 
     pub(crate) fn deadline_exceeded(&self) {

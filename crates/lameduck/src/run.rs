@@ -976,7 +976,7 @@ impl Run {
         }
         let took = drain_began.elapsed();
         self.drain_took = Some(took);
-        self.metrics.drained(took, !drained);
+        self.metrics.drained(took);
         tracing::info!(
             target: "lameduck", took_ms = ms(took), deadline_exceeded = !drained,
             "drain finished"

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::routing::get;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -25,15 +24,7 @@ const WAIT: Duration = Duration::from_secs(10);
 const SLACK: Duration = Duration::from_millis(700);
 
 fn app() -> Router {
-    Router::new().route(
-        "/sleep/{ms}",
-        get(
-            |axum::extract::Path(ms): axum::extract::Path<u64>| async move {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                "slept\n"
-            },
-        ),
-    )
+    Router::new().route("/sleep/{ms}", support::sleep())
 }
 
 fn aged(age_ms: u64, grace_ms: u64) -> HttpServer<Router> {

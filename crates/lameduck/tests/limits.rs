@@ -34,15 +34,7 @@ use support::InProcess;
 fn app() -> Router {
     Router::new()
         .route("/fast", get(|| async { "fast\n" }))
-        .route(
-            "/sleep/{ms}",
-            get(
-                |axum::extract::Path(ms): axum::extract::Path<u64>| async move {
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                    "slept\n"
-                },
-            ),
-        )
+        .route("/sleep/{ms}", support::sleep())
         // Reads the whole body, then says how long it was.
         .route(
             "/upload",

@@ -23,6 +23,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+mod support;
+
 /// Generous: the machines are shared and noisy. Speed is measured in benchmarks.
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -41,15 +43,7 @@ fn prometheus() -> PrometheusHandle {
 }
 
 fn app() -> Router {
-    Router::new().route(
-        "/sleep/{ms}",
-        get(
-            |axum::extract::Path(ms): axum::extract::Path<u64>| async move {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                "slept\n"
-            },
-        ),
-    )
+    Router::new().route("/sleep/{ms}", support::sleep())
 }
 
 /// The admin service: `/metrics` in the Prometheus text format, and `/hang`, which never ends.

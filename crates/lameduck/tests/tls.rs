@@ -132,15 +132,7 @@ impl Drop for Pki {
 fn app() -> Router {
     Router::new()
         .route("/fast", get(|| async { "fast\n" }))
-        .route(
-            "/sleep/{ms}",
-            get(
-                |axum::extract::Path(ms): axum::extract::Path<u64>| async move {
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                    "slept\n"
-                },
-            ),
-        )
+        .route("/sleep/{ms}", support::sleep())
         .route(
             "/whoami",
             get(
@@ -215,14 +207,17 @@ fn server_leaf(stream: &TlsStream<TcpStream>) -> Vec<u8> {
     stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
+/// The test app over TLS with a certificate for localhost from `pki`, once ready.
+async fn serving(pki: &Pki) -> InProcess {
+    let (cert, key) = pki.put_pair(&pki.issue(&["localhost"]));
+    InProcess::start(HttpServer::bind("127.0.0.1:0", app()).tls(Tls::from_pem_files(&cert, &key)))
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_over_http1_and_h2_by_alpn_and_client_certificates_required() {
     let pki = Pki::new("alpn");
-    let (cert, key) = pki.put_pair(&pki.issue(&["localhost"]));
-    let running = InProcess::start(
-        HttpServer::bind("127.0.0.1:0", app()).tls(Tls::from_pem_files(&cert, &key)),
-    )
-    .await;
+    let running = serving(&pki).await;
 
     // ALPN picks the protocol: HTTP/1.1, then h2; a client offering both gets h2.
     let stream = connect(running.addr, &pki.client(&[b"http/1.1"], None))
@@ -254,6 +249,7 @@ async fn https_over_http1_and_h2_by_alpn_and_client_certificates_required() {
     // mTLS: a client certificate from the CA is required, and the handler sees it.
     let clients = Pki::new("clients");
     let ca = clients.put("clients-ca.crt", &clients.ca_pem());
+    let (cert, key) = pki.put_pair(&pki.issue(&["localhost"]));
     let tls = Tls::from_pem_files(&cert, &key).client_ca(&ca);
     let running = InProcess::start(HttpServer::bind("127.0.0.1:0", app()).tls(tls)).await;
     let member = clients.issue(&["client-1"]);
@@ -463,11 +459,7 @@ async fn a_client_stalled_in_its_client_hello_is_closed_at_the_handshake_timeout
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_https_response_completes_across_the_shutdown_with_connection_close() {
     let pki = Pki::new("slow");
-    let (cert, key) = pki.put_pair(&pki.issue(&["localhost"]));
-    let running = InProcess::start(
-        HttpServer::bind("127.0.0.1:0", app()).tls(Tls::from_pem_files(&cert, &key)),
-    )
-    .await;
+    let running = serving(&pki).await;
     let stream = connect(running.addr, &pki.client(&[b"http/1.1"], None))
         .await
         .unwrap();

@@ -170,29 +170,7 @@ async fn lameduck(lifecycle: Lifecycle) {
 
 /// The baseline: hyper-util's own accept loop and graceful shutdown, nothing else.
 async fn hyper_server(addr: &str) {
-    let listener = TcpListener::bind(addr).await.expect("bind");
-    ready(listener.local_addr().expect("addr"));
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
-    let service = TowerToHyperService::new(app());
-    let stop = sigterm();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            conn = listener.accept() => {
-                let Ok((stream, _)) = conn else { continue };
-                let _ = stream.set_nodelay(true);
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service.clone());
-                let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
-            () = &mut stop => break,
-        }
-    }
-    drop(listener);
-    graceful.shutdown().await;
+    hyper_loop(addr, None).await
 }
 
 /// The TLS baseline: the same loop as [`hyper_server`] with a tokio-rustls handshake (on the
@@ -217,6 +195,12 @@ async fn hyper_tls_server(addr: &str, cert: &str, key: &str) {
         .expect("pair");
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    hyper_loop(addr, Some(acceptor)).await
+}
+
+/// hyper-util's accept loop, auto builder and graceful shutdown on SIGTERM, with a TLS
+/// handshake on each connection's task when given an acceptor.
+async fn hyper_loop(addr: &str, tls: Option<tokio_rustls::TlsAcceptor>) {
     let listener = TcpListener::bind(addr).await.expect("bind");
     ready(listener.local_addr().expect("addr"));
     let builder = auto::Builder::new(TokioExecutor::new());
@@ -229,6 +213,15 @@ async fn hyper_tls_server(addr: &str, cert: &str, key: &str) {
             conn = listener.accept() => {
                 let Ok((stream, _)) = conn else { continue };
                 let _ = stream.set_nodelay(true);
+                let Some(acceptor) = &tls else {
+                    // Plain: served as hyper-util's examples do, the connection made here.
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service.clone());
+                    let conn = graceful.watch(conn.into_owned());
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    continue;
+                };
                 let (acceptor, builder, service) = (acceptor.clone(), builder.clone(), service.clone());
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {

@@ -11,8 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response};
 use hyper_util::rt::TokioIo;
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -25,9 +23,8 @@ use crate::budget::ABORT_NOTICE;
 use crate::drain::{Drain, WorkGuard};
 use crate::error::BoxError;
 use crate::events::Event;
-use crate::http::body::RequestBody;
 use crate::http::request::RequestService;
-use crate::http::server::{Protocols, Shared};
+use crate::http::server::{App, AppBody, Protocols, Shared};
 use crate::http::timeouts::{Snapshot, Verdict};
 use crate::metrics::{Closed, RequestEnd};
 
@@ -82,15 +79,8 @@ pub(crate) fn serve<S, B>(
     shared: &Arc<Shared>,
     slot: Option<OwnedSemaphorePermit>,
 ) where
-    S: tower_service::Service<Request<RequestBody>, Response = Response<B>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: From<Bytes> + Send,
-    B::Error: Into<BoxError>,
+    S: App<B>,
+    B: AppBody,
 {
     if nodelay {
         let _ = stream.set_nodelay(true);
@@ -134,15 +124,8 @@ async fn drive<T, S, B>(
     peer: SocketAddr,
 ) where
     T: Transport,
-    S: tower_service::Service<Request<RequestBody>, Response = Response<B>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: From<Bytes> + Send,
-    B::Error: Into<BoxError>,
+    S: App<B>,
+    B: AppBody,
 {
     let drain = shared.drain.clone();
     let conn = shared.builder.serve_connection_with_upgrades(io, service);

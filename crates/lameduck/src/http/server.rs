@@ -524,6 +524,46 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// What an app is to a server's accept loop and connections: a tower service of
+/// `RequestBody` requests, cloned for each connection, whose responses have bodies `B`. One
+/// name for the bounds they share (the public `Service` impl spells them out).
+pub(crate) trait App<B>:
+    tower_service::Service<
+        Request<RequestBody>,
+        Response = Response<B>,
+        Future: Send + 'static,
+        Error: Into<BoxError>,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> App<B> for S
+where
+    S: tower_service::Service<Request<RequestBody>, Response = Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+}
+
+/// What a response body of an app's is to a connection.
+pub(crate) trait AppBody:
+    http_body::Body<Data: From<Bytes> + Send, Error: Into<BoxError>> + Send + 'static
+{
+}
+
+impl<B> AppBody for B
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: From<Bytes> + Send,
+    B::Error: Into<BoxError>,
+{
+}
+
 /// Accepts until the drain begins, then closes the listener: new connections are refused from
 /// that moment, and the port is free for another process.
 async fn accept<S, B>(
@@ -535,15 +575,8 @@ async fn accept<S, B>(
     open: ListenerOpen,
 ) -> Result<(), BoxError>
 where
-    S: tower_service::Service<Request<RequestBody>, Response = Response<B>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: From<Bytes> + Send,
-    B::Error: Into<BoxError>,
+    S: App<B>,
+    B: AppBody,
 {
     let drain = shared.drain.clone();
     let mut gate = Gate::new(Arc::clone(&name), drain.clone(), shared.handle.clone());

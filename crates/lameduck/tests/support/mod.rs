@@ -240,3 +240,13 @@ impl InProcess {
             .unwrap()
     }
 }
+
+/// `GET /sleep/{ms}`: waits that long, then answers "slept" (the tests' slow request).
+pub fn sleep() -> axum::routing::MethodRouter {
+    axum::routing::get(
+        |axum::extract::Path(ms): axum::extract::Path<u64>| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            "slept\n"
+        },
+    )
+}

@@ -75,3 +75,23 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port on loopback")
 }
+
+/// A new, empty directory for one test's files: `lameduck-{test}-{pid}-{name}` in the system's
+/// temporary directory (emptied first, should an earlier run have left it).
+pub fn fresh_dir(test: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lameduck-{test}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    dir
+}
+
+/// `curl -sf --max-time 5 URL`'s body, if it answered 2xx in time.
+pub fn curl_get(url: &str) -> Option<String> {
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "--max-time", "5", url])
+        .output()
+        .expect("curl runs");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
