@@ -9,12 +9,14 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::Poll;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 use crate::events::{Event, Events};
+use crate::gated::Gated;
 use crate::metrics::{RequestEnd, ServiceMetrics};
 use crate::report::ServingReport;
 use crate::report::WorkReport;
@@ -173,6 +175,7 @@ impl Drain {
     }
 
     /// Whether the drain deadline has passed.
+    #[inline]
     pub fn is_deadline_passed(&self) -> bool {
         // The flag, set as the token is cancelled: an atomic load, where the token's own check
         // takes a lock.
@@ -206,13 +209,22 @@ impl Drain {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let hard_stop = self.inner.hard_stop.clone();
+        // Looked at through its gate: the task is woken often (a connection's, by its socket),
+        // and the token is shared by every task of the service.
+        let abort = Gated::new(
+            self.inner.hard_stop.clone(),
+            Arc::clone(&self.inner.deadline_passed),
+        );
         self.inner.tracker.spawn(async move {
-            tokio::select! {
-                biased;
-                out = work => Some(out),
-                () = hard_stop.cancelled() => None,
-            }
+            let mut work = std::pin::pin!(work);
+            let mut abort = std::pin::pin!(abort);
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(out) = work.as_mut().poll(cx) {
+                    return Poll::Ready(Some(out));
+                }
+                abort.as_mut().poll(cx).map(|()| None)
+            })
+            .await
         })
     }
 
@@ -234,6 +246,7 @@ impl Drain {
 
     /// Whether `other` is a clone of this drain (the same service's).
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    #[inline]
     pub(crate) fn same_as(&self, other: &Drain) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
@@ -242,6 +255,7 @@ impl Drain {
     /// waits for) carries it: no guard, no tracker token, one atomic add. Pair with
     /// [`request_finished`](Drain::request_finished).
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    #[inline]
     pub(crate) fn request_started(&self) {
         self.inner.requests.started.fetch_add(1, Ordering::Relaxed);
         self.inner.metrics.request_started();
@@ -249,6 +263,7 @@ impl Drain {
 
     /// A request counted with [`request_started`](Drain::request_started) ended so.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    #[inline]
     pub(crate) fn request_finished(&self, end: RequestEnd) {
         self.inner.requests.finished.fetch_add(1, Ordering::AcqRel);
         self.inner.metrics.request_finished(end);
@@ -256,6 +271,7 @@ impl Drain {
 
     /// The service's live series.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    #[inline]
     pub(crate) fn metrics(&self) -> &ServiceMetrics {
         &self.inner.metrics
     }
@@ -419,8 +435,9 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn drain() -> (Drain, CancellationToken, CancellationToken) {
+    fn drain() -> (Drain, CancellationToken, HardStop) {
         let (d, h) = (CancellationToken::new(), CancellationToken::new());
+        let gate = Arc::<AtomicBool>::default();
         (
             Drain::new(
                 "test",
@@ -428,11 +445,21 @@ mod tests {
                 h.child_token(),
                 h.clone(),
                 CancellationToken::new(),
-                Arc::default(),
+                Arc::clone(&gate),
             ),
             d,
-            h,
+            HardStop(h, gate),
         )
+    }
+
+    /// The abort as the lifecycle gives it: the gate first.
+    struct HardStop(CancellationToken, Arc<AtomicBool>);
+
+    impl HardStop {
+        fn cancel(&self) {
+            self.1.store(true, Ordering::Release);
+            self.0.cancel();
+        }
     }
 
     #[tokio::test(start_paused = true)]

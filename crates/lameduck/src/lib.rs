@@ -58,6 +58,7 @@ mod config;
 mod drain;
 mod error;
 mod events;
+mod gated;
 #[cfg(feature = "grpc")]
 #[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
 pub mod grpc;

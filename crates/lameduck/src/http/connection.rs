@@ -23,6 +23,8 @@ use crate::budget::ABORT_NOTICE;
 use crate::drain::{Drain, WorkGuard};
 use crate::error::BoxError;
 use crate::events::Event;
+use crate::gated::Registered;
+use crate::http::clock;
 use crate::http::request::RequestService;
 use crate::http::server::{App, AppBody, Protocols, Shared};
 use crate::http::timeouts::{Snapshot, Verdict};
@@ -140,11 +142,33 @@ async fn drive<T, S, B>(
     let mut going_away = false;
     // At its maximum age: told to go, and given the grace, which ends then.
     let mut aging: Option<Duration> = None;
+    // The drain, for connections: once every listener is closed (a connection already going
+    // away for being idle just goes on).
+    let mut closing = std::pin::pin!(shared.closing());
     let result = loop {
-        break tokio::select! {
-            biased;
-            result = conn.as_mut() => result,
-            () = &mut timer, if matches!(next, Verdict::At(_)) => {
+        // What woke the task: hyper's connection is polled at every wake; the timer and the
+        // drain only when they may have fired (see `gated`), or to register.
+        let mut timer_registered = Registered::default();
+        let wake = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Wake::Ended(result));
+            }
+            if matches!(next, Verdict::At(_)) && (timer.is_elapsed() || timer_registered.stale(cx))
+            {
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Timer);
+                }
+                timer_registered.note(cx);
+            }
+            if !going_away && closing.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Closing);
+            }
+            Poll::Pending
+        })
+        .await;
+        match wake {
+            Wake::Ended(result) => break result,
+            Wake::Timer => {
                 let now = born.elapsed();
                 if let Some(end) = aging {
                     if state.gone_quiet() {
@@ -246,9 +270,7 @@ async fn drive<T, S, B>(
                 }
                 continue;
             }
-            // The drain, for connections: once every listener is closed (a connection already
-            // going away for being idle just goes on).
-            () = shared.closing.cancelled(), if !going_away => {
+            Wake::Closing => {
                 // A request may sit in the kernel, sent before the drain began but not yet
                 // reported by the reactor: have hyper read it now, so that it is served rather
                 // than lost when an idle-looking connection is closed.
@@ -316,11 +338,21 @@ async fn drive<T, S, B>(
                 } else {
                     state.drained()
                 });
-                result
+                break result;
             }
-        };
+        }
     };
     log_end(&state, peer, result);
+}
+
+/// What woke a connection's task, to do something about.
+enum Wake {
+    /// The connection ended.
+    Ended(Result<(), BoxError>),
+    /// Its timer fired.
+    Timer,
+    /// The drain begins for connections.
+    Closing,
 }
 
 /// The time a verdict looks again at (since the accept); zero for one that does not.
@@ -394,8 +426,11 @@ pub(crate) struct ConnState {
     prefix_read: AtomicUsize,
     /// A write is waiting for the peer to take data: a response is still on its way out.
     write_blocked: AtomicBool,
-    /// When it was accepted: what [`last_end_us`](Self::last_end_us) counts from.
+    /// When it was accepted (its timers count from it).
     born: Instant,
+    /// The same on the coarse clock: what [`last_end_us`](Self::last_end_us) and
+    /// [`head_began_us`](Self::head_began_us) count from.
+    born_us: u64,
     /// When the last request ended, in microseconds since `born` (`u64::MAX`: none yet).
     last_end_us: AtomicU64,
     /// HTTP/1: no request since the last one ended; the next bytes read begin a head.
@@ -452,6 +487,7 @@ impl ConnState {
             prefix_read: AtomicUsize::new(0),
             write_blocked: AtomicBool::new(false),
             born: Instant::now(),
+            born_us: clock::now_us(),
             last_end_us: AtomicU64::new(u64::MAX),
             between: AtomicBool::new(true),
             head_began_us: AtomicU64::new(u64::MAX),
@@ -462,6 +498,7 @@ impl ConnState {
     }
 
     /// Says why the connection closes (for the metrics).
+    #[inline]
     pub(crate) fn close_as(&self, reason: Closed) {
         self.closed.store(reason as u8, Ordering::Relaxed);
     }
@@ -488,6 +525,7 @@ impl ConnState {
 
     /// The chain the client presented in its TLS handshake, if it did.
     #[cfg(feature = "tls")]
+    #[inline]
     pub(crate) fn peer_certificates(&self) -> Option<&crate::http::tls::PeerCertificates> {
         self.peer_certificates.get()
     }
@@ -497,9 +535,12 @@ impl ConnState {
         self.born
     }
 
-    /// Microseconds since it was accepted.
+    /// Microseconds since it was accepted, on the coarse clock (read per request).
+    #[inline]
     fn now_us(&self) -> u64 {
-        u64::try_from(self.born.elapsed().as_micros()).unwrap_or(u64::MAX - 1)
+        clock::now_us()
+            .saturating_sub(self.born_us)
+            .min(u64::MAX - 1)
     }
 
     /// What its timer judges.
@@ -532,6 +573,7 @@ impl ConnState {
     }
 
     /// Whether it has reached its maximum age (and is going).
+    #[inline]
     pub(crate) fn aged(&self) -> bool {
         self.aged.load(Ordering::Acquire)
     }
@@ -559,6 +601,7 @@ impl ConnState {
     }
 
     /// Whether it speaks HTTP/2.
+    #[inline]
     pub(crate) fn is_h2(&self) -> bool {
         self.h2.load(Ordering::Acquire)
     }
@@ -570,10 +613,7 @@ impl ConnState {
         if last == u64::MAX || self.is_h2() || !self.quiet() {
             return None;
         }
-        let since = self
-            .born
-            .elapsed()
-            .saturating_sub(Duration::from_micros(last));
+        let since = Duration::from_micros(self.now_us().saturating_sub(last));
         KEEP_ALIVE_GRACE
             .checked_sub(since)
             .filter(|left| !left.is_zero())
@@ -586,10 +626,12 @@ impl ConnState {
     }
 
     /// Whether reads go straight to the kernel (until one finds nothing there).
+    #[inline]
     pub(crate) fn reading_now(&self) -> bool {
         self.read_now.load(Ordering::Acquire)
     }
 
+    #[inline]
     pub(crate) fn read_now_done(&self) {
         self.read_now.store(false, Ordering::Release);
     }
@@ -598,6 +640,7 @@ impl ConnState {
     /// and how much of it has come. `false`: the connection speaks a version this server does
     /// not (HTTP/1 on an HTTP/2-only server as soon as a byte differs from the preface; the
     /// whole preface on an HTTP/1-only one), and must be closed.
+    #[inline]
     pub(crate) fn note_read(&self, bytes: &[u8]) -> bool {
         let before = self.prefix_read.load(Ordering::Relaxed);
         if bytes.is_empty() {
@@ -653,6 +696,7 @@ impl ConnState {
         self.prefix_read.load(Ordering::Acquire) == 0
     }
 
+    #[inline]
     pub(crate) fn set_write_blocked(&self, blocked: bool) {
         if self.write_blocked.load(Ordering::Relaxed) != blocked {
             self.write_blocked.store(blocked, Ordering::Release);
@@ -660,19 +704,23 @@ impl ConnState {
     }
 
     /// Whether nothing is in flight: no request running, and no response still being written.
+    #[inline]
     pub(crate) fn quiet(&self) -> bool {
         self.active.load(Ordering::Acquire) == 0 && !self.write_blocked.load(Ordering::Acquire)
     }
 
+    #[inline]
     pub(crate) fn upgraded(&self) -> bool {
         self.upgraded.load(Ordering::Acquire)
     }
 
+    #[inline]
     pub(crate) fn request_seen(&self) -> bool {
         self.request_seen.load(Ordering::Acquire)
     }
 
     /// A request began: counted for the service (the report) and the connection (the drain).
+    #[inline]
     pub(crate) fn request_began(&self) {
         self.request_seen.store(true, Ordering::Release);
         self.head_done();
@@ -682,6 +730,7 @@ impl ConnState {
 
     /// A request's response has ended (or it was cut off); `body_done`: its body was read to
     /// its end (or had none).
+    #[inline]
     pub(crate) fn request_ended(&self, body_done: bool, end: RequestEnd) {
         self.ended_now(body_done);
         self.active.fetch_sub(1, Ordering::AcqRel);
@@ -690,6 +739,7 @@ impl ConnState {
 
     /// A health check or another answer that is not counted still shows that the client
     /// speaks (the connection is no longer silent), and that it is not idle.
+    #[inline]
     pub(crate) fn answered(&self) {
         self.request_seen.store(true, Ordering::Release);
         self.head_done();
@@ -697,6 +747,7 @@ impl ConnState {
     }
 
     /// A request head is complete: no header timeout runs until the next one begins.
+    #[inline]
     fn head_done(&self) {
         self.between.store(false, Ordering::Relaxed);
         self.head_began_us.store(u64::MAX, Ordering::Release);
@@ -705,6 +756,7 @@ impl ConnState {
     /// A request ended now: the idle time counts from here, and (HTTP/1) if its body was read
     /// to its end, the next bytes begin a head. (If not, hyper may still be reading the rest of
     /// the body: those bytes begin nothing, and the idle timeout bounds the connection.)
+    #[inline]
     fn ended_now(&self, body_done: bool) {
         self.last_end_us.store(self.now_us(), Ordering::Release);
         if body_done && !self.is_h2() {
@@ -720,6 +772,7 @@ impl ConnState {
         }
     }
 
+    #[inline]
     pub(crate) fn drain(&self) -> &Drain {
         &self.drain
     }
@@ -749,6 +802,8 @@ pub(crate) struct Deadline {
     /// every read and write of a connection, which all share the service's token.
     gate: Option<Arc<AtomicBool>>,
     wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// With a gate: the task the wait is registered for (see `gated`).
+    registered: Registered,
 }
 
 impl Deadline {
@@ -757,6 +812,7 @@ impl Deadline {
             token,
             gate: None,
             wait: None,
+            registered: Registered::default(),
         }
     }
 
@@ -766,10 +822,12 @@ impl Deadline {
             token,
             gate: Some(gate),
             wait: None,
+            registered: Registered::default(),
         }
     }
 
     /// Whether it has passed (nothing is registered; with a gate, an atomic load until then).
+    #[inline]
     pub(crate) fn passed(&self) -> bool {
         self.gate.as_ref().is_none_or(|g| g.load(Ordering::Acquire)) && self.token.is_cancelled()
     }
@@ -779,12 +837,21 @@ impl Deadline {
         if self.passed() {
             return true;
         }
+        // Gate closed (just looked at), and registered for this task: nothing to look at.
+        if self.gate.is_some() && !self.registered.stale(cx) {
+            return false;
+        }
         let token = &self.token;
-        self.wait
+        let reached = self
+            .wait
             .get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()))
             .as_mut()
             .poll(cx)
-            .is_ready()
+            .is_ready();
+        if !reached && self.gate.is_some() {
+            self.registered.note(cx);
+        }
+        reached
     }
 }
 
@@ -809,6 +876,7 @@ impl Raw {
 }
 
 impl AsyncRead for Raw {
+    #[inline]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -838,6 +906,7 @@ impl AsyncRead for Raw {
 }
 
 impl AsyncWrite for Raw {
+    #[inline]
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -846,6 +915,7 @@ impl AsyncWrite for Raw {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
+    #[inline]
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -858,6 +928,7 @@ impl AsyncWrite for Raw {
         true
     }
 
+    #[inline]
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_flush(cx)
     }

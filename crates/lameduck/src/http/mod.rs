@@ -31,6 +31,7 @@
 mod accept;
 mod age;
 mod body;
+mod clock;
 mod connection;
 mod extract;
 mod health;

@@ -9,7 +9,8 @@ use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
-use http::{Method, Response, StatusCode, Uri};
+use http::uri::PathAndQuery;
+use http::{Method, Response, StatusCode};
 
 use crate::events::Event;
 use crate::http::connection::ConnState;
@@ -52,14 +53,17 @@ pub(crate) fn answer<B: Default>(grpc: bool, h2: bool) -> Response<B> {
 }
 
 /// Counts the panic and says which request it was, in one event.
-pub(crate) fn report(conn: &ConnState, (method, uri): &(Method, Uri), message: &str, at: &str) {
+/// What a panic's event says of its request: the method and the path.
+pub(crate) type Asked = (Method, Option<PathAndQuery>);
+
+pub(crate) fn report(conn: &ConnState, (method, path): &Asked, message: &str, at: &str) {
     conn.drain().count(Event::Panic);
     tracing::error!(
         target: "lameduck",
         service = %conn.service(),
         peer = %conn.peer(),
         %method,
-        path = uri.path(),
+        path = path.as_ref().map_or("", PathAndQuery::path),
         panic = message,
         "the handler panicked {at}; the request got an error, the server goes on"
     );

@@ -25,7 +25,7 @@ use crate::drain::Drain;
 use crate::error::BoxError;
 use crate::http::body::{BodyShared, BodyWatch, RequestBody};
 use crate::http::connection::{ConnState, Deadline};
-use crate::http::panic;
+use crate::http::panic::{self, Asked};
 use crate::http::server::Shared;
 use crate::metrics::{Closed, RequestEnd};
 
@@ -53,6 +53,7 @@ impl RequestGuard {
     }
 
     /// Says how the request ended (before the guard is dropped).
+    #[inline]
     fn end_as(&self, end: RequestEnd) {
         self.end.store(end as u8, Ordering::Relaxed);
     }
@@ -66,6 +67,7 @@ impl RequestGuard {
     }
 
     /// Its body, if it timed out (`cx` is woken when it does).
+    #[inline]
     fn body_timed_out(&self, cx: &mut Context<'_>) -> Option<&BodyShared> {
         self.body.as_deref().filter(|b| b.timed_out(cx))
     }
@@ -116,7 +118,7 @@ where
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let health = self.shared.health.as_ref();
         if let Some((status, text)) = health.and_then(|h| h.answer(&req, &self.shared.handle)) {
-            let mut response = Response::new(ResponseBody::Text { text: Some(text) });
+            let mut response = Response::new(ResponseBody::text(text));
             *response.status_mut() = status;
             let headers = response.headers_mut();
             headers.insert(
@@ -146,20 +148,22 @@ where
             // handler runs (`serving`), without an allocation per request.
             req.extensions_mut().insert(self.shared.drain.clone());
         }
-        let connect = req.method() == http::Method::CONNECT;
-        // A request that comes once the connections are closing (in the drain's keep-alive
-        // grace) is the connection's last: its answer says so.
-        let last = !self.conn.is_h2() && (self.conn.aged() || self.shared.is_closing());
-        // Said if the handler panics.
-        let asked = (req.method().clone(), req.uri().clone());
-        ResponseFuture::App {
-            asked,
-            future: hyper::service::Service::call(&self.app, req),
+        let held = Held {
+            body: None,
+            // Said if the handler panics.
+            asked: (req.method().clone(), req.uri().path_and_query().cloned()),
             guard: Some(guard),
-            grpc: self.shared.grpc,
-            connect,
-            last,
             watch: None,
+            left: None,
+            grpc: self.shared.grpc,
+            connect: req.method() == http::Method::CONNECT,
+            // A request that comes once the connections are closing (in the drain's keep-alive
+            // grace) is the connection's last: its answer says so.
+            last: !self.conn.is_h2() && (self.conn.aged() || self.shared.is_closing()),
+        };
+        ResponseFuture::App {
+            future: hyper::service::Service::call(&self.app, req),
+            held: Some(Box::pin(held)),
         }
     }
 }
@@ -200,14 +204,14 @@ impl Watch {
 
     /// The watch of the request `guard` counts, made at its first wait.
     fn of<'a>(
-        watch: &'a mut Option<Watch>,
+        watch: &'a mut Option<Box<Watch>>,
         guard: &Option<RequestGuard>,
         grpc: bool,
     ) -> Option<&'a mut Watch> {
         if watch.is_none() {
-            *watch = Some(Watch::new(&guard.as_ref()?.conn, grpc));
+            *watch = Some(Box::new(Watch::new(&guard.as_ref()?.conn, grpc)));
         }
-        watch.as_mut()
+        watch.as_deref_mut()
     }
 
     fn ending(&mut self, cx: &mut Context<'_>) -> Ending {
@@ -233,6 +237,32 @@ impl Watch {
 }
 
 pin_project! {
+    /// What a request holds from its call to the end of its response body, in one allocation
+    /// made at the call: the response carries a pointer to it, so that what hyper moves around
+    /// per request (the response, its body) is no larger than the app's own.
+    pub(crate) struct Held<B> {
+        // The app's response body, once it has answered.
+        #[pin]
+        body: Option<B>,
+        // `None` once the request has ended (answered without a body to follow, or its body
+        // ended or was cut off).
+        guard: Option<RequestGuard>,
+        // The request's method and path, for the event if the handler or the body panics.
+        asked: Asked,
+        // Made at its first wait only (most requests never wait).
+        watch: Option<Box<Watch>>,
+        // Bytes of the response body still to come, when the length is known: at 0 it is
+        // complete.
+        left: Option<u64>,
+        grpc: bool,
+        // A CONNECT request: a 2xx answer hands the socket over, as a 101 does.
+        connect: bool,
+        // The connection's last request: its answer carries `Connection: close`.
+        last: bool,
+    }
+}
+
+pin_project! {
     /// The response of a [`RequestService`].
     #[project = ResponseFutureProj]
     pub(crate) enum ResponseFuture<S, B>
@@ -240,17 +270,10 @@ pin_project! {
         S: tower_service::Service<Request<RequestBody>>,
     {
         App {
-            // The request's method and URI, for the event if the handler panics.
-            asked: (http::Method, http::Uri),
             #[pin]
             future: TowerToHyperServiceFuture<S, Request<RequestBody>>,
-            guard: Option<RequestGuard>,
-            grpc: bool,
-            // A CONNECT request: a 2xx answer hands the socket over, as a 101 does.
-            connect: bool,
-            // The connection's last request: its answer carries `Connection: close`.
-            last: bool,
-            watch: Option<Watch>,
+            // Handed to the response body once the app has answered.
+            held: Option<Pin<Box<Held<B>>>>,
         },
         Ready { response: Option<Response<ResponseBody<B>>> },
     }
@@ -266,127 +289,127 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            ResponseFutureProj::App {
-                asked,
-                future,
-                guard,
-                grpc,
-                connect,
-                last,
-                watch,
-            } => match panic::catch(|| serving(guard, || future.poll(cx))) {
-                Err(message) => {
-                    // Answered now; hyper polls a ready future no more.
-                    let h2 = guard.as_ref().is_some_and(|g| g.conn.is_h2());
-                    let Some(guard) = guard.take() else {
-                        return Poll::Ready(Ok(panic::answer(*grpc, h2)));
-                    };
-                    guard.end_as(RequestEnd::Panicked);
-                    guard.closes_connection(Closed::Panic);
-                    panic::report(&guard.conn, asked, &message, "before answering");
-                    // A handler that panics on its body's error: the body's timeout is what
-                    // the client is told.
-                    Poll::Ready(match guard.body_timed_out(cx) {
-                        Some(body) => body_timed_out(Some(body), *grpc, h2),
-                        None => Ok(panic::answer(*grpc, h2)),
-                    })
-                }
-                Ok(polled) => match polled {
-                    // The body stalled: the request ends, whatever the app is doing or
-                    // answered (its read failed).
-                    _ if guard
-                        .as_ref()
-                        .is_some_and(|g| g.body_timed_out(cx).is_some()) =>
-                    {
-                        let guard = guard.take();
-                        if let Some(guard) = &guard {
-                            guard.end_as(RequestEnd::Failed);
-                            guard.closes_connection(Closed::BodyTimeout);
-                        }
+            ResponseFutureProj::App { future, held } => {
+                // Answered already: hyper polls a ready future no more.
+                let Some(kept) = held.as_mut() else {
+                    return Poll::Pending;
+                };
+                let h = kept.as_mut().project();
+                let guard = h.guard;
+                match panic::catch(|| serving(guard, || future.poll(cx))) {
+                    Err(message) => {
+                        let grpc = *h.grpc;
                         let h2 = guard.as_ref().is_some_and(|g| g.conn.is_h2());
-                        let body = guard.as_ref().and_then(|g| g.body.as_deref());
-                        Poll::Ready(body_timed_out(body, *grpc, h2))
-                    }
-                    Poll::Pending => {
-                        let mut response = Response::new(ResponseBody::Text { text: None });
-                        let ending =
-                            Watch::of(watch, guard, *grpc).map_or(Ending::No, |w| w.ending(cx));
-                        match ending {
-                            Ending::No => return Poll::Pending,
-                            // A trailers-only response.
-                            Ending::Unavailable(why) => {
-                                *response.headers_mut() = Watch::unavailable(why);
-                                response.headers_mut().insert(
-                                    CONTENT_TYPE,
-                                    HeaderValue::from_static("application/grpc"),
-                                );
-                            }
-                            // The connection is being closed: this answer goes nowhere, but the
-                            // handler is dropped (cancelled) and the stream's task ends.
-                            Ending::Abort => {
-                                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE
-                            }
-                        }
-                        if let Some(guard) = guard.take() {
-                            guard.end_as(RequestEnd::Aborted);
-                        }
-                        Poll::Ready(Ok(response))
-                    }
-                    // The request stays in flight until its body has been sent.
-                    Poll::Ready(Ok(mut response)) => {
-                        let status = response.status();
-                        let upgrade = status == StatusCode::SWITCHING_PROTOCOLS
-                            || (*connect && status.is_success());
-                        if let Some(guard) = guard {
-                            if upgrade {
-                                // Before hyper hands the socket to the handler: from now on it must
-                                // watch the deadline itself.
-                                guard.conn.mark_upgraded();
-                            } else if *last {
-                                // The client must not send another request on this connection.
-                                response
-                                    .headers_mut()
-                                    .insert(CONNECTION, HeaderValue::from_static("close"));
-                            }
-                        }
-                        let asked =
-                            std::mem::replace(asked, (http::Method::GET, http::Uri::default()));
-                        // How much body is to come, if known: hyper stops polling a body
-                        // once it has sent that much (or none at all, for HEAD, 204, 304).
-                        let none = asked.0 == http::Method::HEAD
-                            || status == StatusCode::NO_CONTENT
-                            || status == StatusCode::NOT_MODIFIED;
-                        let left = if none {
-                            Some(0)
-                        } else {
-                            response.body().size_hint().exact().or_else(|| {
-                                let length = response.headers().get(CONTENT_LENGTH)?;
-                                length.to_str().ok()?.parse().ok()
-                            })
+                        let Some(guard) = guard.take() else {
+                            return Poll::Ready(Ok(panic::answer(grpc, h2)));
                         };
-                        if left == Some(0)
-                            && let Some(guard) = guard
+                        guard.end_as(RequestEnd::Panicked);
+                        guard.closes_connection(Closed::Panic);
+                        panic::report(&guard.conn, h.asked, &message, "before answering");
+                        // A handler that panics on its body's error: the body's timeout is what
+                        // the client is told.
+                        Poll::Ready(match guard.body_timed_out(cx) {
+                            Some(body) => body_timed_out(Some(body), grpc, h2),
+                            None => Ok(panic::answer(grpc, h2)),
+                        })
+                    }
+                    Ok(polled) => match polled {
+                        // The body stalled: the request ends, whatever the app is doing or
+                        // answered (its read failed).
+                        _ if guard
+                            .as_ref()
+                            .is_some_and(|g| g.body_timed_out(cx).is_some()) =>
                         {
-                            guard.end_as(RequestEnd::Completed);
+                            let guard = guard.take();
+                            if let Some(guard) = &guard {
+                                guard.end_as(RequestEnd::Failed);
+                                guard.closes_connection(Closed::BodyTimeout);
+                            }
+                            let h2 = guard.as_ref().is_some_and(|g| g.conn.is_h2());
+                            let body = guard.as_ref().and_then(|g| g.body.as_deref());
+                            Poll::Ready(body_timed_out(body, *h.grpc, h2))
                         }
-                        Poll::Ready(Ok(response.map(|body| ResponseBody::App {
-                            body,
-                            guard: guard.take(),
-                            grpc: *grpc,
-                            watch: watch.take(),
-                            asked,
-                            left,
-                        })))
-                    }
-                    // Dropping the guard ends the request: hyper closes the connection.
-                    Poll::Ready(Err(error)) => {
-                        if let Some(guard) = guard.take() {
-                            guard.end_as(RequestEnd::Failed);
+                        Poll::Pending => {
+                            let mut response = Response::new(ResponseBody::default());
+                            let ending = Watch::of(h.watch, guard, *h.grpc)
+                                .map_or(Ending::No, |w| w.ending(cx));
+                            match ending {
+                                Ending::No => return Poll::Pending,
+                                // A trailers-only response.
+                                Ending::Unavailable(why) => {
+                                    *response.headers_mut() = Watch::unavailable(why);
+                                    response.headers_mut().insert(
+                                        CONTENT_TYPE,
+                                        HeaderValue::from_static("application/grpc"),
+                                    );
+                                }
+                                // The connection is being closed: this answer goes nowhere, but
+                                // the handler is dropped (cancelled) and the stream's task ends.
+                                Ending::Abort => {
+                                    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE
+                                }
+                            }
+                            if let Some(guard) = guard.take() {
+                                guard.end_as(RequestEnd::Aborted);
+                            }
+                            Poll::Ready(Ok(response))
                         }
-                        Poll::Ready(Err(error.into()))
-                    }
-                },
-            },
+                        // The request stays in flight until its body has been sent.
+                        Poll::Ready(Ok(mut response)) => {
+                            let status = response.status();
+                            let upgrade = status == StatusCode::SWITCHING_PROTOCOLS
+                                || (*h.connect && status.is_success());
+                            if let Some(guard) = guard.as_ref() {
+                                if upgrade {
+                                    // Before hyper hands the socket to the handler: from now on
+                                    // it must watch the deadline itself.
+                                    guard.conn.mark_upgraded();
+                                } else if *h.last {
+                                    // The client must not send another request on this
+                                    // connection.
+                                    response
+                                        .headers_mut()
+                                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                                }
+                            }
+                            // How much body is to come, if known: hyper stops polling a body
+                            // once it has sent that much (or none at all, for HEAD, 204, 304).
+                            let none = h.asked.0 == http::Method::HEAD
+                                || status == StatusCode::NO_CONTENT
+                                || status == StatusCode::NOT_MODIFIED;
+                            *h.left = if none {
+                                Some(0)
+                            } else {
+                                response.body().size_hint().exact().or_else(|| {
+                                    let length = response.headers().get(CONTENT_LENGTH)?;
+                                    length.to_str().ok()?.parse().ok()
+                                })
+                            };
+                            if *h.left == Some(0)
+                                && let Some(guard) = guard
+                            {
+                                guard.end_as(RequestEnd::Completed);
+                            }
+                            let (parts, body) = response.into_parts();
+                            let mut held = held.take();
+                            if let Some(held) = held.as_mut() {
+                                held.as_mut().project().body.set(Some(body));
+                            }
+                            let body = held.map_or_else(ResponseBody::default, |held| {
+                                ResponseBody::App { held }
+                            });
+                            Poll::Ready(Ok(Response::from_parts(parts, body)))
+                        }
+                        // Dropping the guard ends the request: hyper closes the connection.
+                        Poll::Ready(Err(error)) => {
+                            if let Some(guard) = guard.take() {
+                                guard.end_as(RequestEnd::Failed);
+                            }
+                            Poll::Ready(Err(error.into()))
+                        }
+                    },
+                }
+            }
             ResponseFutureProj::Ready { response } => match response.take() {
                 Some(response) => Poll::Ready(Ok(response)),
                 None => Poll::Pending,
@@ -395,23 +418,20 @@ where
     }
 }
 
-pin_project! {
-    /// A response body: the app's, holding its request's count until it ends, or a short text.
-    #[project = ResponseBodyProj]
-    pub(crate) enum ResponseBody<B> {
-        App {
-            #[pin]
-            body: B,
-            // `None` once the body has ended (or was cut off).
-            guard: Option<RequestGuard>,
-            grpc: bool,
-            watch: Option<Watch>,
-            // The request's method and URI, for the event if the body panics.
-            asked: (http::Method, http::Uri),
-            // Bytes still to come, when the length is known: at 0 it is complete.
-            left: Option<u64>,
-        },
-        Text { text: Option<Bytes> },
+/// A response body: the app's, holding its request's count until it ends, or a short text.
+/// No larger than two words, as the app's own body (axum's) is: hyper moves it several
+/// times per request.
+pub(crate) enum ResponseBody<B> {
+    App { held: Pin<Box<Held<B>>> },
+    Text { text: Option<Box<Bytes>> },
+}
+
+impl<B> ResponseBody<B> {
+    /// A short text.
+    pub(crate) fn text(text: Bytes) -> Self {
+        ResponseBody::Text {
+            text: Some(Box::new(text)),
+        }
     }
 }
 
@@ -435,19 +455,17 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        match self.project() {
-            ResponseBodyProj::App {
-                body,
-                guard,
-                grpc,
-                watch,
-                asked,
-                left,
-            } => {
+        match self.get_mut() {
+            ResponseBody::App { held } => {
+                let h = held.as_mut().project();
+                let guard = h.guard;
+                // Ended: by the body itself, or by the deadline.
                 if guard.is_none() {
-                    // Ended: by the body itself, or by the deadline.
                     return Poll::Ready(None);
                 }
+                let Some(body) = h.body.as_pin_mut() else {
+                    return Poll::Ready(None);
+                };
                 let polled = match panic::catch(|| body.poll_frame(cx)) {
                     Ok(polled) => polled.map(|frame| frame.map(|f| f.map_err(Into::into))),
                     Err(message) => {
@@ -456,7 +474,7 @@ where
                         if let Some(guard) = guard.take() {
                             guard.end_as(RequestEnd::Panicked);
                             guard.closes_connection(Closed::Panic);
-                            panic::report(&guard.conn, asked, &message, "in its response body");
+                            panic::report(&guard.conn, h.asked, &message, "in its response body");
                         }
                         return Poll::Ready(Some(Err(message.into())));
                     }
@@ -466,7 +484,7 @@ where
                     && let Some(g) = guard.as_ref()
                     && let Some(stalled) = g.body_timed_out(cx)
                 {
-                    let end = body_timed_out_midway(stalled, *grpc, g.conn.is_h2());
+                    let end = body_timed_out_midway(stalled, *h.grpc, g.conn.is_h2());
                     g.end_as(RequestEnd::Failed);
                     g.closes_connection(Closed::BodyTimeout);
                     guard.take();
@@ -483,7 +501,7 @@ where
                             guard.end_as(RequestEnd::Failed);
                         }
                     }
-                    Poll::Pending => match Watch::of(watch, guard, *grpc)
+                    Poll::Pending => match Watch::of(h.watch, guard, *h.grpc)
                         .map_or(Ending::No, |w| w.ending(cx))
                     {
                         Ending::No => {}
@@ -502,7 +520,7 @@ where
                     },
                     Poll::Ready(Some(Ok(frame))) => {
                         // The last byte of a body of known length: hyper may not poll again.
-                        if let (Some(n), Some(data)) = (left.as_mut(), frame.data_ref()) {
+                        if let (Some(n), Some(data)) = (h.left.as_mut(), frame.data_ref()) {
                             *n = n.saturating_sub(data.remaining() as u64);
                             if *n == 0
                                 && let Some(guard) = guard.as_ref()
@@ -514,18 +532,18 @@ where
                 }
                 polled
             }
-            ResponseBodyProj::Text { text } => {
-                Poll::Ready(text.take().map(|text| Ok(Frame::data(text.into()))))
+            ResponseBody::Text { text } => {
+                Poll::Ready(text.take().map(|text| Ok(Frame::data((*text).into()))))
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::App { body, guard, .. } => {
-                let end = body.is_end_stream();
+            ResponseBody::App { held } => {
+                let end = held.body.as_ref().is_none_or(Body::is_end_stream);
                 // hyper polls an ended body no more: this is its end.
-                if end && let Some(guard) = guard {
+                if end && let Some(guard) = &held.guard {
                     guard.end_as(RequestEnd::Completed);
                 }
                 end
@@ -536,7 +554,10 @@ where
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::App { body, .. } => body.size_hint(),
+            ResponseBody::App { held } => held
+                .body
+                .as_ref()
+                .map_or_else(|| SizeHint::with_exact(0), Body::size_hint),
             ResponseBody::Text { text } => {
                 SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
             }
@@ -554,16 +575,14 @@ fn body_timed_out<B>(
     if h2 && !grpc {
         return Err(Box::new(h2::Error::from(h2::Reason::CANCEL)));
     }
-    let mut response = Response::new(ResponseBody::Text { text: None });
+    let mut response = Response::new(ResponseBody::default());
     if grpc {
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         headers.extend(cancelled(body));
     } else {
         *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
-        *response.body_mut() = ResponseBody::Text {
-            text: Some(Bytes::from_static(b"request body timed out\n")),
-        };
+        *response.body_mut() = ResponseBody::text(Bytes::from_static(b"request body timed out\n"));
         let headers = response.headers_mut();
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
         headers.insert(

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::drain::Drain;
 use crate::error::BoxError;
+use crate::gated::Gated;
 use crate::http::accept::{Gate, Slots};
 use crate::http::age::MaxAge;
 use crate::http::body::RequestBody;
@@ -449,7 +450,7 @@ pub(crate) struct Shared {
     /// Cancelled once every listener of the server is closed (or handed over): only then do
     /// connections begin to end, so that a client that reconnects when its connection closes
     /// finds the port refusing (and goes elsewhere), not a listener about to reset it.
-    pub(crate) closing: CancellationToken,
+    closing: CancellationToken,
     /// Set just before `closing` is cancelled: what a request asks (an atomic load, where the
     /// token's own check takes its lock).
     closing_now: AtomicBool,
@@ -464,8 +465,15 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Whether every listener is closed: connections are closing.
+    #[inline]
     pub(crate) fn is_closing(&self) -> bool {
         self.closing_now.load(Ordering::Acquire)
+    }
+
+    /// Resolves once every listener is closed: connections begin to close. Polled at every
+    /// wake of a connection's task, it is an atomic load until then.
+    pub(crate) fn closing(&self) -> Gated<&AtomicBool> {
+        Gated::new(self.closing.clone(), &self.closing_now)
     }
 }
 

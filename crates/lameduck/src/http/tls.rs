@@ -575,7 +575,7 @@ pub(crate) async fn handshake(
             state.close_as(Closed::HandshakeTimeout);
             return None;
         }
-        () = shared.closing.cancelled() => {
+        () = shared.closing() => {
             let cut = || {
                 drain.metrics().handshake(Handshake::Drained);
                 state.close_as(Closed::IdleAtDrain);
