@@ -18,7 +18,7 @@ case $load in
   h1) kinds=${KINDS:-hyper axum lameduck}; path=/; args=(--h1 -c16) ;;
   h2) kinds=${KINDS:-hyper axum lameduck}; path=/; args=(-c16 -m16) ;;
   grpc) kinds=${KINDS:-tonic lameduck-grpc}; path=/demo.v1.Echo/Echo
-    body=$(mktemp); printf '\x00\x00\x00\x00\x07\x0a\x05hello' >"$body"
+    body=$(mktemp); printf '\x00\x00\x00\x00\x07\x0a\x05hello' >"$body"; trap 'rm -f "$body"' EXIT
     args=(-c8 -m16 -d "$body" -H 'content-type: application/grpc' -H 'te: trailers') ;;
   *) echo "LOAD is h1, h2 or grpc" >&2; exit 2 ;;
 esac

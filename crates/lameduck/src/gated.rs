@@ -8,8 +8,8 @@
 //! and the task is woken when it fires.
 
 use std::future::Future;
-use std::ops::Deref;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 
@@ -37,8 +37,39 @@ impl Registered {
     }
 }
 
+/// A sign that a token may have been cancelled, cheaper to look at than the token: an atomic
+/// flag set before the token is cancelled.
+pub(crate) trait Gate {
+    /// Whether the token may have been cancelled.
+    fn is_open(&self) -> bool;
+}
+
+impl Gate for &AtomicBool {
+    #[inline]
+    fn is_open(&self) -> bool {
+        self.load(Ordering::Acquire)
+    }
+}
+
+impl Gate for Arc<AtomicBool> {
+    #[inline]
+    fn is_open(&self) -> bool {
+        self.load(Ordering::Acquire)
+    }
+}
+
+/// A gate, or none: then the token is looked at every time.
+pub(crate) type MaybeGate = Option<Arc<AtomicBool>>;
+
+impl Gate for MaybeGate {
+    #[inline]
+    fn is_open(&self) -> bool {
+        self.as_ref().is_none_or(Gate::is_open)
+    }
+}
+
 pin_project! {
-    /// Resolves once `token` is cancelled. `gate` must be set before the token is cancelled:
+    /// Resolves once `token` is cancelled. `gate` must open before the token is cancelled:
     /// until then, a poll by the task already registered is an atomic load.
     #[derive(Debug)]
     pub(crate) struct Gated<G> {
@@ -49,7 +80,7 @@ pin_project! {
     }
 }
 
-impl<G: Deref<Target = AtomicBool>> Gated<G> {
+impl<G: Gate> Gated<G> {
     pub(crate) fn new(token: CancellationToken, gate: G) -> Self {
         Gated {
             wait: token.cancelled_owned(),
@@ -59,12 +90,12 @@ impl<G: Deref<Target = AtomicBool>> Gated<G> {
     }
 }
 
-impl<G: Deref<Target = AtomicBool>> Future for Gated<G> {
+impl<G: Gate> Future for Gated<G> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
-        if !this.gate.load(Ordering::Acquire) && !this.registered.stale(cx) {
+        if !this.gate.is_open() && !this.registered.stale(cx) {
             return Poll::Pending;
         }
         let polled = this.wait.poll(cx);
@@ -77,10 +108,18 @@ impl<G: Deref<Target = AtomicBool>> Future for Gated<G> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
+
+    /// A waker of its own (two of them are two tasks).
+    fn waker() -> Waker {
+        struct Noop;
+        impl std::task::Wake for Noop {
+            fn wake(self: Arc<Self>) {}
+        }
+        Waker::from(Arc::new(Noop))
+    }
 
     #[tokio::test(start_paused = true)]
     async fn resolves_once_cancelled_after_its_gate() {
@@ -97,37 +136,25 @@ mod tests {
             .unwrap();
     }
 
-    #[tokio::test]
-    async fn a_wake_without_a_sign_does_not_poll_the_token_and_one_with_does() {
-        let token = CancellationToken::new();
-        let gate = AtomicBool::new(false);
+    #[test]
+    fn the_registered_task_looks_at_the_token_only_once_the_gate_is_open() {
+        let (token, gate) = (CancellationToken::new(), AtomicBool::new(false));
         let mut wait = std::pin::pin!(Gated::new(token.clone(), &gate));
-        let waker = Waker::from(Arc::new(Flag::default()));
-        let mut cx = Context::from_waker(&waker);
-        assert!(wait.as_mut().poll(&mut cx).is_pending());
-        // Cancelled behind the gate's back: not seen while the gate is closed, which is
-        // exactly the lock it saves (the contract is the gate first).
-        token.cancel();
-        assert!(wait.as_mut().poll(&mut cx).is_pending());
-        gate.store(true, Ordering::Release);
-        assert!(wait.as_mut().poll(&mut cx).is_ready());
-    }
-
-    #[tokio::test]
-    async fn another_task_polling_registers_again() {
-        let token = CancellationToken::new();
-        let gate = AtomicBool::new(false);
-        let mut wait = std::pin::pin!(Gated::new(token.clone(), &gate));
-        let first = Waker::from(Arc::new(Flag::default()));
+        let (registered, other) = (waker(), waker());
         assert!(
             wait.as_mut()
-                .poll(&mut Context::from_waker(&first))
+                .poll(&mut Context::from_waker(&registered))
                 .is_pending()
         );
+        // Cancelled behind the gate's back: not seen by the registered task while the gate is
+        // closed, which is exactly the lock it saves (the contract is the gate first) ...
         token.cancel();
-        // A waker that is not the registered one: the wait is polled (and the cancel seen).
-        let flag = Arc::new(Flag::default());
-        let other = Waker::from(Arc::clone(&flag));
+        assert!(
+            wait.as_mut()
+                .poll(&mut Context::from_waker(&registered))
+                .is_pending()
+        );
+        // ... but another task registers again, and sees it.
         assert!(
             wait.as_mut()
                 .poll(&mut Context::from_waker(&other))
@@ -135,12 +162,25 @@ mod tests {
         );
     }
 
-    #[derive(Default)]
-    struct Flag(AtomicBool);
-
-    impl std::task::Wake for Flag {
-        fn wake(self: Arc<Self>) {
-            self.0.store(true, Ordering::Release);
-        }
+    #[test]
+    fn an_open_gate_looks_at_the_token() {
+        let (token, gate) = (CancellationToken::new(), AtomicBool::new(false));
+        let mut wait = std::pin::pin!(Gated::new(token.clone(), &gate));
+        let registered = waker();
+        let mut cx = Context::from_waker(&registered);
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        gate.store(true, Ordering::Release);
+        assert!(
+            wait.as_mut().poll(&mut cx).is_pending(),
+            "open, not cancelled"
+        );
+        token.cancel();
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
+        // No gate at all: always looked at.
+        let token = CancellationToken::new();
+        let mut wait = std::pin::pin!(Gated::new(token.clone(), None));
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        token.cancel();
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
     }
 }

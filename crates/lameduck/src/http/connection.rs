@@ -17,13 +17,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
 use crate::budget::ABORT_NOTICE;
 use crate::drain::{Drain, WorkGuard};
 use crate::error::BoxError;
 use crate::events::Event;
-use crate::gated::Registered;
+use crate::gated::{Gate, Gated, MaybeGate, Registered};
 use crate::http::clock;
 use crate::http::request::RequestService;
 use crate::http::server::{App, AppBody, Protocols, Shared};
@@ -444,12 +444,12 @@ pub(crate) struct ConnState {
     /// The same on the coarse clock: what [`last_end_us`](Self::last_end_us) and
     /// [`head_began_us`](Self::head_began_us) count from.
     born_us: u64,
-    /// When the last request ended, in microseconds since `born` (`u64::MAX`: none yet).
+    /// When the last request ended, in microseconds since `born_us` (`u64::MAX`: none yet).
     last_end_us: AtomicU64,
     /// HTTP/1: no request since the last one ended; the next bytes read begin a head.
     between: AtomicBool,
     /// HTTP/1: when the first byte of the coming request head was read, in microseconds since
-    /// `born` (`u64::MAX`: none is coming).
+    /// `born_us` (`u64::MAX`: none is coming).
     head_began_us: AtomicU64,
     /// Why it closed, once known (a [`Closed`]; 0: not said, which at the drop means the
     /// deadline cut it if it has passed, else the client closed it).
@@ -813,10 +813,8 @@ pub(crate) struct Deadline {
     /// Set before the token can be cancelled, if it is one of the drain's (its deadline, its
     /// abort): until then a look at the token, which takes its lock, is not needed. Asked at
     /// every read and write of a connection, which all share the service's token.
-    gate: Option<Arc<AtomicBool>>,
-    wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-    /// With a gate: the task the wait is registered for (see `gated`).
-    registered: Registered,
+    gate: MaybeGate,
+    wait: Option<Pin<Box<Gated<MaybeGate>>>>,
 }
 
 impl Deadline {
@@ -825,7 +823,6 @@ impl Deadline {
             token,
             gate: None,
             wait: None,
-            registered: Registered::default(),
         }
     }
 
@@ -835,14 +832,13 @@ impl Deadline {
             token,
             gate: Some(gate),
             wait: None,
-            registered: Registered::default(),
         }
     }
 
     /// Whether it has passed (nothing is registered; with a gate, an atomic load until then).
     #[inline]
     pub(crate) fn passed(&self) -> bool {
-        self.gate.as_ref().is_none_or(|g| g.load(Ordering::Acquire)) && self.token.is_cancelled()
+        self.gate.is_open() && self.token.is_cancelled()
     }
 
     /// Whether it has passed; if not, the task is woken when it does.
@@ -850,21 +846,12 @@ impl Deadline {
         if self.passed() {
             return true;
         }
-        // Gate closed (just looked at), and registered for this task: nothing to look at.
-        if self.gate.is_some() && !self.registered.stale(cx) {
-            return false;
-        }
-        let token = &self.token;
-        let reached = self
-            .wait
-            .get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()))
+        let (token, gate) = (&self.token, &self.gate);
+        self.wait
+            .get_or_insert_with(|| Box::pin(Gated::new(token.clone(), gate.clone())))
             .as_mut()
             .poll(cx)
-            .is_ready();
-        if !reached && self.gate.is_some() {
-            self.registered.note(cx);
-        }
-        reached
+            .is_ready()
     }
 }
 

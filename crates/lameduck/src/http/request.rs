@@ -390,14 +390,15 @@ where
                             {
                                 guard.end_as(RequestEnd::Completed);
                             }
+                            // The body goes where the rest of the request is held.
                             let (parts, body) = response.into_parts();
-                            let mut held = held.take();
-                            if let Some(held) = held.as_mut() {
-                                held.as_mut().project().body.set(Some(body));
-                            }
-                            let body = held.map_or_else(ResponseBody::default, |held| {
-                                ResponseBody::App { held }
-                            });
+                            let body = match held.take() {
+                                Some(mut held) => {
+                                    held.as_mut().project().body.set(Some(body));
+                                    ResponseBody::App { held }
+                                }
+                                None => ResponseBody::default(),
+                            };
                             Poll::Ready(Ok(Response::from_parts(parts, body)))
                         }
                         // Dropping the guard ends the request: hyper closes the connection.
