@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -155,8 +155,9 @@ impl Drop for Front {
 }
 
 /// A client: one HTTP/2 connection through the front, a `GET /fast` every 50 ms on it, and a
-/// new connection whenever it ends (a GOAWAY, a restart), until `stop`.
-async fn client(front: SocketAddr, stop: Arc<AtomicBool>) {
+/// new connection whenever it ends (a GOAWAY, a restart), until `stop`. A request unanswered
+/// for 5 s is counted in `hung`, and its connection given up.
+async fn client(front: SocketAddr, stop: Arc<AtomicBool>, hung: Arc<AtomicUsize>) {
     while !stop.load(Ordering::Relaxed) {
         let Ok(stream) = tokio::net::TcpStream::connect(front).await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -173,17 +174,23 @@ async fn client(front: SocketAddr, stop: Arc<AtomicBool>) {
         };
         let conn = tokio::spawn(conn);
         while !stop.load(Ordering::Relaxed) {
-            if send.ready().await.is_err() {
-                break;
-            }
-            let request = http::Request::get(format!("http://{front}/fast"))
-                .body(Empty::new())
-                .unwrap();
-            match send.send_request(request).await {
-                Ok(response) => {
-                    let _ = response.into_body().collect().await;
+            let began = Instant::now();
+            let call = async {
+                send.ready().await?;
+                let request = http::Request::get(format!("http://{front}/fast"))
+                    .body(Empty::new())
+                    .unwrap();
+                let response = send.send_request(request).await?;
+                response.into_body().collect().await.map(|_| ())
+            };
+            match tokio::time::timeout(Duration::from_secs(5), call).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    eprintln!("a request hung {:?}", began.elapsed());
+                    hung.fetch_add(1, Ordering::Relaxed);
+                    break;
                 }
-                Err(_) => break,
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -207,19 +214,34 @@ async fn restart_one(name: &str, flags: &[&str], observe: Duration) -> Split {
     let _front = Front::start(&haproxy, &dir, front_port, &[a.http, b.http]);
     let front: SocketAddr = format!("127.0.0.1:{front_port}").parse().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    let hung = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| tokio::spawn(client(front, Arc::clone(&stop))))
+        .map(|_| tokio::spawn(client(front, Arc::clone(&stop), Arc::clone(&hung))))
         .collect();
     let began = Instant::now();
-    while a.connections() + b.connections() < CLIENTS as u32 {
-        assert!(began.elapsed() < WAIT, "the clients did not connect");
+    loop {
+        let (on_a, on_b) = (a.connections(), b.connections());
+        if on_a + on_b >= CLIENTS as u32 {
+            break;
+        }
+        assert!(
+            began.elapsed() < WAIT,
+            "the clients did not connect: A {on_a}, B {on_b}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The rolling restart's step: B goes (its clients move to A), then comes back.
     tokio::task::block_in_place(|| b.stop());
     let began = Instant::now();
-    while a.connections() < CLIENTS as u32 {
-        assert!(began.elapsed() < WAIT, "B's clients did not move to A");
+    loop {
+        let on_a = a.connections();
+        if on_a >= CLIENTS as u32 {
+            break;
+        }
+        assert!(
+            began.elapsed() < WAIT,
+            "B's clients did not move to A: A {on_a}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::task::block_in_place(|| b.start());
@@ -234,6 +256,8 @@ async fn restart_one(name: &str, flags: &[&str], observe: Duration) -> Split {
     for client in clients {
         let _ = tokio::time::timeout(Duration::from_secs(5), client).await;
     }
+    // A request unanswered for 5 s is one a server lost (the restart is graceful).
+    assert_eq!(hung.load(Ordering::Relaxed), 0, "{name}: requests hung");
     eprintln!("{name}: seconds since B was back, connections on A, on B");
     for (at, on_a, on_b) in &split {
         eprintln!("{name}: {at:5.2} {on_a:3} {on_b:3}");

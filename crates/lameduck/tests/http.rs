@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 mod support;
-use support::wait_refused;
+use support::{h2 as raw_h2, wait_refused};
 
 /// Generous: the machines are shared and noisy. Speed is measured in benchmarks.
 const WAIT: Duration = Duration::from_secs(10);
@@ -336,6 +336,62 @@ async fn listener_closes_first_and_the_port_is_bindable_during_the_drain() {
     let (status, _, _) = slow.await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(running.report().await.exit_code, ExitCode::Clean);
+}
+
+/// A client that never answers the GOAWAY's PING (so hyper never closes the connection by
+/// itself): its open stream finishes and all of it arrives, and the connection is closed a
+/// grace after that last response, not a grace after the drain began (which cut a response
+/// that ended at that moment), nor at the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_client_that_never_answers_the_goaway_gets_its_stream_then_a_grace() {
+    let mut running = start_default().await;
+    let mut raw = TcpStream::connect(running.addr).await.unwrap();
+    raw.write_all(raw_h2::HELLO).await.unwrap();
+    raw.write_all(&raw_h2::get(1, "/sleep/600")).await.unwrap();
+    running.started.recv().await.unwrap();
+    running.handle.shutdown();
+
+    let (mut got, mut body) = (Vec::new(), Vec::new());
+    let (mut goaway, mut ended) = (false, None);
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(WAIT, async {
+        loop {
+            match raw.read(&mut buf).await {
+                Ok(0) | Err(_) => return Instant::now(),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            for (kind, flags, stream, payload) in raw_h2::split_frames(&mut got) {
+                match kind {
+                    raw_h2::SETTINGS if flags & raw_h2::ACK == 0 => {
+                        let ack = raw_h2::frame(raw_h2::SETTINGS, raw_h2::ACK, 0, &[]);
+                        let _ = raw.write_all(&ack).await;
+                    }
+                    raw_h2::GOAWAY => goaway = true,
+                    raw_h2::DATA if stream == 1 => {
+                        body.extend_from_slice(&payload);
+                        if flags & raw_h2::END_STREAM != 0 {
+                            ended = Some(Instant::now());
+                        }
+                    }
+                    // Its PINGs, the GOAWAY's among them, are never answered.
+                    _ => {}
+                }
+            }
+        }
+    })
+    .await;
+    let closed = read.expect("the connection is closed before the deadline");
+    assert!(goaway, "GOAWAY sent");
+    assert_eq!(String::from_utf8_lossy(&body), "slept 600 ms\n");
+    let ended = ended.expect("the stream ended");
+    let grace = closed - ended;
+    assert!(
+        grace >= Duration::from_millis(900),
+        "closed {grace:?} after its last response, not a grace after it"
+    );
+    let report = running.report().await;
+    assert_eq!(report.exit_code, ExitCode::Clean, "{report}");
+    assert_eq!(report.services[0].work.aborted, 0, "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -848,9 +904,6 @@ async fn answer_to(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     answer
 }
 
-/// The HTTP/2 preface, then an empty SETTINGS frame.
-const H2_HELLO: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_protocol_choice_is_enforced_a_server_answers_only_the_versions_it_speaks() {
     let h1 = start(Lifecycle::new(), |app| {
@@ -877,7 +930,7 @@ async fn the_protocol_choice_is_enforced_a_server_answers_only_the_versions_it_s
     );
     // And closes the other at once, without an answer in either version (no SETTINGS, no
     // `HTTP/1.1 505`).
-    let answer = answer_to(h1.addr, H2_HELLO).await;
+    let answer = answer_to(h1.addr, raw_h2::HELLO).await;
     assert!(
         answer.is_empty(),
         "HTTP/1-only answered the preface: {answer:?}"
@@ -912,9 +965,9 @@ async fn a_client_that_never_finishes_its_handshake_is_closed_at_the_handshake_t
         .await
         .unwrap();
     let mut half_preface = TcpStream::connect(running.addr).await.unwrap();
-    half_preface.write_all(&H2_HELLO[..10]).await.unwrap();
+    half_preface.write_all(&raw_h2::HELLO[..10]).await.unwrap();
     let mut preface_only = TcpStream::connect(running.addr).await.unwrap();
-    preface_only.write_all(&H2_HELLO[..24]).await.unwrap();
+    preface_only.write_all(&raw_h2::HELLO[..24]).await.unwrap();
     // One that spoke in time stays, idle, past the timeout.
     let mut spoke = answered_once(running.addr).await;
     for stream in [

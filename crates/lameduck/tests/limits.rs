@@ -29,7 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 const WAIT: Duration = Duration::from_secs(10);
 
 mod support;
-use support::InProcess;
+use support::{InProcess, h2 as raw_h2};
 
 fn app() -> Router {
     Router::new()
@@ -337,38 +337,21 @@ async fn a_stalled_grpc_request_ends_with_status_cancelled_and_grpc_has_no_body_
     }
 }
 
-/// The HTTP/2 preface and an empty SETTINGS frame.
-const H2_HELLO: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
-
-/// A frame: its header (length, type, flags, stream) and payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
-    let mut frame = vec![len[1], len[2], len[3], kind, flags];
-    frame.extend_from_slice(&stream.to_be_bytes());
-    frame.extend_from_slice(payload);
-    frame
-}
-
 /// The GOAWAY's error code the server sends for `frames` after the preface, if any.
 async fn goaway_for(addr: SocketAddr, frames: &[u8]) -> Option<u32> {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(H2_HELLO).await.unwrap();
+    stream.write_all(raw_h2::HELLO).await.unwrap();
     // The server may close while this is still being written: what it said is what counts.
     let _ = stream.write_all(frames).await;
     let mut got = Vec::new();
     closed_within(&mut stream, WAIT, &mut got).await;
-    // Walk the frames the server sent: the GOAWAY's code is after its stream id.
-    let mut at = 0;
-    while at + 9 <= got.len() {
-        let len =
-            usize::from(got[at]) << 16 | usize::from(got[at + 1]) << 8 | usize::from(got[at + 2]);
-        if got[at + 3] == 0x7 && at + 9 + 8 <= got.len() {
-            let code = &got[at + 13..at + 17];
-            return Some(u32::from_be_bytes([code[0], code[1], code[2], code[3]]));
-        }
-        at += 9 + len;
-    }
-    None
+    // The GOAWAY's code is after its last stream id.
+    raw_h2::split_frames(&mut got)
+        .into_iter()
+        .find(|(kind, _, _, payload)| *kind == raw_h2::GOAWAY && payload.len() >= 8)
+        .map(|(_, _, _, payload)| {
+            u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]])
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,7 +369,7 @@ async fn heads_too_large_and_http2_floods_and_protocol_errors_are_counted() {
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 
     // HTTP/2, a protocol error: DATA on stream 0.
-    let code = goaway_for(running.addr, &frame(0x0, 0x0, 0, b"x")).await;
+    let code = goaway_for(running.addr, &raw_h2::frame(raw_h2::DATA, 0x0, 0, b"x")).await;
     assert_eq!(code, Some(0x1), "PROTOCOL_ERROR");
 
     // HTTP/2, the rapid reset: streams opened and reset at once, many of them.
@@ -394,8 +377,13 @@ async fn heads_too_large_and_http2_floods_and_protocol_errors_are_counted() {
     // :method GET, :scheme http, :path /, :authority t.
     let headers = [0x82, 0x86, 0x84, 0x41, 0x01, b't'];
     for stream in (1..2000u32).step_by(2) {
-        flood.extend(frame(0x1, 0x4, stream, &headers));
-        flood.extend(frame(0x3, 0x0, stream, &8u32.to_be_bytes()));
+        flood.extend(raw_h2::frame(
+            raw_h2::HEADERS,
+            raw_h2::END_HEADERS,
+            stream,
+            &headers,
+        ));
+        flood.extend(raw_h2::frame(0x3, 0x0, stream, &8u32.to_be_bytes()));
     }
     let code = goaway_for(running.addr, &flood).await;
     assert_eq!(code, Some(0xb), "ENHANCE_YOUR_CALM");

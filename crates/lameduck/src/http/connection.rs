@@ -41,8 +41,9 @@ pub(crate) const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(50);
 /// `Connection: close`. Connections idle for longer are closed at once.
 const KEEP_ALIVE_GRACE: Duration = Duration::from_millis(50);
 
-/// How long a connection with no request in flight gets, once told to shut down, to close by
-/// itself (an HTTP/2 client acknowledging the GOAWAY) before it is closed.
+/// How long a connection with no request in flight gets, once told to shut down and after its
+/// last response, to close by itself (an HTTP/2 client acknowledging the GOAWAY) before it is
+/// closed.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Runs hyper's background work (the tasks of HTTP/2 streams) on the runtime. A stream task
@@ -180,7 +181,11 @@ async fn drive<T, S, B>(
                 if let Some(end) = aging {
                     if state.gone_quiet() {
                         // Nothing in flight (HTTP/2: the client kept its connection after the
-                        // GOAWAY; HTTP/1: no request came): closed.
+                        // GOAWAY; HTTP/1: no request came): closed, once what a stream handed
+                        // to hyper as it ended is written.
+                        if let Poll::Ready(result) = poll_once(conn.as_mut()).await {
+                            log_end(&state, peer, result);
+                        }
                         return;
                     }
                     if now < end {
@@ -204,6 +209,9 @@ async fn drive<T, S, B>(
                 if going_away {
                     if state.quiet() {
                         state.close_as(Closed::IdleTimeout);
+                        if let Poll::Ready(result) = poll_once(conn.as_mut()).await {
+                            log_end(&state, peer, result);
+                        }
                         return;
                     }
                     // A stream begun before the GOAWAY is still running: it finishes.
@@ -216,8 +224,7 @@ async fn drive<T, S, B>(
                     // A request may have come this very moment, still in the kernel: a last
                     // look before closing (the keep-alive race, made as narrow as it gets).
                     state.read_now();
-                    let polled =
-                        std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await;
+                    let polled = poll_once(conn.as_mut()).await;
                     if let Poll::Ready(result) = polled {
                         log_end(&state, peer, result);
                         return;
@@ -282,7 +289,7 @@ async fn drive<T, S, B>(
                 // reported by the reactor: have hyper read it now, so that it is served rather
                 // than lost when an idle-looking connection is closed.
                 state.read_now();
-                let polled = std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await;
+                let polled = poll_once(conn.as_mut()).await;
                 if let Poll::Ready(result) = polled {
                     log_end(&state, peer, result);
                     return;
@@ -328,23 +335,40 @@ async fn drive<T, S, B>(
                 conn.as_mut().graceful_shutdown();
                 // An idle HTTP/1 connection ends at once: no timer for it (10,000 of them would
                 // each register one and take it out again).
-                let now = std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await;
+                let now = poll_once(conn.as_mut()).await;
                 // With nothing in flight, an HTTP/2 connection still waits for the client to
                 // acknowledge the GOAWAY; a client that never does must not hold the drain. A
                 // response still being written is in flight: it is not cut off here.
                 let result = match now {
                     Poll::Ready(result) => result,
-                    Poll::Pending => tokio::select! {
-                        biased;
-                        result = conn.as_mut() => result,
-                        () = tokio::time::sleep(IDLE_CLOSE_GRACE) => {
+                    Poll::Pending => {
+                        // The grace counts from its last response's end: a stream that ends
+                        // as the grace would run out still has its last frames written, and
+                        // the client a moment to take the GOAWAY.
+                        let mut wait = IDLE_CLOSE_GRACE;
+                        loop {
+                            tokio::select! {
+                                biased;
+                                result = conn.as_mut() => break result,
+                                () = tokio::time::sleep(wait) => {}
+                            }
+                            let since = state.since_last_end();
                             if !state.quiet() {
-                                conn.as_mut().await
-                            } else {
-                                Ok(())
+                                wait = IDLE_CLOSE_GRACE;
+                                continue;
+                            }
+                            if since < IDLE_CLOSE_GRACE {
+                                wait = IDLE_CLOSE_GRACE - since;
+                                continue;
+                            }
+                            // What a stream handed to hyper as it ended is written before the
+                            // socket is closed.
+                            match poll_once(conn.as_mut()).await {
+                                Poll::Ready(result) => break result,
+                                Poll::Pending => break Ok(()),
                             }
                         }
-                    },
+                    }
                 };
                 state.close_as(if idle && state.quiet() {
                     Closed::IdleAtDrain
@@ -356,6 +380,11 @@ async fn drive<T, S, B>(
         }
     };
     log_end(&state, peer, result);
+}
+
+/// One poll of `future`, for a look at what is ready now (or to have it write what it holds).
+async fn poll_once<F: Future>(mut future: Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
 }
 
 /// What woke a connection's task, to do something about.
@@ -578,6 +607,14 @@ impl ConnState {
             && (self.is_h2()
                 || (self.head_began_us.load(Ordering::Acquire) == u64::MAX
                     && self.keep_alive_grace().is_none()))
+    }
+
+    /// How long ago its last request ended (`Duration::MAX`: none has).
+    fn since_last_end(&self) -> Duration {
+        match self.last_end_us.load(Ordering::Acquire) {
+            u64::MAX => Duration::MAX,
+            last => Duration::from_micros(self.now_us().saturating_sub(last)),
+        }
     }
 
     /// When to look again at a connection going away, to close it once it has gone quiet.

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use lameduck::{BoxError, Drain};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
+pub mod h2;
 #[cfg(target_os = "linux")]
 pub mod notify;
 pub mod tools;
