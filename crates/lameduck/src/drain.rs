@@ -9,14 +9,13 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::Poll;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 use crate::events::{Event, Events};
-use crate::gated::Gated;
+use crate::gated::{Gated, Until};
 use crate::metrics::{RequestEnd, ServiceMetrics};
 use crate::report::ServingReport;
 use crate::report::WorkReport;
@@ -215,17 +214,7 @@ impl Drain {
             self.inner.hard_stop.clone(),
             Arc::clone(&self.inner.deadline_passed),
         );
-        self.inner.tracker.spawn(async move {
-            let mut work = std::pin::pin!(work);
-            let mut abort = std::pin::pin!(abort);
-            std::future::poll_fn(|cx| {
-                if let Poll::Ready(out) = work.as_mut().poll(cx) {
-                    return Poll::Ready(Some(out));
-                }
-                abort.as_mut().poll(cx).map(|()| None)
-            })
-            .await
-        })
+        self.inner.tracker.spawn(Until::new(work, abort))
     }
 
     /// Counts one unit of in-flight work (a connection, a job) until the guard is dropped, for
