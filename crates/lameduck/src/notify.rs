@@ -176,11 +176,11 @@ fn watchdog_from_env(our_pid: u32) -> Option<Duration> {
 }
 
 fn watchdog_period(usec: &str, pid: Option<&str>, our_pid: u32) -> Option<Duration> {
-    if let Some(pid) = pid {
-        if pid.trim().parse::<u32>().ok() != Some(our_pid) {
-            tracing::debug!(target: "lameduck", watchdog_pid = pid, "the watchdog is another process's");
-            return None;
-        }
+    if let Some(pid) = pid
+        && pid.trim().parse::<u32>().ok() != Some(our_pid)
+    {
+        tracing::debug!(target: "lameduck", watchdog_pid = pid, "the watchdog is another process's");
+        return None;
     }
     match usec.trim().parse::<u64>() {
         Ok(usec) if usec > 0 => Some(Duration::from_micros(usec) / 2),

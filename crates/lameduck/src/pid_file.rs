@@ -39,10 +39,8 @@ impl PidFile {
     pub(crate) fn remove_if_ours(&self) {
         let ours = std::fs::read_to_string(&self.path)
             .is_ok_and(|text| text.trim() == std::process::id().to_string());
-        if ours {
-            if let Err(error) = std::fs::remove_file(&self.path) {
-                tracing::warn!(target: "lameduck", path = %self.path.display(), "cannot remove the pid file: {error}");
-            }
+        if ours && let Err(error) = std::fs::remove_file(&self.path) {
+            tracing::warn!(target: "lameduck", path = %self.path.display(), "cannot remove the pid file: {error}");
         }
     }
 }

@@ -384,9 +384,11 @@ async fn http2_client_that_never_answers_the_goaway_gets_its_stream_then_a_grace
     assert!(goaway, "GOAWAY sent");
     assert_eq!(String::from_utf8_lossy(&body), "slept 600 ms\n");
     let ended = ended.expect("the stream ended");
+    // The grace is 1 s from the server's end of the stream; the client sees it a little
+    // later (the old rule closed it 400 ms after it).
     let grace = closed - ended;
     assert!(
-        grace >= Duration::from_millis(900),
+        grace >= Duration::from_millis(700) && grace < Duration::from_secs(5),
         "closed {grace:?} after its last response, not a grace after it"
     );
     let report = running.report().await;

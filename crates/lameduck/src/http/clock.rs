@@ -6,6 +6,10 @@
 //! which a few milliseconds either way do not change. Timers still run on tokio's clock.
 //! Elsewhere, std's `Instant`.
 
+/// How far a span read on this clock may fall short of the same span on tokio's: its tick
+/// (4 ms on Debian), with a margin for kernels with a 100 Hz tick.
+pub(crate) const SLACK: std::time::Duration = std::time::Duration::from_millis(11);
+
 /// Microseconds on the coarse monotonic clock, from an origin of its own.
 #[cfg(target_os = "linux")]
 #[inline]

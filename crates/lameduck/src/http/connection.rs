@@ -41,9 +41,9 @@ pub(crate) const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(50);
 /// `Connection: close`. Connections idle for longer are closed at once.
 const KEEP_ALIVE_GRACE: Duration = Duration::from_millis(50);
 
-/// How long a connection with no request in flight gets, once told to shut down and after its
-/// last response, to close by itself (an HTTP/2 client acknowledging the GOAWAY) before it is
-/// closed.
+/// How long a connection with no request in flight gets, once told to shut down (at the drain:
+/// counted from its last response), to close by itself (an HTTP/2 client acknowledging the
+/// GOAWAY) before it is closed.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Runs hyper's background work (the tasks of HTTP/2 streams) on the runtime. A stream task
@@ -181,10 +181,17 @@ async fn drive<T, S, B>(
                 if let Some(end) = aging {
                     if state.gone_quiet() {
                         // Nothing in flight (HTTP/2: the client kept its connection after the
-                        // GOAWAY; HTTP/1: no request came): closed, once what a stream handed
-                        // to hyper as it ended is written.
-                        if let Poll::Ready(result) = poll_once(conn.as_mut()).await {
-                            log_end(&state, peer, result);
+                        // GOAWAY; HTTP/1: no request came): closed, once settled.
+                        match settle(conn.as_mut(), &state).await {
+                            Settled::Ended(result) => log_end(&state, peer, result),
+                            Settled::Close => {}
+                            Settled::Wait(wait) => {
+                                // Within the grace, not past its end.
+                                let again = now + wait;
+                                next = Verdict::At(if end > now { again.min(end) } else { again });
+                                timer.as_mut().reset(born + at(next));
+                                continue;
+                            }
                         }
                         return;
                     }
@@ -208,8 +215,14 @@ async fn drive<T, S, B>(
                 }
                 if going_away {
                     if state.quiet() {
+                        let settled = settle(conn.as_mut(), &state).await;
+                        if let Settled::Wait(wait) = settled {
+                            next = Verdict::At(now + wait);
+                            timer.as_mut().reset(born + at(next));
+                            continue;
+                        }
                         state.close_as(Closed::IdleTimeout);
-                        if let Poll::Ready(result) = poll_once(conn.as_mut()).await {
+                        if let Settled::Ended(result) = settled {
                             log_end(&state, peer, result);
                         }
                         return;
@@ -328,6 +341,13 @@ async fn drive<T, S, B>(
                         }
                         () = tokio::time::sleep(left) => {}
                     }
+                    // A last look into the kernel after that wait, as before it.
+                    state.read_now();
+                    if let Poll::Ready(result) = poll_once(conn.as_mut()).await {
+                        state.close_as(state.drained());
+                        log_end(&state, peer, result);
+                        return;
+                    }
                 }
                 if !state.is_h2() && state.gone_quiet() {
                     // HTTP/1.1 between requests, none begun nor in the kernel (looked at
@@ -359,20 +379,21 @@ async fn drive<T, S, B>(
                                 result = conn.as_mut() => break result,
                                 () = tokio::time::sleep(wait) => {}
                             }
-                            let since = state.since_last_end();
+                            // Quiet first: then the last end's time, stored before the count
+                            // went down, is the one of the request that made it quiet.
                             if !state.quiet() {
                                 wait = IDLE_CLOSE_GRACE;
                                 continue;
                             }
-                            if since < IDLE_CLOSE_GRACE {
+                            let since = state.since_last_end();
+                            if since.saturating_add(clock::SLACK) < IDLE_CLOSE_GRACE {
                                 wait = IDLE_CLOSE_GRACE - since;
                                 continue;
                             }
-                            // What a stream handed to hyper as it ended is written before the
-                            // socket is closed.
-                            match poll_once(conn.as_mut()).await {
-                                Poll::Ready(result) => break result,
-                                Poll::Pending => break Ok(()),
+                            match settle(conn.as_mut(), &state).await {
+                                Settled::Ended(result) => break result,
+                                Settled::Close => break Ok(()),
+                                Settled::Wait(left) => wait = left,
                             }
                         }
                     }
@@ -387,6 +408,41 @@ async fn drive<T, S, B>(
         }
     };
     log_end(&state, peer, result);
+}
+
+/// How long an HTTP/2 connection's last stream must have ended before the connection is
+/// dropped: a stream counts as ended as its body gives its last frame, a moment before its
+/// task has handed that frame to hyper.
+const SETTLE: Duration = Duration::from_millis(30);
+
+/// What [`settle`] found.
+enum Settled<T> {
+    /// The connection ended in the last poll.
+    Ended(T),
+    /// To be dropped now.
+    Close,
+    /// Not yet: look again after this.
+    Wait(Duration),
+}
+
+/// For a connection that looks quiet and is to be closed. HTTP/1 is dropped at once: hyper
+/// writes its responses on this task, so nothing is left elsewhere. HTTP/2 once its last
+/// stream ended [`SETTLE`] ago, and after a last poll that writes what hyper holds; a stream
+/// that poll took in (a client that has not yet seen the GOAWAY) is served, and the connection
+/// looked at again.
+async fn settle<C: Future>(mut conn: Pin<&mut C>, state: &ConnState) -> Settled<C::Output> {
+    if !state.is_h2() {
+        return Settled::Close;
+    }
+    let since = state.since_last_end();
+    if since.saturating_add(clock::SLACK) < SETTLE {
+        return Settled::Wait(SETTLE - since);
+    }
+    match poll_once(conn.as_mut()).await {
+        Poll::Ready(result) => Settled::Ended(result),
+        Poll::Pending if state.quiet() => Settled::Close,
+        Poll::Pending => Settled::Wait(IDLE_CLOSE_GRACE),
+    }
 }
 
 /// One poll of `future`, for a look at what is ready now (or to have it write what it holds).
