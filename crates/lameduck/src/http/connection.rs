@@ -182,7 +182,7 @@ async fn drive<T, S, B>(
                     if state.gone_quiet() {
                         // Nothing in flight (HTTP/2: the client kept its connection after the
                         // GOAWAY; HTTP/1: no request came): closed, once settled.
-                        match settle(conn.as_mut(), &state).await {
+                        match settle(conn.as_mut(), &state, SETTLE).await {
                             Settled::Ended(result) => log_end(&state, peer, result),
                             Settled::Close => {}
                             Settled::Wait(wait) => {
@@ -215,7 +215,7 @@ async fn drive<T, S, B>(
                 }
                 if going_away {
                     if state.quiet() {
-                        let settled = settle(conn.as_mut(), &state).await;
+                        let settled = settle(conn.as_mut(), &state, SETTLE).await;
                         if let Settled::Wait(wait) = settled {
                             next = Verdict::At(now + wait);
                             timer.as_mut().reset(born + at(next));
@@ -360,42 +360,22 @@ async fn drive<T, S, B>(
                 // client has taken the GOAWAY), unless a stream comes first.
                 let idle = state.quiet();
                 conn.as_mut().graceful_shutdown();
-                // An idle HTTP/1 connection ends at once: no timer for it (10,000 of them would
-                // each register one and take it out again).
-                let now = poll_once(conn.as_mut()).await;
                 // With nothing in flight, an HTTP/2 connection still waits for the client to
-                // acknowledge the GOAWAY; a client that never does must not hold the drain. A
-                // response still being written is in flight: it is not cut off here.
-                let result = match now {
-                    Poll::Ready(result) => result,
-                    Poll::Pending => {
-                        // The grace counts from its last response's end: a stream that ends
-                        // as the grace would run out still has its last frames written, and
-                        // the client a moment to take the GOAWAY.
-                        let mut wait = IDLE_CLOSE_GRACE;
-                        loop {
-                            tokio::select! {
-                                biased;
-                                result = conn.as_mut() => break result,
-                                () = tokio::time::sleep(wait) => {}
-                            }
-                            // Quiet first: then the last end's time, stored before the count
-                            // went down, is the one of the request that made it quiet.
-                            if !state.quiet() {
-                                wait = IDLE_CLOSE_GRACE;
-                                continue;
-                            }
-                            let since = state.since_last_end();
-                            if since.saturating_add(clock::SLACK) < IDLE_CLOSE_GRACE {
-                                wait = IDLE_CLOSE_GRACE - since;
-                                continue;
-                            }
-                            match settle(conn.as_mut(), &state).await {
-                                Settled::Ended(result) => break result,
-                                Settled::Close => break Ok(()),
-                                Settled::Wait(left) => wait = left,
-                            }
-                        }
+                // acknowledge the GOAWAY; a client that never does must not hold the drain. The
+                // grace counts from its last response's end, so that a stream that ends as it
+                // would run out still has its last frames written. A response still being
+                // written is in flight: it is not cut off here.
+                let mut wait = IDLE_CLOSE_GRACE;
+                let result = loop {
+                    tokio::select! {
+                        biased;
+                        result = conn.as_mut() => break result,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                    match settle(conn.as_mut(), &state, IDLE_CLOSE_GRACE).await {
+                        Settled::Ended(result) => break result,
+                        Settled::Close => break Ok(()),
+                        Settled::Wait(left) => wait = left,
                     }
                 };
                 state.close_as(if idle && state.quiet() {
@@ -425,18 +405,28 @@ enum Settled<T> {
     Wait(Duration),
 }
 
-/// For a connection that looks quiet and is to be closed. HTTP/1 is dropped at once: hyper
-/// writes its responses on this task, so nothing is left elsewhere. HTTP/2 once its last
-/// stream ended [`SETTLE`] ago, and after a last poll that writes what hyper holds; a stream
-/// that poll took in (a client that has not yet seen the GOAWAY) is served, and the connection
-/// looked at again.
-async fn settle<C: Future>(mut conn: Pin<&mut C>, state: &ConnState) -> Settled<C::Output> {
+/// For a connection to be closed once nothing is in flight. Busy: looked at again after
+/// [`IDLE_CLOSE_GRACE`]. HTTP/1 is dropped at once: hyper writes its responses on this task,
+/// so nothing is left elsewhere. HTTP/2 once its last stream ended `after` ago (at least
+/// [`SETTLE`]), and after a last poll that writes what hyper holds; a stream that poll took in
+/// (a client that has not yet seen the GOAWAY) is served, and the connection looked at again.
+async fn settle<C: Future>(
+    mut conn: Pin<&mut C>,
+    state: &ConnState,
+    after: Duration,
+) -> Settled<C::Output> {
+    // Quiet first: then the last end's time, stored before the count went down, is the one
+    // of the request that made it quiet.
+    if !state.quiet() {
+        return Settled::Wait(IDLE_CLOSE_GRACE);
+    }
     if !state.is_h2() {
         return Settled::Close;
     }
+    let after = after.max(SETTLE);
     let since = state.since_last_end();
-    if since.saturating_add(clock::SLACK) < SETTLE {
-        return Settled::Wait(SETTLE - since);
+    if since.saturating_add(clock::SLACK) < after {
+        return Settled::Wait(after - since);
     }
     match poll_once(conn.as_mut()).await {
         Poll::Ready(result) => Settled::Ended(result),

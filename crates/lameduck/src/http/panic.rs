@@ -52,10 +52,10 @@ pub(crate) fn answer<B: Default>(grpc: bool, h2: bool) -> Response<B> {
     response
 }
 
-/// Counts the panic and says which request it was, in one event.
 /// What a panic's event says of its request: the method and the path.
 pub(crate) type Asked = (Method, Option<PathAndQuery>);
 
+/// Counts the panic and says which request it was, in one event.
 pub(crate) fn report(conn: &ConnState, (method, path): &Asked, message: &str, at: &str) {
     conn.drain().count(Event::Panic);
     tracing::error!(
