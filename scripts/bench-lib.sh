@@ -9,6 +9,8 @@
 #   grpc  h2load -c8 -m16 -D4 POST /demo.v1.Echo/Echo   (gRPC unary, a 5-byte message)
 # PIN=1 puts the server on CPU 0 and the load generator on CPU 1 (taskset): each has a core of
 # its own, so the figure is the server's cost per request, not how the two share the cores.
+# METRIC=cpu: the figure is the server's CPU microseconds per request instead of requests/s
+# (see scripts/cpu-lib.sh).
 if [ "${H2:-0}" = 1 ]; then LOAD=h2; fi
 LOAD=${LOAD:-h1}
 if [ "$LOAD" = h1 ]; then
@@ -24,23 +26,31 @@ fi
 grpc_body=$(mktemp)
 printf '\x00\x00\x00\x00\x07\x0a\x05hello' >"$grpc_body"
 trap 'rm -f "$grpc_body"' EXIT
+# `load PORT` prints requests/s and the number of requests answered.
 load() {
   case $LOAD in
-    h1) "${load_cpu[@]}" wrk -t1 -c64 -d4s "http://127.0.0.1:$1/" 2>/dev/null | awk '/Requests\/sec/ {print $2}' ;;
-    h2) "${load_cpu[@]}" h2load -c16 -m16 -D4 "http://127.0.0.1:$1/" 2>/dev/null | awk '/^finished in/ {print $4}' ;;
+    h1) "${load_cpu[@]}" wrk -t1 -c64 -d4s "http://127.0.0.1:$1/" 2>/dev/null |
+      awk '/requests in/ {n = $1} /Requests\/sec/ {r = $2} END {print r, n}' ;;
+    h2) "${load_cpu[@]}" h2load -c16 -m16 -D4 "http://127.0.0.1:$1/" 2>/dev/null |
+      awk '/^finished in/ {r = $4} /^requests:/ {n = $8} END {print r, n}' ;;
     grpc) "${load_cpu[@]}" h2load -c8 -m16 -D4 -d "$grpc_body" -H 'content-type: application/grpc' \
-      -H 'te: trailers' "http://127.0.0.1:$1/demo.v1.Echo/Echo" 2>/dev/null | awk '/^finished in/ {print $4}' ;;
+      -H 'te: trailers' "http://127.0.0.1:$1/demo.v1.Echo/Echo" 2>/dev/null |
+      awk '/^finished in/ {r = $4} /^requests:/ {n = $8} END {print r, n}' ;;
     *) echo "LOAD is h1, h2 or grpc" >&2; exit 2 ;;
   esac
 }
+# shellcheck source=scripts/cpu-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/cpu-lib.sh"
 run() {
-  local bin=$1 kind=$2 port=$3 out pid rps
+  local bin=$1 kind=$2 port=$3 out pid rps n before after
   out=$(mktemp)
   "${server_cpu[@]}" "$bin" "$kind" "127.0.0.1:$port" >"$out" 2>&1 &
   pid=$!
   for _ in $(seq 1 200); do grep -q READY "$out" && break; sleep 0.05; done
-  rps=$(load "$port")
+  before=$(ticks "$pid")
+  read -r rps n < <(load "$port")
+  after=$(ticks "$pid")
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   rm -f "$out"
-  echo "$rps"
+  figure "$rps" "$n" "$((after - before))"
 }

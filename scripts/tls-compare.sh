@@ -6,8 +6,12 @@
 #   keep-alive HTTP/1.1: wrk -t1 -c64 -d4s https://...
 #   h2:                  h2load -c16 -m16 -D4 https://...
 #   new handshakes:      wrk -t1 -c16 -d4s -H 'Connection: close' https://... (one per request)
+# METRIC=cpu: the server's CPU microseconds per request instead of requests/s (the ratio is
+# then lameduck's cost over the bare server's; see scripts/cpu-lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/cpu-lib.sh
+source scripts/cpu-lib.sh
 rounds=${1:-5}
 loads=${LOADS:-h1 h2 handshakes}
 for tool in wrk h2load openssl; do
@@ -23,22 +27,28 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 load() {
   local how=$1 url=$2
   case $how in
-    h1) wrk -t1 -c64 -d4s "$url" 2>/dev/null | awk '/Requests\/sec/ {print $2}' ;;
-    h2) h2load -c16 -m16 -D4 "$url" 2>/dev/null | awk '/^finished in/ {print $4}' ;;
-    handshakes) wrk -t1 -c16 -d4s -H 'Connection: close' "$url" 2>/dev/null | awk '/Requests\/sec/ {print $2}' ;;
+    h1) wrk -t1 -c64 -d4s "$url" 2>/dev/null |
+      awk '/requests in/ {n = $1} /Requests\/sec/ {r = $2} END {print r, n}' ;;
+    h2) h2load -c16 -m16 -D4 "$url" 2>/dev/null |
+      awk '/^finished in/ {r = $4} /^requests:/ {n = $8} END {print r, n}' ;;
+    handshakes) wrk -t1 -c16 -d4s -H 'Connection: close' "$url" 2>/dev/null |
+      awk '/requests in/ {n = $1} /Requests\/sec/ {r = $2} END {print r, n}' ;;
   esac
 }
 run() {
-  local kind=$1 port=$2 how=$3 out pid rps
+  local kind=$1 port=$2 how=$3 out pid rps n before after
   out=$(mktemp)
   "$bin" "$kind" "127.0.0.1:$port" "$dir/cert.pem" "$dir/key.pem" >"$out" 2>&1 &
   pid=$!
   for _ in $(seq 1 200); do grep -q READY "$out" && break; sleep 0.05; done
-  rps=$(load "$how" "https://127.0.0.1:$port/")
+  before=$(ticks "$pid")
+  read -r rps n < <(load "$how" "https://127.0.0.1:$port/")
+  after=$(ticks "$pid")
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   rm -f "$out"
-  echo "$rps"
+  figure "$rps" "$n" "$((after - before))"
 }
+fmt='%.0f'; if [ "${METRIC:-rps}" = cpu ]; then fmt='%.2f'; fi
 for how in $loads; do
   echo
   echo "### $how"
@@ -46,6 +56,6 @@ for how in $loads; do
   echo "|---|---|---|---|"
   for i in $(seq 1 "$rounds"); do
     b=$(run hyper-tls 19411 "$how"); l=$(run lameduck-tls 19412 "$how")
-    awk -v i="$i" -v b="$b" -v l="$l" 'BEGIN { printf "| %d | %.0f | %.0f | %.3f |\n", i, b, l, l/b }'
+    awk -v i="$i" -v b="$b" -v l="$l" -v f="$fmt" 'BEGIN { printf "| %d | " f " | " f " | %.3f |\n", i, b, l, l/b }'
   done
 done

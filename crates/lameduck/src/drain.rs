@@ -8,12 +8,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
+use crate::counter::{Counter, Counts};
 use crate::events::{Event, Events};
 use crate::gated::{Gated, Until};
 use crate::metrics::{RequestEnd, ServiceMetrics};
@@ -85,26 +86,6 @@ struct Inner {
     events: Events,
     /// The live series of all this (feature `metrics`).
     metrics: ServiceMetrics,
-}
-
-/// Two monotonic counts; in flight is their difference. Atomics on the service's own `Drain`:
-/// counting a unit never takes a lock.
-#[derive(Debug, Default)]
-struct Counter {
-    started: AtomicU64,
-    finished: AtomicU64,
-}
-
-impl Counter {
-    fn snapshot(&self) -> Counts {
-        // `finished` first: a unit counted finished was counted started before it, so a
-        // snapshot never shows more finished than started.
-        let finished = self.finished.load(Ordering::Acquire);
-        Counts {
-            started: self.started.load(Ordering::Acquire),
-            finished,
-        }
-    }
 }
 
 /// Which counter a [`WorkGuard`] holds a unit of.
@@ -233,11 +214,12 @@ impl Drain {
         self.guard(Kind::Request)
     }
 
-    /// Whether `other` is a clone of this drain (the same service's).
+    /// What tells this drain (and its clones: the same service's) from another's: the address
+    /// of what they share, never 0. Only compared, never followed.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     #[inline]
-    pub(crate) fn same_as(&self, other: &Drain) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
+    pub(crate) fn id(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
     }
 
     /// Counts a request started, for a server whose connection (a unit of work the drain
@@ -246,7 +228,7 @@ impl Drain {
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     #[inline]
     pub(crate) fn request_started(&self) {
-        self.inner.requests.started.fetch_add(1, Ordering::Relaxed);
+        self.inner.requests.start();
         self.inner.metrics.request_started();
     }
 
@@ -254,7 +236,7 @@ impl Drain {
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     #[inline]
     pub(crate) fn request_finished(&self, end: RequestEnd) {
-        self.inner.requests.finished.fetch_add(1, Ordering::AcqRel);
+        self.inner.requests.finish();
         self.inner.metrics.request_finished(end);
     }
 
@@ -266,10 +248,7 @@ impl Drain {
     }
 
     fn guard(&self, kind: Kind) -> WorkGuard {
-        self.inner
-            .counter(kind)
-            .started
-            .fetch_add(1, Ordering::Relaxed);
+        self.inner.counter(kind).start();
         match kind {
             Kind::Work => self.inner.metrics.unit(true),
             Kind::Request => self.inner.metrics.request_started(),
@@ -354,30 +333,6 @@ pub(crate) struct WorkCounts {
     pub(crate) requests: Counts,
 }
 
-/// A snapshot of one counter.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Counts {
-    pub(crate) started: u64,
-    pub(crate) finished: u64,
-}
-
-impl Counts {
-    fn in_flight(self) -> u64 {
-        self.started.saturating_sub(self.finished)
-    }
-
-    /// The report from snapshots at the drain's start (`None`: there was no drain) and at the
-    /// end; with `aborted`, what was in flight at the end was aborted.
-    fn report(at_drain: Option<Self>, at_end: Self, aborted: bool) -> WorkReport {
-        WorkReport {
-            total: at_end.started,
-            in_flight_at_drain: at_drain.map_or(0, Self::in_flight),
-            drained: at_drain.map_or(0, |d| at_end.finished.saturating_sub(d.finished)),
-            aborted: if aborted { at_end.in_flight() } else { 0 },
-        }
-    }
-}
-
 impl WorkCounts {
     /// The work and request reports from snapshots at the drain's start and at the end.
     pub(crate) fn report(
@@ -404,10 +359,7 @@ pub struct WorkGuard {
 
 impl Drop for WorkGuard {
     fn drop(&mut self) {
-        self.inner
-            .counter(self.kind)
-            .finished
-            .fetch_add(1, Ordering::AcqRel);
+        self.inner.counter(self.kind).finish();
         let metrics = &self.inner.metrics;
         match self.kind {
             Kind::Work => metrics.unit(false),

@@ -55,6 +55,7 @@
 
 mod budget;
 mod config;
+mod counter;
 mod drain;
 mod error;
 mod events;

@@ -430,6 +430,15 @@ async fn silent_and_half_sent_connections_close_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_gets_goaway_and_finishes_its_open_stream() {
+    // Once in about twenty runs of the whole workspace (never alone), the open stream ended
+    // with `GoAway(NO_ERROR, Remote)`: what h2's client gives a stream still open when its
+    // connection ends after a GOAWAY, whichever side ended it. Both sides' frames and ends are
+    // logged (shown only if the test fails), so that the next failure says which it was.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("h2=debug,h2::proto::connection=trace,hyper=debug,lameduck=debug")
+        .with_ansi(false)
+        .with_test_writer()
+        .try_init();
     let mut running = start_default().await;
     let (mut send, conn) = h2(running.addr).await;
     fetch_h2(&mut send, "/fast").await.unwrap();
@@ -437,6 +446,7 @@ async fn http2_gets_goaway_and_finishes_its_open_stream() {
     let slow = tokio::spawn(async move { fetch_h2(&mut in_flight, "/sleep/1000").await });
     running.started.recv().await.unwrap();
 
+    let drained = Instant::now();
     running.handle.shutdown();
     wait_refused(running.addr).await;
     // After GOAWAY a new stream on this connection is refused (a client retries elsewhere).
@@ -447,7 +457,12 @@ async fn http2_gets_goaway_and_finishes_its_open_stream() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(refused, "new streams are refused after GOAWAY");
-    let (status, body) = slow.await.unwrap().unwrap();
+    let (status, body) = slow.await.unwrap().unwrap_or_else(|error| {
+        panic!(
+            "the open stream failed {:?} after the drain began: {error:?}",
+            drained.elapsed()
+        )
+    });
     assert_eq!((status, body.as_str()), (StatusCode::OK, "slept 1000 ms\n"));
     tokio::time::timeout(WAIT, conn)
         .await

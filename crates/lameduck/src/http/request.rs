@@ -642,37 +642,43 @@ fn cancelled(body: Option<&BodyShared>) -> HeaderMap {
 }
 
 thread_local! {
-    /// The drain of the request being polled on this thread, for the axum extractor: set around
-    /// each poll of a handler, so no request pays for an extension it may never read.
+    /// The drain of the last service whose handler was polled on this thread, for the axum
+    /// extractor, so that no request pays for an extension it may never read. Kept between
+    /// polls: the next is almost always the same service's, and then it is neither cloned
+    /// nor borrowed.
     static SERVING: RefCell<Option<Drain>> = const { RefCell::new(None) };
-    static IN_HANDLER: Cell<bool> = const { Cell::new(false) };
+    /// The [`Drain::id`] of the drain in `SERVING` (0: none).
+    static SERVED: Cell<usize> = const { Cell::new(0) };
+    /// While a handler is polled, its drain's id (0: no handler of this module is polled).
+    static IN_HANDLER: Cell<usize> = const { Cell::new(0) };
 }
 
 /// Polls a handler with its service's drain findable by [`serving_drain`].
 fn serving<T>(guard: &Option<RequestGuard>, poll: impl FnOnce() -> T) -> T {
     let Some(guard) = guard else { return poll() };
     let drain = guard.conn.drain();
-    SERVING.with(|serving| {
-        let mut serving = serving.borrow_mut();
-        // The same service as the last request on this thread, almost always: no clone.
-        if !serving.as_ref().is_some_and(|d| d.same_as(drain)) {
-            *serving = Some(drain.clone());
-        }
-    });
-    /// Restores the flag however the poll ends, a handler's panic included.
-    struct Restore(bool);
+    let id = drain.id();
+    if SERVED.get() != id {
+        SERVING.with(|serving| *serving.borrow_mut() = Some(drain.clone()));
+        SERVED.set(id);
+    }
+    /// Restores the outer poll's id however this one ends, a handler's panic included.
+    struct Restore(usize);
     impl Drop for Restore {
         fn drop(&mut self) {
             IN_HANDLER.set(self.0);
         }
     }
-    let _restore = Restore(IN_HANDLER.replace(true));
+    let _restore = Restore(IN_HANDLER.replace(id));
     poll()
 }
 
 /// The drain of the handler running now on this thread, if a server of this module runs it.
+/// `None` too in a handler that polled another service's handler itself (on its own thread),
+/// once that one has returned: its drain is no longer the one kept.
 pub(crate) fn serving_drain() -> Option<Drain> {
-    if !IN_HANDLER.get() {
+    let id = IN_HANDLER.get();
+    if id == 0 || SERVED.get() != id {
         return None;
     }
     SERVING.with(|serving| serving.borrow().clone())
