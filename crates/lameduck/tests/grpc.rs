@@ -663,8 +663,17 @@ async fn at_its_maximum_age_a_connection_goes_and_after_the_grace_its_calls_end_
         ended >= Duration::from_millis(900) && ended < Duration::from_millis(1800),
         "ended after {ended:?}"
     );
-    // The channel connects again by itself: the next call is served.
-    let again = echo(channel, "again", 0).await.unwrap();
+    // The channel connects again by itself: the next call is served. Once in a while the
+    // channel still hands it to the old connection in the moment that connection closes
+    // (tonic's client has no transparent retry): never sent, it fails with CANCELLED
+    // ("connection closed"), and a second try goes to the new connection.
+    let mut again = echo(channel.clone(), "again", 0).await;
+    if let Err(status) = &again
+        && status.code() == Code::Cancelled
+    {
+        again = echo(channel, "again", 0).await;
+    }
+    let again = again.unwrap();
     assert!(again.contains("again"), "{again}");
 
     handle.shutdown();
