@@ -26,21 +26,21 @@ fi
 grpc_body=$(mktemp)
 printf '\x00\x00\x00\x00\x07\x0a\x05hello' >"$grpc_body"
 trap 'rm -f "$grpc_body"' EXIT
+# shellcheck source=scripts/cpu-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/cpu-lib.sh"
 # `load PORT` prints requests/s and the number of requests answered.
 load() {
   case $LOAD in
     h1) "${load_cpu[@]}" wrk -t1 -c64 -d4s "http://127.0.0.1:$1/" 2>/dev/null |
-      awk '/requests in/ {n = $1} /Requests\/sec/ {r = $2} END {print r, n}' ;;
+      wrk_figures ;;
     h2) "${load_cpu[@]}" h2load -c16 -m16 -D4 "http://127.0.0.1:$1/" 2>/dev/null |
-      awk '/^finished in/ {r = $4} /^requests:/ {n = $8} END {print r, n}' ;;
+      h2load_figures ;;
     grpc) "${load_cpu[@]}" h2load -c8 -m16 -D4 -d "$grpc_body" -H 'content-type: application/grpc' \
       -H 'te: trailers' "http://127.0.0.1:$1/demo.v1.Echo/Echo" 2>/dev/null |
-      awk '/^finished in/ {r = $4} /^requests:/ {n = $8} END {print r, n}' ;;
+      h2load_figures ;;
     *) echo "LOAD is h1, h2 or grpc" >&2; exit 2 ;;
   esac
 }
-# shellcheck source=scripts/cpu-lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/cpu-lib.sh"
 run() {
   local bin=$1 kind=$2 port=$3 out pid rps n before after
   out=$(mktemp)

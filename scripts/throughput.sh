@@ -25,7 +25,6 @@ printf '| round |'; for k in "${kinds[@]}"; do printf ' %s |' "$k"; done
 for k in "${kinds[@]:1}"; do printf ' %s / %s |' "$k" "${kinds[0]}"; done; echo
 printf '|---|'; for _ in "${kinds[@]}" "${kinds[@]:1}"; do printf -- '---|'; done; echo
 ratios=$(mktemp)
-fmt='%.0f'; if [ "${METRIC:-rps}" = cpu ]; then fmt='%.2f'; fi
 for i in $(seq 1 "$rounds"); do
   figures=()
   for k in "${kinds[@]}"; do figures+=("$(run "$BIN" "$k" 19420)"); done

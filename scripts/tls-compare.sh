@@ -28,11 +28,11 @@ load() {
   local how=$1 url=$2
   case $how in
     h1) wrk -t1 -c64 -d4s "$url" 2>/dev/null |
-      awk '/requests in/ {n = $1} /Requests\/sec/ {r = $2} END {print r, n}' ;;
+      wrk_figures ;;
     h2) h2load -c16 -m16 -D4 "$url" 2>/dev/null |
-      awk '/^finished in/ {r = $4} /^requests:/ {n = $8} END {print r, n}' ;;
+      h2load_figures ;;
     handshakes) wrk -t1 -c16 -d4s -H 'Connection: close' "$url" 2>/dev/null |
-      awk '/requests in/ {n = $1} /Requests\/sec/ {r = $2} END {print r, n}' ;;
+      wrk_figures ;;
   esac
 }
 run() {
@@ -48,7 +48,6 @@ run() {
   rm -f "$out"
   figure "$rps" "$n" "$((after - before))"
 }
-fmt='%.0f'; if [ "${METRIC:-rps}" = cpu ]; then fmt='%.2f'; fi
 for how in $loads; do
   echo
   echo "### $how"

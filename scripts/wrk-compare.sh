@@ -15,7 +15,6 @@ cargo build --release --quiet -p lameduck-bench
 new=target/release/bench-server
 # shellcheck source=scripts/bench-lib.sh
 source scripts/bench-lib.sh
-fmt='%.0f'; if [ "${METRIC:-rps}" = cpu ]; then fmt='%.2f'; fi
 echo "| round | hyper | lameduck before | lameduck after | before / hyper | after / hyper | after / before |"
 echo "|---|---|---|---|---|---|---|"
 for i in $(seq 1 "$rounds"); do

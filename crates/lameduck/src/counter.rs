@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::report::WorkReport;
 
-/// How many stripes a counter has: a power of two; threads beyond it share.
+/// How many stripes a counter has; threads beyond it share one.
 const STRIPES: usize = 16;
 
 /// Two monotonic counts, striped by thread. Counting never takes a lock.
