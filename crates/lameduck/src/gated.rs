@@ -138,6 +138,57 @@ impl<F: Future, G: Gate> Future for Until<F, G> {
     }
 }
 
+/// A token waited for lazily: registered at the first wait only, so that what never waits costs
+/// nothing (the registration takes a lock shared by everything waiting on the token).
+#[cfg(feature = "http")]
+pub(crate) struct Deadline {
+    token: CancellationToken,
+    /// Set before the token can be cancelled, if it is one of the drain's (its deadline, its
+    /// abort): until then a look at the token, which takes its lock, is not needed. Asked at
+    /// every read and write of a connection, which all share the service's token.
+    gate: MaybeGate,
+    wait: Option<Pin<Box<Gated<MaybeGate>>>>,
+}
+
+#[cfg(feature = "http")]
+impl Deadline {
+    pub(crate) fn new(token: CancellationToken) -> Self {
+        Deadline {
+            token,
+            gate: None,
+            wait: None,
+        }
+    }
+
+    /// A token of the drain's, with its gate (`Drain::deadline_gate`).
+    pub(crate) fn gated(token: CancellationToken, gate: Arc<AtomicBool>) -> Self {
+        Deadline {
+            token,
+            gate: Some(gate),
+            wait: None,
+        }
+    }
+
+    /// Whether it has passed (nothing is registered; with a gate, an atomic load until then).
+    #[inline]
+    pub(crate) fn passed(&self) -> bool {
+        self.gate.is_open() && self.token.is_cancelled()
+    }
+
+    /// Whether it has passed; if not, the task is woken when it does.
+    pub(crate) fn reached(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.passed() {
+            return true;
+        }
+        let (token, gate) = (&self.token, &self.gate);
+        self.wait
+            .get_or_insert_with(|| Box::pin(Gated::new(token.clone(), gate.clone())))
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

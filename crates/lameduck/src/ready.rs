@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::NotReady;
 use crate::impair::{Impaired, Impairment, Impairments};
-use crate::service::Addresses;
+use crate::report::Addresses;
 
 /// Where the lifecycle is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -13,6 +13,7 @@
 //! ```
 
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -225,6 +226,26 @@ impl fmt::Display for Listening {
             Origin::Inherited { fd, name } => write!(f, " (inherited fd {fd} {name:?})"),
             Origin::Adopted => f.write_str(" (adopted)"),
         }
+    }
+}
+
+/// The addresses a service listens on, shared between its start step and the report.
+#[derive(Clone, Default, Debug)]
+pub(crate) struct Addresses(Arc<Mutex<Vec<Listening>>>);
+
+impl Addresses {
+    pub(crate) fn push(&self, addr: Listening) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(addr);
+    }
+
+    pub(crate) fn get(&self) -> Vec<Listening> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use tokio::net::{TcpListener, ToSocketAddrs};
 
@@ -12,7 +12,7 @@ use crate::drain::Drain;
 use crate::error::{BindError, BoxError, ListenError};
 use crate::listen::{self, Handover, Inherited, Listen, SocketOptions};
 use crate::ready::LifecycleHandle;
-use crate::report::{Listening, Origin};
+use crate::report::{Addresses, Listening, Origin};
 
 /// A server the lifecycle starts, waits for, and drains.
 ///
@@ -143,26 +143,6 @@ pub struct StartContext {
     handle: LifecycleHandle,
     inherited: Arc<Inherited>,
     handover: Arc<Handover>,
-}
-
-/// The addresses a service listens on, shared between its start step and the report.
-#[derive(Clone, Default, Debug)]
-pub(crate) struct Addresses(Arc<Mutex<Vec<Listening>>>);
-
-impl Addresses {
-    pub(crate) fn push(&self, addr: Listening) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(addr);
-    }
-
-    pub(crate) fn get(&self) -> Vec<Listening> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
 }
 
 impl StartContext {

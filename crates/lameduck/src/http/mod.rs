@@ -3,11 +3,14 @@
 //! lifecycle service, with [`Health`] endpoints.
 //!
 //! The pieces, in the order a connection meets them: the listener (bound, or passed to the
-//! process: the crate's `listen` module), `server` (the accept loop), `limits` (how long a
-//! client may take; `timeouts` judges them for a connection, `body` for a request body), `connection` (the socket, tracked and closed at the deadline; how the
-//! connection ends at the drain), `request` (health answers, request counting, the deadline for requests that wait),
-//! and `extract`: with axum, a handler takes `lameduck::Drain` to learn of the drain (a
-//! server-sent-event stream ends itself, say).
+//! process: the crate's `listen` module), `server` (the accept loop), `connection` (its task:
+//! how it ends at the drain, and at its timeouts), `io` (the socket as hyper reads it,
+//! tracked, and closed at the deadline), `tls` (the handshake, under TLS), `request` (health
+//! answers, request counting, the deadline for requests that wait) and `extract`: with axum,
+//! a handler takes `lameduck::Drain` to learn of the drain (a server-sent-event stream ends
+//! itself, say). Beneath them: `shared` (what a server's connections share), `state` (one
+//! connection's, as its requests and the drain see it), `limits` (how long a client may
+//! take; `timeouts` judges them for a connection, `body` for a request body).
 //!
 //! ```
 //! use std::time::Duration;
@@ -35,10 +38,13 @@ mod clock;
 mod connection;
 mod extract;
 mod health;
+mod io;
 mod limits;
 mod panic;
 mod request;
 mod server;
+mod shared;
+mod state;
 mod stream;
 mod timeouts;
 #[cfg(feature = "tls")]
@@ -48,9 +54,9 @@ mod tls;
 pub mod ws;
 
 pub use body::{BodyTimedOut, RequestBody};
-pub use connection::ConnExecutor;
 pub use health::Health;
 pub use server::{HttpServer, NotFound};
+pub use shared::ConnExecutor;
 pub use stream::{EndAtDrain, end_at_drain};
 #[cfg(feature = "tls")]
 pub use tls::{PeerCertificates, Tls, TlsError};

@@ -13,7 +13,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Response, StatusCode};
 
 use crate::events::Event;
-use crate::http::connection::ConnState;
+use crate::http::state::ConnState;
 
 /// Runs `poll`, catching a panic: its message.
 pub(crate) fn catch<T>(poll: impl FnOnce() -> T) -> Result<T, String> {

@@ -23,10 +23,11 @@ use pin_project_lite::pin_project;
 
 use crate::drain::Drain;
 use crate::error::BoxError;
+use crate::gated::Deadline;
 use crate::http::body::{BodyShared, BodyWatch, RequestBody};
-use crate::http::connection::{ConnState, Deadline};
 use crate::http::panic::{self, Asked};
-use crate::http::server::Shared;
+use crate::http::shared::Shared;
+use crate::http::state::ConnState;
 use crate::metrics::{Closed, RequestEnd};
 
 /// One request in flight: counted for the service (the report) and for its connection (the

@@ -6,7 +6,6 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,20 +16,19 @@ use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
-use crate::drain::Drain;
 use crate::error::BoxError;
-use crate::gated::Gated;
 use crate::http::accept::{Gate, Slots};
 use crate::http::age::MaxAge;
 use crate::http::body::RequestBody;
-use crate::http::connection::{self, ConnExecutor};
+use crate::http::connection;
 use crate::http::health::Health;
 use crate::http::limits::{self, Limits};
+use crate::http::shared::{
+    App, AppBody, ConnExecutor, ListenerOpen, OpenListeners, Protocols, Shared,
+};
 use crate::http::timeouts::Timeouts;
 use crate::listen::{Listen, SocketOptions};
-use crate::ready::LifecycleHandle;
 use crate::service::{Service, StartContext};
 
 /// An HTTP/1.1 and cleartext HTTP/2 server for any tower `Service` (an axum `Router` goes in
@@ -42,7 +40,7 @@ use crate::service::{Service, StartContext};
 ///   each address and where it came from, and fails the lifecycle's start naming the address
 ///   or descriptor and the cause if it cannot.
 /// - **Serve**: every connection and request is counted (atomics on the service's own
-///   [`Drain`], no lock), for the report. A handler can learn of the drain: with
+///   [`Drain`](crate::Drain), no lock), for the report. A handler can learn of the drain: with
 ///   axum, take `lameduck::Drain` as an argument. `/livez` and `/readyz` are answered before
 ///   the app ([`Health`]).
 /// - **Drain**: the listener closes first, so new connections are refused and the port can be
@@ -372,7 +370,7 @@ where
         // TLS first: a pair that cannot be loaded fails the start before anything is bound.
         #[cfg(feature = "tls")]
         let tls = match &self.tls {
-            Some(tls) => Some(tls.start(self.protocols).await?),
+            Some(tls) => Some(tls.start(self.protocols.alpn()).await?),
             None => None,
         };
         let mut listeners = ctx.listen(self.listen, self.socket).await?;
@@ -389,9 +387,7 @@ where
             timeouts: Timeouts::new(&self.limits),
             max_age: MaxAge::new(&self.limits),
             body_timeout: limits::on(self.limits.body_timeout),
-            closing: CancellationToken::new(),
-            closing_now: AtomicBool::new(false),
-            open_listeners: AtomicUsize::new(listeners.len()),
+            listeners: OpenListeners::new(listeners.len()),
             slots: Slots::new(self.limits.max_connections),
             #[cfg(feature = "tls")]
             tls,
@@ -402,7 +398,7 @@ where
         Ok(Box::pin(async move {
             if let [_] = listeners.as_slice() {
                 let listener = listeners.remove(0);
-                let open = ListenerOpen(Arc::clone(&shared));
+                let open = ListenerOpen::new(Arc::clone(&shared));
                 return accept(listener, app, shared, nodelay, name, open).await;
             }
             let mut loops = tokio::task::JoinSet::new();
@@ -411,7 +407,7 @@ where
                 // Aborted with the set when the serve step is dropped (the deadline's abort).
                 // The guard is made here, not in the task: a set dropped before a task ran
                 // still lets the connections close.
-                let open = ListenerOpen(Arc::clone(&shared));
+                let open = ListenerOpen::new(Arc::clone(&shared));
                 loops.spawn(accept(listener, app, shared, nodelay, name, open));
             }
             // The first loop to fail fails the service (the others are aborted with the set,
@@ -429,77 +425,8 @@ where
     }
 }
 
-/// What every connection of a server shares.
-pub(crate) struct Shared {
-    /// The service's name.
-    pub(crate) name: Arc<str>,
-    pub(crate) drain: Drain,
-    pub(crate) handle: LifecycleHandle,
-    pub(crate) health: Option<Health>,
-    pub(crate) builder: auto::Builder<ConnExecutor>,
-    /// gRPC: what the drain deadline cuts off ends with status UNAVAILABLE, not a reset.
-    pub(crate) grpc: bool,
-    /// The HTTP versions spoken: a connection that starts with another is closed at once.
-    pub(crate) protocols: Protocols,
-    /// The handshake, header and idle timeouts.
-    pub(crate) timeouts: Timeouts,
-    /// The maximum connection age, if there is one.
-    pub(crate) max_age: Option<MaxAge>,
-    /// See [`HttpServer::body_timeout`] (`None`: off).
-    pub(crate) body_timeout: Option<Duration>,
-    /// Cancelled once every listener of the server is closed (or handed over): only then do
-    /// connections begin to end, so that a client that reconnects when its connection closes
-    /// finds the port refusing (and goes elsewhere), not a listener about to reset it.
-    closing: CancellationToken,
-    /// Set just before `closing` is cancelled: what a request asks (an atomic load, where the
-    /// token's own check takes its lock).
-    closing_now: AtomicBool,
-    /// Listeners still open; the last to close cancels `closing`.
-    open_listeners: AtomicUsize,
-    /// The connection cap.
-    slots: Slots,
-    /// The TLS handshakes' configuration, if it serves TLS.
-    #[cfg(feature = "tls")]
-    pub(crate) tls: Option<crate::http::tls::Acceptor>,
-}
-
-impl Shared {
-    /// Whether every listener is closed: connections are closing.
-    #[inline]
-    pub(crate) fn is_closing(&self) -> bool {
-        self.closing_now.load(Ordering::Acquire)
-    }
-
-    /// Resolves once every listener is closed: connections begin to close. Polled at every
-    /// wake of a connection's task, it is an atomic load until then.
-    pub(crate) fn closing(&self) -> Gated<&AtomicBool> {
-        Gated::new(self.closing.clone(), &self.closing_now)
-    }
-}
-
-/// Held by an accept loop while its listener is open: however the loop ends (the drain, an
-/// error, the deadline's abort), the last one dropped lets the connections begin to close.
-struct ListenerOpen(Arc<Shared>);
-
-impl Drop for ListenerOpen {
-    fn drop(&mut self) {
-        if self.0.open_listeners.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.closing_now.store(true, Ordering::Release);
-            self.0.closing.cancel();
-        }
-    }
-}
-
 /// The user's tuning of hyper's builder.
 type Configure = Box<dyn FnOnce(&mut auto::Builder<ConnExecutor>) + Send>;
-
-/// Which HTTP versions a server speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Protocols {
-    Both,
-    Http1,
-    Http2,
-}
 
 /// The connections' builder: timers set (hyper's header-read timeout and HTTP/2 keep-alive
 /// need one), the protocols chosen, the user's tuning applied.
@@ -521,55 +448,6 @@ fn builder(protocols: Protocols, configure: Option<Configure>) -> auto::Builder<
         configure(&mut builder);
     }
     builder
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("health", &self.health)
-            .field("grpc", &self.grpc)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What an app is to a server's accept loop and connections: a tower service of
-/// `RequestBody` requests, cloned for each connection, whose responses have bodies `B`. One
-/// name for the bounds they share (the public `Service` impl spells them out).
-pub(crate) trait App<B>:
-    tower_service::Service<
-        Request<RequestBody>,
-        Response = Response<B>,
-        Future: Send + 'static,
-        Error: Into<BoxError>,
-    > + Clone
-    + Send
-    + 'static
-{
-}
-
-impl<S, B> App<B> for S
-where
-    S: tower_service::Service<Request<RequestBody>, Response = Response<B>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-{
-}
-
-/// What a response body of an app's is to a connection.
-pub(crate) trait AppBody:
-    http_body::Body<Data: From<Bytes> + Send, Error: Into<BoxError>> + Send + 'static
-{
-}
-
-impl<B> AppBody for B
-where
-    B: http_body::Body + Send + 'static,
-    B::Data: From<Bytes> + Send,
-    B::Error: Into<BoxError>,
-{
 }
 
 /// Accepts until the drain begins, then closes the listener: new connections are refused from

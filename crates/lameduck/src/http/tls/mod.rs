@@ -2,7 +2,7 @@
 //! (feature `tls`): rustls with the `ring` provider, a [`Tls`] source that is either a
 //! `rustls::ServerConfig` as it is or a certificate chain and key read from PEM files and
 //! re-read when they change, optional client certificates (mTLS), and the handshake inside the
-//! drain's rules (the connection module runs it).
+//! drain's rules (`handshake`, which the connection's task runs).
 //!
 //! Why `ring`: it builds with cargo and the C compiler every Rust toolchain on Linux already
 //! links with; `aws-lc-rs`, rustls's default, also wants CMake (and, on some targets, NASM),
@@ -19,12 +19,12 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
-use tokio_rustls::server::TlsStream;
 
-use crate::events::Event;
-use crate::http::connection::{ConnState, FIRST_REQUEST_GRACE, Raw, Transport};
-use crate::http::server::{Protocols, Shared};
-use crate::metrics::{self, Closed, Handshake};
+use crate::metrics;
+
+mod handshake;
+
+pub(crate) use handshake::handshake;
 
 /// How often the files of [`Tls::from_pem_files`] are looked at, by default.
 const RELOAD_EVERY: Duration = Duration::from_secs(2);
@@ -228,16 +228,12 @@ impl Tls {
 
     /// At a server's start: the configuration loaded (the first server's start loads it, and
     /// starts watching the files), and the acceptor its connections use.
-    pub(crate) async fn start(&self, protocols: Protocols) -> Result<Acceptor, TlsError> {
-        let alpn: Vec<Vec<u8>> = match protocols {
-            Protocols::Both => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-            Protocols::Http1 => vec![b"http/1.1".to_vec()],
-            Protocols::Http2 => vec![b"h2".to_vec()],
-        };
+    /// `alpn`: the protocols the server speaks, as ALPN names them.
+    pub(crate) async fn start(&self, alpn: &[&[u8]]) -> Result<Acceptor, TlsError> {
         // A configuration given as it is keeps its own ALPN protocols, if it has any.
-        let alpn = match &self.inner.source {
+        let alpn: Option<Vec<Vec<u8>>> = match &self.inner.source {
             Source::Config(config) if !config.alpn_protocols.is_empty() => None,
-            _ => Some(alpn),
+            _ => Some(alpn.iter().map(|name| name.to_vec()).collect()),
         };
         let loaded = self
             .inner
@@ -546,94 +542,4 @@ async fn load(files: &Files) -> Result<ServerConfig, TlsError> {
         }
     };
     builder.with_single_cert(chain, key).map_err(invalid)
-}
-
-/// A connection's TLS handshake, inside the drain's rules and under the handshake timeout
-/// (which goes on to cover the first request): `None` if it failed, timed out, or was still
-/// going when the drain began (it has begun no request: closed at once, unless accepted in the
-/// last moment, whose handshake is most likely on the wire: that one gets the rest of the
-/// grace). Each failure and timeout is counted.
-pub(crate) async fn handshake(
-    acceptor: &Acceptor,
-    raw: Raw,
-    state: &ConnState,
-    shared: &Shared,
-) -> Option<TlsStream<Raw>> {
-    let accept = acceptor.now()?.accept(raw);
-    tokio::pin!(accept);
-    let born = state.born();
-    let timeout = shared.timeouts.handshake();
-    let timer = tokio::time::sleep_until(born + timeout.unwrap_or_default());
-    tokio::pin!(timer);
-    let drain = state.drain();
-    let done = tokio::select! {
-        biased;
-        done = &mut accept => done,
-        () = &mut timer, if timeout.is_some() => {
-            drain.count(Event::HandshakeTimeout);
-            drain.metrics().handshake(Handshake::Timeout);
-            state.close_as(Closed::HandshakeTimeout);
-            return None;
-        }
-        () = shared.closing() => {
-            let cut = || {
-                drain.metrics().handshake(Handshake::Drained);
-                state.close_as(Closed::IdleAtDrain);
-                None
-            };
-            let Some(left) = FIRST_REQUEST_GRACE.checked_sub(born.elapsed()) else {
-                return cut();
-            };
-            tokio::select! {
-                biased;
-                done = &mut accept => done,
-                () = tokio::time::sleep(left) => return cut(),
-            }
-        }
-    };
-    match done {
-        Ok(stream) => {
-            drain.metrics().handshake(Handshake::Ok);
-            if let Some(chain) = stream.get_ref().1.peer_certificates() {
-                state.set_peer_certificates(PeerCertificates::new(chain));
-            }
-            Some(stream)
-        }
-        Err(error) => {
-            drain.count(Event::TlsHandshakeFailed);
-            drain.metrics().handshake(Handshake::Failed);
-            state.close_as(Closed::TlsFailed);
-            tracing::debug!(target: "lameduck", peer = %state.peer(), "TLS handshake failed: {error}");
-            None
-        }
-    }
-}
-
-impl Transport for TlsStream<Raw> {
-    /// close_notify, if the socket takes it at once (a connection closed without hyper's
-    /// shutdown: by the drain, or a timeout).
-    fn closing(&mut self) {
-        let (raw, conn) = self.get_mut();
-        conn.send_close_notify();
-        let mut socket = SocketWriter(raw.socket());
-        while conn.wants_write() {
-            match conn.write_tls(&mut socket) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    }
-}
-
-/// Writes to a socket without waiting: what it does not take now is not written.
-struct SocketWriter<'a>(&'a tokio::net::TcpStream);
-
-impl std::io::Write for SocketWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.try_write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
