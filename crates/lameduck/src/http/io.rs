@@ -192,6 +192,7 @@ impl<T: Transport> ConnIo<T> {
         }
     }
 
+    #[inline]
     fn poll_io<R>(
         &mut self,
         cx: &mut Context<'_>,
@@ -234,6 +235,7 @@ impl<T: Transport> Drop for ConnIo<T> {
 }
 
 impl<T: Transport> AsyncRead for ConnIo<T> {
+    #[inline]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
